@@ -1,0 +1,223 @@
+//! Errors from the Azure layer.
+
+use std::time::Duration;
+
+/// An Azure call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AzureError {
+    /// Azure answered with an error status (body parsed from ARM `CloudError` or Key Vault `KeyVaultError`).
+    #[error("Azure returned {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Throttled (429) beyond what the client will wait for inside one call; try again after `retry_after`.
+    #[error("throttled by Azure; retry after {}s", retry_after.as_secs_f64())]
+    Throttled { retry_after: Duration },
+    /// No token could be obtained, or a Key Vault challenge was refused.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// Connection, TLS or timeout failure.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The response body was not what the spec says.
+    #[error("could not decode Azure response: {0}")]
+    Decode(String),
+}
+
+/// Error codes Azure uses for conflicts that clear by themselves.
+const TRANSIENT_CODES: &[&str] = &[
+    "RetryableErrorDueToAnotherOperation",
+    "AnotherOperationInProgress",
+    "OperationNotAllowedDueToAnotherOperation",
+    "PrincipalNotFound",
+];
+
+impl AzureError {
+    /// The Azure error code (`error.code`), for [`AzureError::Api`].
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            AzureError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, for [`AzureError::Api`] (and 429 for [`AzureError::Throttled`]).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AzureError::Api { status, .. } => Some(*status),
+            AzureError::Throttled { .. } => Some(429),
+            _ => None,
+        }
+    }
+
+    /// True when the same call may succeed later without any change: throttling, 408/5xx, transport failures and
+    /// self-clearing conflicts. Not for 4xx refusals (bad request, forbidden, not found, retirement 409).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AzureError::Throttled { .. } | AzureError::Transport(_) => true,
+            AzureError::Api { status, code, .. } => {
+                retryable_status(*status)
+                    || TRANSIENT_CODES.iter().any(|c| c.eq_ignore_ascii_case(code))
+            }
+            AzureError::Auth(_) | AzureError::Decode(_) => false,
+        }
+    }
+
+    /// How long Azure asked us to wait, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AzureError::Api { retry_after, .. } => *retry_after,
+            AzureError::Throttled { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// True for 404.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// Build from an error response: parses `{"error":{"code","message"}}` (ARM and Key Vault); falls back to the
+    /// status text when the body is not JSON.
+    pub(crate) fn from_response(status: u16, body: &[u8], retry_after: Option<Duration>) -> Self {
+        let (code, message) = parse_error_body(body).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            let reason = http_reason(status).to_string();
+            let message = if text.is_empty() {
+                reason.clone()
+            } else {
+                truncate(text, 500)
+            };
+            (reason.replace(' ', ""), message)
+        });
+        AzureError::Api {
+            status,
+            code,
+            message,
+            retry_after,
+        }
+    }
+}
+
+pub(crate) fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+fn parse_error_body(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let err = v.get("error")?;
+    // Entra token errors are `{"error": "invalid_client", "error_description": ...}`.
+    if let Some(code) = err.as_str() {
+        let msg = v
+            .get("error_description")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default();
+        return Some((code.to_string(), msg.to_string()));
+    }
+    let code = err
+        .get("code")
+        .and_then(|c| c.as_str())
+        .unwrap_or("Unknown")
+        .to_string();
+    let mut message = err
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_string();
+    if let Some(inner) = err
+        .get("innererror")
+        .and_then(|i| i.get("code"))
+        .and_then(|c| c.as_str())
+    {
+        message = format!("{message} (innererror: {inner})");
+    }
+    Some((code, message))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn http_reason(status: u16) -> &'static str {
+    reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_arm_error() {
+        let e = AzureError::from_response(
+            404,
+            br#"{"error":{"code":"ResourceNotFound","message":"The Resource 'x' was not found."}}"#,
+            None,
+        );
+        assert_eq!(e.code(), Some("ResourceNotFound"));
+        assert_eq!(e.status(), Some(404));
+        assert!(e.is_not_found());
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn parses_keyvault_error_with_innererror() {
+        let e = AzureError::from_response(
+            403,
+            br#"{"error":{"code":"Forbidden","message":"Caller is not authorized","innererror":{"code":"ForbiddenByRbac"}}}"#,
+            None,
+        );
+        assert_eq!(e.code(), Some("Forbidden"));
+        assert!(e.to_string().contains("ForbiddenByRbac"));
+    }
+
+    #[test]
+    fn non_json_and_entra_bodies() {
+        let e = AzureError::from_response(502, b"<html>bad gateway</html>", None);
+        assert_eq!(e.code(), Some("BadGateway"));
+        assert!(e.is_retryable());
+        let e = AzureError::from_response(
+            400,
+            br#"{"error":"invalid_client","error_description":"AADSTS7000215"}"#,
+            None,
+        );
+        assert_eq!(e.code(), Some("invalid_client"));
+    }
+
+    #[test]
+    fn retryability() {
+        let throttled = AzureError::Throttled {
+            retry_after: Duration::from_secs(30),
+        };
+        assert!(throttled.is_retryable());
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(30)));
+        assert_eq!(throttled.status(), Some(429));
+        let retired = AzureError::from_response(
+            409,
+            br#"{"error":{"code":"OperationNotAllowed","message":"Unable to create HPC Cache due to product retirement"}}"#,
+            None,
+        );
+        assert!(!retired.is_retryable());
+        let busy = AzureError::from_response(
+            409,
+            br#"{"error":{"code":"AnotherOperationInProgress","message":"busy"}}"#,
+            None,
+        );
+        assert!(busy.is_retryable());
+        assert!(AzureError::Transport("reset".into()).is_retryable());
+        assert!(!AzureError::Auth("no".into()).is_retryable());
+    }
+}

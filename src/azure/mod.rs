@@ -1,0 +1,592 @@
+//! Azure access: credentials (azure_identity), cloud endpoints, one reqwest client with retries, `Retry-After`,
+//! per-subscription client-side rate limiting, and thin typed clients for HPC caches, Key Vault (management and
+//! keys), role assignments and user-assigned identities.
+//!
+//! Long-running operations are never awaited here: a write returns as soon as Azure accepted it and the caller
+//! re-observes the resource with a GET on its next reconcile, so a restart loses nothing.
+
+mod challenge;
+mod config;
+mod error;
+mod http;
+pub mod id;
+pub mod models;
+mod ratelimit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use url::Url;
+
+pub use challenge::Challenge;
+pub use config::{AzureConfig, CloudConfig, CredentialChoice};
+pub use error::AzureError;
+pub use id::ResourceId;
+pub use models::{Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
+pub use ratelimit::{Access, SubscriptionLimiter, TokenBucket};
+
+use http::{Auth, Req, Resp};
+
+/// `Microsoft.StorageCache` api-version (accepted by every version's schema for the fields used).
+pub const CACHES_API_VERSION: &str = "2024-03-01";
+/// `Microsoft.KeyVault` management api-version.
+pub const VAULTS_API_VERSION: &str = "2025-05-01";
+/// `Microsoft.Authorization/roleAssignments` api-version.
+pub const ROLE_ASSIGNMENTS_API_VERSION: &str = "2022-04-01";
+/// `Microsoft.ManagedIdentity` api-version.
+pub const IDENTITIES_API_VERSION: &str = "2023-01-31";
+/// Key Vault data-plane api-version.
+pub const KEYVAULT_API_VERSION: &str = "7.5";
+
+/// Built-in role "Key Vault Crypto Service Encryption User".
+pub const KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+/// Key permissions a CMK cache identity needs in an access-policy vault.
+pub const CMK_KEY_PERMISSIONS: [&str; 3] = ["get", "wrapKey", "unwrapKey"];
+
+/// Receives one call per HTTP attempt (and per token request), e.g. for Prometheus metrics.
+pub trait CallObserver: Send + Sync {
+    /// `operation` like `caches.get`, `vaults.patch`, `keys.get`, `token`; `status` is `None` for transport errors.
+    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+}
+
+/// A value read from Azure plus what the response said about time.
+#[derive(Debug, Clone)]
+pub struct Observed<T> {
+    pub value: T,
+    /// The response `Date` header: Azure's clock.
+    pub date: Option<jiff::Timestamp>,
+    /// The response `Retry-After` (e.g. on an accepted long-running operation).
+    pub retry_after: Option<Duration>,
+}
+
+impl<T> Observed<T> {
+    fn from_resp(value: T, resp: &Resp) -> Self {
+        Self {
+            value,
+            date: resp.date,
+            retry_after: resp.retry_after,
+        }
+    }
+
+    /// Keep the timing, change the value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Observed<U> {
+        Observed {
+            value: f(self.value),
+            date: self.date,
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+/// Result of [`Azure::delete_cache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Azure accepted the deletion and is working on it (202): look again later.
+    Accepted,
+    /// The cache no longer exists (200, 204 or 404).
+    Gone,
+}
+
+/// The deterministic role-assignment name for (scope, principal, role): UUID v5, case-insensitive in its inputs, so
+/// a retried or repeated grant targets the same assignment and can never create a duplicate.
+pub fn role_assignment_name(
+    scope: &ResourceId,
+    principal_id: &str,
+    role_definition_guid: &str,
+) -> uuid::Uuid {
+    let key = format!(
+        "hpc-cache-operator/role-assignment|{}|{}|{}",
+        scope.to_string().to_ascii_lowercase(),
+        principal_id.trim().to_ascii_lowercase(),
+        role_definition_guid.trim().to_ascii_lowercase()
+    );
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes())
+}
+
+/// The Azure client. Cheap to clone (one shared HTTP client, credential, token cache and rate limiters).
+#[derive(Clone)]
+pub struct Azure {
+    inner: Arc<http::Inner>,
+}
+
+impl std::fmt::Debug for Azure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Azure")
+            .field("arm_endpoint", &self.inner.cfg.cloud.arm_endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Azure {
+    /// Build the HTTP client and the credential. Does not contact Azure.
+    pub async fn new(
+        cfg: AzureConfig,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> anyhow::Result<Azure> {
+        Ok(Azure {
+            inner: Arc::new(http::Inner::new(cfg, observer)?),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &AzureConfig {
+        &self.inner.cfg
+    }
+
+    /// The shared HTTP client (same TLS roots and resolver as every Azure call).
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    fn arm_url(&self, path: &str, api_version: &str) -> Url {
+        let mut u = self.inner.cfg.cloud.arm_endpoint.clone();
+        let base = u.path().trim_end_matches('/').to_string();
+        u.set_path(&format!("{base}{path}"));
+        u.query_pairs_mut().append_pair("api-version", api_version);
+        u
+    }
+
+    fn arm(&self, op: &'static str, method: Method, url: Url, subscription: &str) -> Req {
+        let access = if method == Method::GET {
+            Access::Read
+        } else {
+            Access::Write
+        };
+        let idempotent = method != Method::PATCH && method != Method::POST;
+        Req {
+            op,
+            method,
+            url,
+            body: None,
+            auth: Auth::Arm,
+            limit: Some((subscription.to_string(), access)),
+            idempotent,
+        }
+    }
+
+    async fn get_optional<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        id: &ResourceId,
+        api_version: &str,
+    ) -> Result<Observed<Option<T>>, AzureError> {
+        let req = self.arm(
+            op,
+            Method::GET,
+            self.arm_url(&id.to_string(), api_version),
+            id.subscription(),
+        );
+        let resp = self.inner.send(req).await?;
+        match resp.status {
+            200 => Ok(Observed::from_resp(Some(resp.json()?), &resp)),
+            404 => Ok(Observed::from_resp(None, &resp)),
+            _ => Err(resp.error()),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------------ caches
+
+    /// GET a cache; `None` when it does not exist.
+    pub async fn get_cache(&self, id: &ResourceId) -> Result<Observed<Option<Cache>>, AzureError> {
+        self.get_optional("caches.get", id, CACHES_API_VERSION)
+            .await
+    }
+
+    /// List the caches of a subscription or resource group (one paged read), following `nextLink`.
+    pub async fn list_caches(
+        &self,
+        subscription: &str,
+        resource_group: Option<&str>,
+    ) -> Result<Observed<Vec<Cache>>, AzureError> {
+        let scope = match resource_group {
+            Some(rg) => ResourceId::resource_group_scope(subscription, rg),
+            None => ResourceId::subscription_scope(subscription),
+        };
+        let first = self.arm_url(
+            &format!("{scope}/providers/Microsoft.StorageCache/caches"),
+            CACHES_API_VERSION,
+        );
+        let mut url = Some(first);
+        let mut all = Vec::new();
+        let mut last: Option<Resp> = None;
+        let mut pages = 0;
+        while let Some(u) = url.take() {
+            pages += 1;
+            if pages > 1000 {
+                return Err(AzureError::Decode(
+                    "more than 1000 pages of caches; nextLink loop?".into(),
+                ));
+            }
+            let resp = self
+                .inner
+                .send(self.arm("caches.list", Method::GET, u, subscription))
+                .await?;
+            if resp.status != 200 {
+                return Err(resp.error());
+            }
+            let page: models::Page<Cache> = resp.json()?;
+            all.extend(page.value);
+            if let Some(next) = page.next_link.filter(|n| !n.is_empty()) {
+                url = Some(
+                    self.inner
+                        .same_origin_link(&next, &self.inner.cfg.cloud.arm_endpoint)?,
+                );
+            }
+            last = Some(resp);
+        }
+        let resp = last.expect("at least one page");
+        Ok(Observed::from_resp(all, &resp))
+    }
+
+    /// PUT a cache (create or update). Returns Azure's 200/201 body; after a 202 without body, re-reads the cache.
+    /// Never waits for the long-running operation: re-observe with [`Azure::get_cache`].
+    pub async fn put_cache(
+        &self,
+        id: &ResourceId,
+        cache: &Cache,
+    ) -> Result<Observed<Cache>, AzureError> {
+        let mut req = self.arm(
+            "caches.put",
+            Method::PUT,
+            self.arm_url(&id.to_string(), CACHES_API_VERSION),
+            id.subscription(),
+        );
+        req.body = Some(serde_json::to_vec(cache).map_err(|e| AzureError::Decode(e.to_string()))?);
+        let resp = self.inner.send(req).await?;
+        match resp.status {
+            200 | 201 if !resp.body.is_empty() => Ok(Observed::from_resp(resp.json()?, &resp)),
+            200..=202 => {
+                let retry_after = resp.retry_after;
+                let got = self.get_cache(id).await?;
+                match got.value {
+                    Some(c) => Ok(Observed {
+                        value: c,
+                        date: got.date,
+                        retry_after: retry_after.or(got.retry_after),
+                    }),
+                    None => Err(AzureError::Decode(format!(
+                        "cache {id} accepted ({}) but not found on GET",
+                        resp.status
+                    ))),
+                }
+            }
+            _ => Err(resp.error()),
+        }
+    }
+
+    /// PATCH a cache with a JSON merge body (e.g. a new `encryptionSettings`). Non-blocking; not retried on 5xx
+    /// (a PATCH is not guaranteed idempotent), only on 429.
+    pub async fn patch_cache(
+        &self,
+        id: &ResourceId,
+        patch: &serde_json::Value,
+    ) -> Result<Observed<()>, AzureError> {
+        let mut req = self.arm(
+            "caches.patch",
+            Method::PATCH,
+            self.arm_url(&id.to_string(), CACHES_API_VERSION),
+            id.subscription(),
+        );
+        req.body = Some(serde_json::to_vec(patch).map_err(|e| AzureError::Decode(e.to_string()))?);
+        let resp = self.inner.send(req).await?;
+        match resp.status {
+            200..=202 => Ok(Observed::from_resp((), &resp)),
+            _ => Err(resp.error()),
+        }
+    }
+
+    /// DELETE a cache. Non-blocking: `Accepted` while Azure works on it, `Gone` once it no longer exists.
+    pub async fn delete_cache(
+        &self,
+        id: &ResourceId,
+    ) -> Result<Observed<DeleteOutcome>, AzureError> {
+        let req = self.arm(
+            "caches.delete",
+            Method::DELETE,
+            self.arm_url(&id.to_string(), CACHES_API_VERSION),
+            id.subscription(),
+        );
+        let resp = self.inner.send(req).await?;
+        match resp.status {
+            202 => Ok(Observed::from_resp(DeleteOutcome::Accepted, &resp)),
+            200 | 204 | 404 => Ok(Observed::from_resp(DeleteOutcome::Gone, &resp)),
+            _ => Err(resp.error()),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------------ vaults
+
+    /// GET a Key Vault (management plane); `None` when it does not exist.
+    pub async fn get_vault(&self, id: &ResourceId) -> Result<Observed<Option<Vault>>, AzureError> {
+        self.get_optional("vaults.get", id, VAULTS_API_VERSION)
+            .await
+    }
+
+    /// PATCH `enableSoftDelete: true, enablePurgeProtection: true` (both irreversible; `false` is never sent).
+    pub async fn enable_vault_protection(
+        &self,
+        id: &ResourceId,
+    ) -> Result<Observed<Vault>, AzureError> {
+        let mut req = self.arm(
+            "vaults.patch",
+            Method::PATCH,
+            self.arm_url(&id.to_string(), VAULTS_API_VERSION),
+            id.subscription(),
+        );
+        // Setting both flags to true is idempotent, so this PATCH may be retried like a PUT.
+        req.idempotent = true;
+        let body = json!({"properties": {"enableSoftDelete": true, "enablePurgeProtection": true}});
+        req.body = Some(body.to_string().into_bytes());
+        let resp = self.inner.send(req).await?;
+        match resp.status {
+            200 | 201 => Ok(Observed::from_resp(resp.json()?, &resp)),
+            _ => Err(resp.error()),
+        }
+    }
+
+    async fn update_access_policy(
+        &self,
+        op: &'static str,
+        kind: &str,
+        vault: &ResourceId,
+        tenant_id: &str,
+        object_id: &str,
+        key_permissions: &[&str],
+    ) -> Result<(), AzureError> {
+        let url = self.arm_url(
+            &format!("{vault}/accessPolicies/{kind}"),
+            VAULTS_API_VERSION,
+        );
+        let mut req = self.arm(op, Method::PUT, url, vault.subscription());
+        let body = json!({"properties": {"accessPolicies": [{
+            "tenantId": tenant_id,
+            "objectId": object_id,
+            "permissions": {"keys": key_permissions},
+        }]}});
+        req.body = Some(body.to_string().into_bytes());
+        let resp = self.inner.send(req).await?;
+        match resp.status {
+            200 | 201 => Ok(()),
+            _ => Err(resp.error()),
+        }
+    }
+
+    /// `PUT …/vaults/{v}/accessPolicies/add`: grant `key_permissions` on keys to `object_id`.
+    pub async fn add_access_policy(
+        &self,
+        vault: &ResourceId,
+        tenant_id: &str,
+        object_id: &str,
+        key_permissions: &[&str],
+    ) -> Result<(), AzureError> {
+        self.update_access_policy(
+            "accessPolicies.add",
+            "add",
+            vault,
+            tenant_id,
+            object_id,
+            key_permissions,
+        )
+        .await
+    }
+
+    /// `PUT …/vaults/{v}/accessPolicies/remove` for the CMK key permissions of `object_id`.
+    pub async fn remove_access_policy(
+        &self,
+        vault: &ResourceId,
+        tenant_id: &str,
+        object_id: &str,
+    ) -> Result<(), AzureError> {
+        match self
+            .update_access_policy(
+                "accessPolicies.remove",
+                "remove",
+                vault,
+                tenant_id,
+                object_id,
+                &CMK_KEY_PERMISSIONS,
+            )
+            .await
+        {
+            // A vault that no longer exists holds no policy.
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------------ RBAC
+
+    fn role_assignment_url(
+        &self,
+        scope: &ResourceId,
+        principal_id: &str,
+        role_definition_guid: &str,
+    ) -> Url {
+        let name = role_assignment_name(scope, principal_id, role_definition_guid);
+        self.arm_url(
+            &format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            ROLE_ASSIGNMENTS_API_VERSION,
+        )
+    }
+
+    /// Assign a role to a service principal at `scope` under the deterministic name [`role_assignment_name`]. An
+    /// existing identical assignment (409 `RoleAssignmentExists`) counts as success.
+    pub async fn put_role_assignment(
+        &self,
+        scope: &ResourceId,
+        principal_id: &str,
+        role_definition_guid: &str,
+    ) -> Result<(), AzureError> {
+        let url = self.role_assignment_url(scope, principal_id, role_definition_guid);
+        let mut req = self.arm(
+            "roleAssignments.put",
+            Method::PUT,
+            url,
+            scope.subscription(),
+        );
+        let body = json!({"properties": {
+            "roleDefinitionId": format!(
+                "/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{}",
+                scope.subscription(),
+                role_definition_guid
+            ),
+            "principalId": principal_id,
+            "principalType": "ServicePrincipal",
+        }});
+        req.body = Some(body.to_string().into_bytes());
+        let resp = self.inner.send(req).await?;
+        match resp.status {
+            200 | 201 => Ok(()),
+            409 => {
+                let e = resp.error();
+                if e.code()
+                    .is_some_and(|c| c.eq_ignore_ascii_case("RoleAssignmentExists"))
+                {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            _ => Err(resp.error()),
+        }
+    }
+
+    /// Delete the assignment made by [`Azure::put_role_assignment`]; absent counts as success.
+    pub async fn delete_role_assignment(
+        &self,
+        scope: &ResourceId,
+        principal_id: &str,
+        role_definition_guid: &str,
+    ) -> Result<(), AzureError> {
+        let url = self.role_assignment_url(scope, principal_id, role_definition_guid);
+        let resp = self
+            .inner
+            .send(self.arm(
+                "roleAssignments.delete",
+                Method::DELETE,
+                url,
+                scope.subscription(),
+            ))
+            .await?;
+        match resp.status {
+            200 | 202 | 204 | 404 => Ok(()),
+            _ => Err(resp.error()),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------------ identities
+
+    /// GET a user-assigned managed identity; `None` when it does not exist.
+    pub async fn get_user_assigned_identity(
+        &self,
+        id: &ResourceId,
+    ) -> Result<Option<UserAssignedIdentity>, AzureError> {
+        Ok(self
+            .get_optional("identities.get", id, IDENTITIES_API_VERSION)
+            .await?
+            .value)
+    }
+
+    // ------------------------------------------------------------------------------------------------ keys
+
+    fn key_url(vault_uri: &Url, segments: &[&str]) -> Result<Url, AzureError> {
+        if vault_uri.scheme() != "https" {
+            return Err(AzureError::Auth(format!(
+                "refusing non-https Key Vault URI {vault_uri}"
+            )));
+        }
+        let mut u = vault_uri.clone();
+        u.set_query(None);
+        u.set_fragment(None);
+        {
+            let mut p = u
+                .path_segments_mut()
+                .map_err(|_| AzureError::Decode(format!("bad vault URI {vault_uri}")))?;
+            p.clear();
+            p.push("keys");
+            for s in segments {
+                p.push(s);
+            }
+        }
+        u.query_pairs_mut()
+            .append_pair("api-version", KEYVAULT_API_VERSION);
+        Ok(u)
+    }
+
+    /// GET a key (latest version when `version` is `None`) from the Key Vault data plane, with the 401 Bearer
+    /// challenge flow. `None` when the key (or version) does not exist.
+    pub async fn get_key(
+        &self,
+        vault_uri: &Url,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<KeyBundle>, AzureError> {
+        let mut segs = vec![name];
+        if let Some(v) = version.filter(|v| !v.is_empty()) {
+            segs.push(v);
+        }
+        let url = Self::key_url(vault_uri, &segs)?;
+        let resp = self.inner.send_keyvault("keys.get", url).await?;
+        match resp.status {
+            200 => Ok(Some(resp.json()?)),
+            404 => Ok(None),
+            _ => Err(resp.error()),
+        }
+    }
+
+    /// List the versions of a key (`GET /keys/{name}/versions`, all pages); `None` when the key does not exist.
+    pub async fn list_key_versions(
+        &self,
+        vault_uri: &Url,
+        name: &str,
+    ) -> Result<Option<Vec<KeyItem>>, AzureError> {
+        let mut url = Some(Self::key_url(vault_uri, &[name, "versions"])?);
+        let mut all = Vec::new();
+        let mut pages = 0;
+        while let Some(u) = url.take() {
+            pages += 1;
+            if pages > 1000 {
+                return Err(AzureError::Decode(
+                    "more than 1000 pages of key versions".into(),
+                ));
+            }
+            let resp = self.inner.send_keyvault("keys.versions", u).await?;
+            match resp.status {
+                200 => {}
+                404 => return Ok(None),
+                _ => return Err(resp.error()),
+            }
+            let page: models::KeyListResult = resp.json()?;
+            all.extend(page.value);
+            if let Some(next) = page.next_link.filter(|n| !n.is_empty()) {
+                url = Some(self.inner.same_origin_link(&next, vault_uri)?);
+            }
+        }
+        Ok(Some(all))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Unit tests against local stubs.

@@ -1,0 +1,210 @@
+//! The admin API (plain HTTP on `admin_listen`): clock, request log, seeding, grants, faults, state dump.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::Inner;
+use super::faults::FaultRule;
+use super::seed::Seed;
+
+pub fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/clock", get(clock))
+        .route("/clock/advance", post(advance))
+        .route("/requests", get(requests).delete(clear_requests))
+        .route("/seed", post(seed))
+        .route("/grants", post(grant))
+        .route(
+            "/faults",
+            get(list_faults).post(add_faults).delete(clear_faults),
+        )
+        .route("/state", get(state))
+        .with_state(inner)
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": msg.into()}))).into_response()
+}
+
+fn now_json(inner: &Inner) -> Value {
+    json!({"now": inner.clock.now().to_string(), "speed": inner.clock.speed()})
+}
+
+async fn clock(State(inner): State<Arc<Inner>>) -> Response {
+    axum::Json(now_json(&inner)).into_response()
+}
+
+/// Body `{"minutes": N}` and/or `{"seconds": N}` (numbers, may be fractional).
+async fn advance(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let minutes = v.get("minutes").map(|m| m.as_f64());
+    let seconds = v.get("seconds").map(|s| s.as_f64());
+    if minutes.is_none() && seconds.is_none() {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "give {\"minutes\": N} or {\"seconds\": N}",
+        );
+    }
+    let total = match (minutes, seconds) {
+        (Some(None), _) | (_, Some(None)) => {
+            return err(StatusCode::BAD_REQUEST, "minutes/seconds must be numbers");
+        }
+        (m, s) => m.flatten().unwrap_or(0.0) * 60.0 + s.flatten().unwrap_or(0.0),
+    };
+    if !total.is_finite() || total < 0.0 {
+        return err(StatusCode::BAD_REQUEST, "the clock only moves forward");
+    }
+    inner.clock.advance(Duration::from_secs_f64(total));
+    let now = inner.clock.now();
+    inner.world().tick(now);
+    axum::Json(now_json(&inner)).into_response()
+}
+
+async fn requests(State(inner): State<Arc<Inner>>) -> Response {
+    let log = inner.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut out = String::new();
+    for r in log {
+        out.push_str(&serde_json::to_string(&r).unwrap_or_default());
+        out.push('\n');
+    }
+    ([("content-type", "application/x-ndjson")], out).into_response()
+}
+
+async fn clear_requests(State(inner): State<Arc<Inner>>) -> Response {
+    inner.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn seed(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let seed = match Seed::from_yaml(&text) {
+        Ok(s) => s,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid seed: {e}")),
+    };
+    let now = inner.clock.now();
+    let mut w = inner.world();
+    w.tick(now);
+    if let Err(e) = w.apply_seed(&seed, now) {
+        return err(StatusCode::BAD_REQUEST, format!("invalid seed: {e}"));
+    }
+    w.tick(now);
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+/// `{"vaultName" | "vaultId": …, "principalId": …}`.
+async fn grant(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let vault = v
+        .get("vaultId")
+        .or_else(|| v.get("vaultName"))
+        .and_then(Value::as_str);
+    let principal = v.get("principalId").and_then(Value::as_str);
+    let (Some(vault), Some(principal)) = (vault, principal) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "give vaultName or vaultId, and principalId",
+        );
+    };
+    let now = inner.clock.now();
+    let mut w = inner.world();
+    w.tick(now);
+    match w.grant(vault, principal, now, "admin") {
+        Ok(what) => {
+            w.tick(now);
+            axum::Json(json!({"granted": what})).into_response()
+        }
+        Err(e) => err(StatusCode::NOT_FOUND, e),
+    }
+}
+
+async fn list_faults(State(inner): State<Arc<Inner>>) -> Response {
+    let f = inner
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    axum::Json(json!(f)).into_response()
+}
+
+/// A rule or a list of rules; appended to the active rules.
+async fn add_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let list = match v {
+        Value::Array(a) => a,
+        Value::Object(ref o) if o.contains_key("rules") => {
+            o["rules"].as_array().cloned().unwrap_or_default()
+        }
+        o @ Value::Object(_) => vec![o],
+        _ => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "expected a rule or a list of rules",
+            );
+        }
+    };
+    let mut rules = Vec::new();
+    for item in list {
+        let rule: FaultRule = match serde_json::from_value(item) {
+            Ok(r) => r,
+            Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid rule: {e}")),
+        };
+        match rule.validate() {
+            Ok(r) => rules.push(r),
+            Err(e) => return err(StatusCode::BAD_REQUEST, e),
+        }
+    }
+    let n = rules.len();
+    inner
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(rules);
+    axum::Json(json!({"added": n})).into_response()
+}
+
+async fn clear_faults(State(inner): State<Arc<Inner>>) -> Response {
+    inner
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn state(State(inner): State<Arc<Inner>>) -> Response {
+    let now = inner.clock.now();
+    let mut w = inner.world();
+    w.tick(now);
+    let caches: Vec<Value> = w
+        .caches
+        .values()
+        .map(|c| {
+            let (p, h, _) = c.timeline.status(now, &w.timing);
+            json!({"id": c.id(), "provisioningState": p, "health": h, "detail": c})
+        })
+        .collect();
+    axum::Json(json!({
+        "now": now.to_string(),
+        "tenantId": w.tenant_id,
+        "caches": caches,
+        "world": &*w,
+    }))
+    .into_response()
+}

@@ -1,0 +1,1053 @@
+//! `Microsoft.StorageCache/caches` and `locations/ascOperations`.
+//!
+//! Handlers validate and translate; the clock-driven state machine lives in [`super::state::CacheTimeline`].
+
+use std::collections::BTreeMap;
+
+use axum::http::{Method, StatusCode};
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+
+use super::arm::{Ctx, Route, resource_not_found};
+use super::clock::arm_time;
+use super::http::{Out, Req};
+use super::state::{
+    Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, Operation,
+    Phase, Principal, UPDATE_DURATION, World, new_uuid, parse_key_url, sdur, validate_cmk_key,
+};
+
+/// SKUs and their allowed cache sizes (GB), from the `Skus_List` example.
+pub const SKUS: &[(&str, &[i64])] = &[
+    ("Standard_2G", &[3072, 6144, 12288]),
+    ("Standard_4G", &[6144, 12288, 24576]),
+    ("Standard_8G", &[12288, 24576, 49152]),
+];
+
+/// Seconds clients are asked to wait between polls.
+pub const RETRY_AFTER_SECS: u64 = 10;
+
+/// Properties kept as sent and echoed back (secrets removed).
+const PASSTHROUGH: &[&str] = &[
+    "networkSettings",
+    "securitySettings",
+    "directoryServicesSettings",
+    "upgradeSettings",
+];
+
+pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
+    match (route, &r.method) {
+        (Route::Cache { sub, rg, name }, m) => {
+            if !valid_cache_name(name) {
+                return Out::arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidResourceName",
+                    format!(
+                        "The cache name '{name}' is invalid. It must match the pattern '^[-0-9a-zA-Z_]{{1,80}}$'."
+                    ),
+                );
+            }
+            let key = cache_key(sub, rg, name);
+            match *m {
+                Method::GET => match w.caches.get(&key) {
+                    Some(c) => Out::json(StatusCode::OK, cache_json(w, c, ctx.now)),
+                    None => resource_not_found("Microsoft.StorageCache/caches", name, rg),
+                },
+                Method::PUT => put(ctx, w, r, sub, rg, name),
+                Method::PATCH => patch(ctx, w, r, &key, rg, name),
+                Method::DELETE => delete(ctx, w, &key),
+                _ => method_not_allowed(&r.method),
+            }
+        }
+        (Route::CachesInRg { sub, rg }, &Method::GET) => {
+            let value: Vec<Value> = w
+                .caches
+                .values()
+                .filter(|c| {
+                    c.subscription_id.eq_ignore_ascii_case(sub)
+                        && c.resource_group.eq_ignore_ascii_case(rg)
+                })
+                .map(|c| cache_json(w, c, ctx.now))
+                .collect();
+            Out::json(StatusCode::OK, json!({ "value": value }))
+        }
+        (Route::CachesInSub { sub }, &Method::GET) => {
+            let value: Vec<Value> = w
+                .caches
+                .values()
+                .filter(|c| c.subscription_id.eq_ignore_ascii_case(sub))
+                .map(|c| cache_json(w, c, ctx.now))
+                .collect();
+            Out::json(StatusCode::OK, json!({ "value": value }))
+        }
+        (Route::AscOperation { sub, location, op }, &Method::GET) => {
+            asc_operation(ctx, w, r, sub, location, op)
+        }
+        _ => method_not_allowed(&r.method),
+    }
+}
+
+fn method_not_allowed(m: &Method) -> Out {
+    Out::arm_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("The requested resource does not support http method '{m}'."),
+    )
+}
+
+pub fn valid_cache_name(n: &str) -> bool {
+    (1..=80).contains(&n.len())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+pub fn cache_key(sub: &str, rg: &str, name: &str) -> String {
+    format!(
+        "/subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.storagecache/caches/{name}"
+    )
+    .to_ascii_lowercase()
+}
+
+/// Normalised region name (`West US` → `westus`).
+pub fn norm_location(l: &str) -> String {
+    l.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+fn bad(code: &str, msg: impl Into<String>) -> Out {
+    Out::arm_error(StatusCode::BAD_REQUEST, code, msg)
+}
+
+fn invalid_param(target: &str, msg: impl Into<String>) -> Out {
+    Out::json(
+        StatusCode::BAD_REQUEST,
+        json!({"error": {"code": "InvalidParameter", "message": msg.into(), "target": target}}),
+    )
+}
+
+/// What a PUT/PATCH body says about the cache (absent fields = `None`).
+#[derive(Debug, Default)]
+struct Spec {
+    location: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+    sku: Option<String>,
+    size: Option<i64>,
+    subnet: Option<String>,
+    identity: Option<(String, Vec<String>)>,
+    encryption: Option<(String, String, Option<bool>)>,
+    encryption_present: bool,
+    passthrough: Map<String, Value>,
+    zones: Option<Value>,
+}
+
+fn parse_spec(body: &Value) -> Result<Spec, Out> {
+    let Some(obj) = body.as_object() else {
+        return Err(bad(
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized: 'expected a JSON object'.",
+        ));
+    };
+    let mut s = Spec::default();
+    if let Some(l) = obj.get("location") {
+        s.location = Some(
+            l.as_str()
+                .ok_or_else(|| invalid_param("location", "location must be a string."))?
+                .to_string(),
+        );
+    }
+    if let Some(t) = obj.get("tags").filter(|t| !t.is_null()) {
+        let m = t
+            .as_object()
+            .ok_or_else(|| invalid_param("tags", "tags must be an object of strings."))?;
+        let mut tags = BTreeMap::new();
+        for (k, v) in m {
+            tags.insert(
+                k.clone(),
+                v.as_str()
+                    .ok_or_else(|| invalid_param("tags", "tag values must be strings."))?
+                    .to_string(),
+            );
+        }
+        s.tags = Some(tags);
+    }
+    if let Some(sku) = obj.get("sku").filter(|v| !v.is_null()) {
+        s.sku = Some(
+            sku["name"]
+                .as_str()
+                .ok_or_else(|| invalid_param("sku.name", "sku.name must be a string."))?
+                .to_string(),
+        );
+    }
+    if let Some(id) = obj.get("identity").filter(|v| !v.is_null()) {
+        let t = id["type"]
+            .as_str()
+            .ok_or_else(|| invalid_param("identity.type", "identity.type is required."))?;
+        let t = ["SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned", "None"]
+            .into_iter()
+            .find(|k| k.eq_ignore_ascii_case(t))
+            .ok_or_else(|| {
+                invalid_param(
+                    "identity.type",
+                    format!("The identity type '{t}' is invalid. Allowed values are 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned', 'None'."),
+                )
+            })?;
+        let uai: Vec<String> = match &id["userAssignedIdentities"] {
+            Value::Object(m) => m.keys().cloned().collect(),
+            Value::Null => vec![],
+            _ => {
+                return Err(invalid_param(
+                    "identity.userAssignedIdentities",
+                    "userAssignedIdentities must be an object.",
+                ));
+            }
+        };
+        s.identity = Some((t.to_string(), uai));
+    }
+    let props = match obj.get("properties") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(_) => return Err(invalid_param("properties", "properties must be an object.")),
+    };
+    if let Some(v) = props.get("cacheSizeGB").filter(|v| !v.is_null()) {
+        s.size = Some(v.as_i64().ok_or_else(|| {
+            invalid_param("properties.cacheSizeGB", "cacheSizeGB must be an integer.")
+        })?);
+    }
+    if let Some(v) = props.get("subnet").filter(|v| !v.is_null()) {
+        s.subnet = Some(
+            v.as_str()
+                .ok_or_else(|| invalid_param("properties.subnet", "subnet must be a string."))?
+                .to_string(),
+        );
+    }
+    if let Some(e) = props.get("encryptionSettings").filter(|v| !v.is_null()) {
+        s.encryption_present = true;
+        let rot = match &e["rotationToLatestKeyVersionEnabled"] {
+            Value::Null => None,
+            Value::Bool(b) => Some(*b),
+            _ => {
+                return Err(invalid_param(
+                    "properties.encryptionSettings.rotationToLatestKeyVersionEnabled",
+                    "must be a boolean.",
+                ));
+            }
+        };
+        let kek = &e["keyEncryptionKey"];
+        if kek.is_null() {
+            if rot.is_some() {
+                s.encryption = Some((String::new(), String::new(), rot));
+            }
+        } else {
+            let url = kek["keyUrl"].as_str().ok_or_else(|| {
+                invalid_param(
+                    "properties.encryptionSettings.keyEncryptionKey.keyUrl",
+                    "keyEncryptionKey.keyUrl is required.",
+                )
+            })?;
+            let vault = kek["sourceVault"]["id"].as_str().ok_or_else(|| {
+                invalid_param(
+                    "properties.encryptionSettings.keyEncryptionKey.sourceVault.id",
+                    "keyEncryptionKey.sourceVault.id is required.",
+                )
+            })?;
+            s.encryption = Some((url.to_string(), vault.to_string(), rot));
+        }
+    }
+    for k in PASSTHROUGH {
+        if let Some(v) = props.get(*k).filter(|v| !v.is_null()) {
+            if !v.is_object() {
+                return Err(invalid_param(
+                    &format!("properties.{k}"),
+                    format!("{k} must be an object."),
+                ));
+            }
+            s.passthrough.insert(k.to_string(), v.clone());
+        }
+    }
+    if let Some(z) = props.get("zones").filter(|v| !v.is_null()) {
+        if !z
+            .as_array()
+            .is_some_and(|a| a.len() <= 1 && a.iter().all(Value::is_string))
+        {
+            return Err(invalid_param(
+                "properties.zones",
+                "zones must be an array with at most one zone.",
+            ));
+        }
+        s.zones = Some(z.clone());
+    }
+    Ok(s)
+}
+
+/// Validate a key reference for a cache in `sub`/`location`: vault rules, then key rules.
+pub fn validate_encryption(
+    w: &World,
+    sub: &str,
+    location: &str,
+    key_url: &str,
+    source_vault_id: &str,
+    rotation: Option<bool>,
+    now: Timestamp,
+) -> Result<CacheEncryption, Out> {
+    let target = "properties.encryptionSettings.keyEncryptionKey";
+    let ku = parse_key_url(key_url).ok_or_else(|| {
+        invalid_param(&format!("{target}.keyUrl"), format!("The key URL '{key_url}' is not a valid Key Vault key URL (https://{{vault}}.vault.azure.net/keys/{{name}}/{{version}})."))
+    })?;
+    let sv_name = source_vault_id
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let sv_segs: Vec<&str> = source_vault_id
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let sv_ok = sv_segs.len() == 8
+        && sv_segs[0].eq_ignore_ascii_case("subscriptions")
+        && sv_segs[5].eq_ignore_ascii_case("Microsoft.KeyVault")
+        && sv_segs[6].eq_ignore_ascii_case("vaults");
+    if !sv_ok || !sv_name.eq_ignore_ascii_case(&ku.vault) {
+        return Err(invalid_param(
+            &format!("{target}.sourceVault.id"),
+            format!(
+                "The source vault '{source_vault_id}' does not match the vault of key URL '{key_url}'."
+            ),
+        ));
+    }
+    let Some(vault) = w.vaults.get(&ku.vault.to_ascii_lowercase()) else {
+        return Err(bad(
+            "KeyVaultNotFound",
+            format!("The key vault '{source_vault_id}' was not found."),
+        ));
+    };
+    if !vault
+        .id()
+        .eq_ignore_ascii_case(&format!("/{}", sv_segs.join("/")))
+    {
+        return Err(bad(
+            "KeyVaultNotFound",
+            format!("The key vault '{source_vault_id}' was not found."),
+        ));
+    }
+    if !vault.subscription_id.eq_ignore_ascii_case(sub) {
+        return Err(bad(
+            "KeyVaultSubscriptionMismatch",
+            format!(
+                "The key vault '{}' is in subscription '{}'. The key vault must be in the same subscription as the cache ('{sub}').",
+                vault.name, vault.subscription_id
+            ),
+        ));
+    }
+    if norm_location(&vault.location) != norm_location(location) {
+        return Err(bad(
+            "KeyVaultLocationMismatch",
+            format!(
+                "The key vault '{}' is in region '{}'. The key vault must be in the same region as the cache ('{location}').",
+                vault.name, vault.location
+            ),
+        ));
+    }
+    if !vault.enable_soft_delete {
+        return Err(bad(
+            "KeyVaultSoftDeleteNotEnabled",
+            format!(
+                "The key vault '{}' must have soft delete enabled.",
+                vault.name
+            ),
+        ));
+    }
+    if vault.enable_purge_protection != Some(true) {
+        return Err(bad(
+            "KeyVaultPurgeProtectionNotEnabled",
+            format!(
+                "The key vault '{}' must have purge protection enabled to be used for cache encryption.",
+                vault.name
+            ),
+        ));
+    }
+    let Some(key) = vault.key(&ku.name) else {
+        return Err(bad(
+            "KeyNotFound",
+            format!(
+                "The key '{}' was not found in key vault '{}'.",
+                ku.name, vault.name
+            ),
+        ));
+    };
+    let kv = match &ku.version {
+        Some(v) => key
+            .versions
+            .iter()
+            .find(|k| k.version.eq_ignore_ascii_case(v))
+            .ok_or_else(|| {
+                bad(
+                    "KeyVersionNotFound",
+                    format!(
+                        "The version '{v}' of key '{}' was not found in key vault '{}'.",
+                        ku.name, vault.name
+                    ),
+                )
+            })?,
+        None if rotation == Some(true) => key
+            .versions
+            .last()
+            .ok_or_else(|| bad("KeyNotFound", "The key has no versions."))?,
+        None => {
+            return Err(invalid_param(
+                &format!("{target}.keyUrl"),
+                "The key URL must include a key version unless rotationToLatestKeyVersionEnabled is true.",
+            ));
+        }
+    };
+    validate_cmk_key(key_url, kv, now).map_err(|p| bad(p.code, p.message))?;
+    Ok(CacheEncryption {
+        key_url: key_url.to_string(),
+        source_vault_id: source_vault_id.to_string(),
+        vault_name: vault.name.clone(),
+        key_name: key.name.clone(),
+        key_version: ku.version.clone(),
+        rotation_to_latest_key_version_enabled: rotation,
+    })
+}
+
+fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Out {
+    let body = match r.json() {
+        Ok(b) => b,
+        Err(m) => return bad("InvalidRequestContent", m),
+    };
+    let spec = match parse_spec(&body) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let key = cache_key(sub, rg, name);
+    if w.caches.contains_key(&key) {
+        return update(ctx, w, &key, spec, true, rg, name);
+    }
+    if ctx.inner.cfg.retired {
+        return Out::arm_error(
+            StatusCode::CONFLICT,
+            "OperationNotAllowed",
+            "Unable to create HPC Cache due to product retirement",
+        );
+    }
+    let Some(location) = spec.location.clone() else {
+        return bad(
+            "LocationRequired",
+            "The location property is required for this definition.",
+        );
+    };
+    let Some(sku) = spec.sku.clone() else {
+        return invalid_param("sku.name", "The SKU name is required.");
+    };
+    let Some((_, sizes)) = SKUS.iter().find(|(s, _)| s.eq_ignore_ascii_case(&sku)) else {
+        return invalid_param(
+            "sku.name",
+            format!(
+                "The SKU '{sku}' is not supported. Supported SKUs: {}.",
+                SKUS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    };
+    let Some(size) = spec.size else {
+        return invalid_param("properties.cacheSizeGB", "cacheSizeGB is required.");
+    };
+    if !sizes.contains(&size) {
+        return invalid_param(
+            "properties.cacheSizeGB",
+            format!(
+                "The cache size {size} GB is not valid for SKU '{sku}'. Valid sizes: {sizes:?}."
+            ),
+        );
+    }
+    let Some(subnet) = spec.subnet.clone() else {
+        return invalid_param("properties.subnet", "subnet is required.");
+    };
+    let ss: Vec<&str> = subnet.split('/').filter(|s| !s.is_empty()).collect();
+    if ss.len() != 10
+        || !ss[0].eq_ignore_ascii_case("subscriptions")
+        || !ss[5].eq_ignore_ascii_case("Microsoft.Network")
+        || !ss[6].eq_ignore_ascii_case("virtualNetworks")
+        || !ss[8].eq_ignore_ascii_case("subnets")
+    {
+        return invalid_param(
+            "properties.subnet",
+            format!("The subnet '{subnet}' is not a valid subnet resource id."),
+        );
+    }
+    // identity
+    let (kind, uai) = spec
+        .identity
+        .clone()
+        .unwrap_or_else(|| ("None".to_string(), vec![]));
+    let wants_user = kind.contains("UserAssigned");
+    if wants_user && uai.is_empty() {
+        return invalid_param(
+            "identity.userAssignedIdentities",
+            "At least one user-assigned identity is required for identity type 'UserAssigned'.",
+        );
+    }
+    if !wants_user && !uai.is_empty() {
+        return invalid_param(
+            "identity.userAssignedIdentities",
+            format!(
+                "userAssignedIdentities may only be given with identity type including 'UserAssigned', not '{kind}'."
+            ),
+        );
+    }
+    let mut user_assigned = BTreeMap::new();
+    for id in &uai {
+        match w.identities.get(&id.to_ascii_lowercase()) {
+            Some(i) => {
+                user_assigned.insert(id.clone(), (i.principal_id.clone(), i.client_id.clone()));
+            }
+            None => {
+                return bad(
+                    "FailedIdentityOperation",
+                    format!(
+                        "Identity operation for resource '{}' failed with error 'Failed to perform resource identity operation. Status: 'NotFound'. Response: '{{\"error\":{{\"code\":\"NotFound\",\"message\":\"Resource '{id}' not found.\"}}}}'.'.",
+                        cache_key(sub, rg, name)
+                    ),
+                );
+            }
+        }
+    }
+    // encryption
+    let encryption = match &spec.encryption {
+        Some((url, vault, rot)) if !url.is_empty() => {
+            if kind == "None" {
+                return invalid_param(
+                    "identity",
+                    "A managed identity is required to use a customer-managed encryption key.",
+                );
+            }
+            match validate_encryption(w, sub, &location, url, vault, *rot, ctx.now) {
+                Ok(e) => Some(e),
+                Err(o) => return o,
+            }
+        }
+        Some(_) => {
+            return invalid_param(
+                "properties.encryptionSettings.keyEncryptionKey",
+                "keyEncryptionKey is required when encryptionSettings is given.",
+            );
+        }
+        None => None,
+    };
+    let system_principal_id = if kind.starts_with("SystemAssigned") {
+        let oid = new_uuid();
+        w.principals.insert(
+            oid.clone(),
+            Principal {
+                object_id: oid.clone(),
+                client_id: new_uuid(),
+                secret: None,
+                display_name: name.to_string(),
+                kind: "ManagedIdentity".into(),
+                arm_scopes: vec![],
+                federated_credentials: vec![],
+            },
+        );
+        Some(oid)
+    } else {
+        None
+    };
+    let cmk = encryption.is_some();
+    let cache = Cache {
+        subscription_id: sub.to_string(),
+        resource_group: rg.to_string(),
+        name: name.to_string(),
+        location: location.clone(),
+        sku: SKUS
+            .iter()
+            .find(|(s, _)| s.eq_ignore_ascii_case(&sku))
+            .map(|s| s.0.to_string())
+            .unwrap_or(sku),
+        cache_size_gb: size,
+        subnet,
+        tags: spec.tags.clone().unwrap_or_default(),
+        identity: Some(CacheIdentity {
+            kind,
+            system_principal_id,
+            user_assigned,
+        }),
+        encryption,
+        extra_properties: spec.passthrough.clone(),
+        zones: spec.zones.clone(),
+        created_by: ctx.principal.to_string(),
+        last_modified_by: ctx.principal.to_string(),
+        last_modified_at: ctx.now,
+        timeline: CacheTimeline {
+            created_at: ctx.now,
+            cmk,
+            access_at: None,
+            failed_at: None,
+            updating_until: None,
+            deleting_until: None,
+        },
+    };
+    w.caches.insert(key.clone(), cache);
+    w.tick(ctx.now);
+    let op = new_operation(w, ctx, sub, &location, OpKind::Create, &key, None);
+    let c = &w.caches[&key];
+    let out = Out::json(StatusCode::CREATED, cache_json(w, c, ctx.now));
+    lro_headers(ctx, out, sub, &location, &op)
+}
+
+fn new_operation(
+    w: &mut World,
+    ctx: &Ctx,
+    sub: &str,
+    location: &str,
+    kind: OpKind,
+    key: &str,
+    done_at: Option<Timestamp>,
+) -> String {
+    let id = new_uuid();
+    w.operations.insert(
+        id.clone(),
+        Operation {
+            id: id.clone(),
+            subscription_id: sub.to_string(),
+            location: norm_location(location),
+            kind,
+            cache_key: key.to_string(),
+            start_time: ctx.now,
+            status: "InProgress".into(),
+            end_time: None,
+            error: None,
+            done_at,
+        },
+    );
+    w.tick(ctx.now);
+    id
+}
+
+fn lro_headers(ctx: &Ctx, out: Out, sub: &str, location: &str, op: &str) -> Out {
+    let base = ctx.inner.base_url.as_str().trim_end_matches('/');
+    let loc = norm_location(location);
+    let v = ctx.api_version;
+    out.with_header(
+        "azure-asyncoperation",
+        format!("{base}/subscriptions/{sub}/providers/Microsoft.StorageCache/locations/{loc}/ascOperations/{op}?api-version={v}"),
+    )
+    .with_header(
+        "location",
+        format!("{base}/subscriptions/{sub}/providers/Microsoft.StorageCache/locations/{loc}/ascOperations/{op}?monitor=true&api-version={v}"),
+    )
+    .with_header("retry-after", RETRY_AFTER_SECS.to_string())
+}
+
+fn patch(ctx: &Ctx, w: &mut World, r: &Req, key: &str, rg: &str, name: &str) -> Out {
+    if !w.caches.contains_key(key) {
+        return resource_not_found("Microsoft.StorageCache/caches", name, rg);
+    }
+    let body = if r.body.is_empty() {
+        json!({})
+    } else {
+        match r.json() {
+            Ok(b) => b,
+            Err(m) => return bad("InvalidRequestContent", m),
+        }
+    };
+    let spec = match parse_spec(&body) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    update(ctx, w, key, spec, false, rg, name)
+}
+
+/// Apply a PUT (full) or PATCH (partial) to an existing cache.
+fn update(
+    ctx: &Ctx,
+    w: &mut World,
+    key: &str,
+    spec: Spec,
+    full_put: bool,
+    rg: &str,
+    name: &str,
+) -> Out {
+    let c = w.caches[key].clone();
+    if c.timeline.deleting_until.is_some() {
+        return Out::arm_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("The cache '{name}' is being deleted."),
+        );
+    }
+    if let Some(l) = &spec.location
+        && norm_location(l) != norm_location(&c.location)
+    {
+        return bad(
+            "InvalidResourceLocation",
+            format!(
+                "The resource '{name}' already exists in location '{}' in resource group '{rg}'. A resource with the same name cannot be created in location '{l}'. Please select a new resource name.",
+                c.location
+            ),
+        );
+    }
+    let immutable = |what: &str| -> Out {
+        Out::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"code": "PropertyChangeNotAllowed", "message": format!("Changing property '{what}' is not allowed."), "target": what}}),
+        )
+    };
+    if spec
+        .sku
+        .as_deref()
+        .is_some_and(|s| !s.eq_ignore_ascii_case(&c.sku))
+    {
+        return immutable("sku.name");
+    }
+    if spec.size.is_some_and(|s| s != c.cache_size_gb) {
+        return immutable("properties.cacheSizeGB");
+    }
+    if spec
+        .subnet
+        .as_deref()
+        .is_some_and(|s| !s.eq_ignore_ascii_case(&c.subnet))
+    {
+        return immutable("properties.subnet");
+    }
+    if let Some((kind, uai)) = &spec.identity {
+        let cur = c
+            .identity
+            .as_ref()
+            .map(|i| i.kind.as_str())
+            .unwrap_or("None");
+        if kind != cur {
+            return immutable("identity.type");
+        }
+        let cur_ids: Vec<String> = c
+            .identity
+            .as_ref()
+            .map(|i| {
+                i.user_assigned
+                    .keys()
+                    .map(|k| k.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let new_ids: Vec<String> = uai.iter().map(|k| k.to_ascii_lowercase()).collect();
+        if cur_ids != new_ids {
+            return immutable("identity.userAssignedIdentities");
+        }
+    }
+    // CMK <-> Microsoft-managed switch is refused; key changes are allowed.
+    let has_cmk = c.encryption.is_some();
+    let wants_cmk = spec
+        .encryption
+        .as_ref()
+        .is_some_and(|(u, _, _)| !u.is_empty());
+    if (full_put && has_cmk && !spec.encryption_present) || (!has_cmk && wants_cmk) {
+        return immutable("properties.encryptionSettings");
+    }
+    let mut new_enc = c.encryption.clone();
+    if let Some((url, vault, rot)) = &spec.encryption {
+        if url.is_empty() {
+            if let Some(e) = new_enc.as_mut() {
+                e.rotation_to_latest_key_version_enabled = *rot;
+            }
+        } else {
+            let enc = match validate_encryption(
+                w,
+                &c.subscription_id,
+                &c.location,
+                url,
+                vault,
+                *rot,
+                ctx.now,
+            ) {
+                Ok(e) => e,
+                Err(o) => return o,
+            };
+            let key_changed = c
+                .encryption
+                .as_ref()
+                .is_none_or(|e| !e.key_url.eq_ignore_ascii_case(&enc.key_url));
+            if key_changed && c.timeline.phase(ctx.now, &w.timing) == Phase::Healthy {
+                let vault = &w.vaults[&enc.vault_name.to_ascii_lowercase()];
+                let reach = c
+                    .identity
+                    .as_ref()
+                    .map(|i| i.principals())
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|p| w.cmk_access(vault, p));
+                if !reach {
+                    return bad(
+                        "KeyVaultAccessDenied",
+                        format!(
+                            "The cache identity does not have get, wrapKey and unwrapKey access to key '{}' in key vault '{}'.",
+                            enc.key_name, enc.vault_name
+                        ),
+                    );
+                }
+            }
+            new_enc = Some(enc);
+        }
+    }
+    let healthy = c.timeline.phase(ctx.now, &w.timing) == Phase::Healthy;
+    {
+        let m = w.caches.get_mut(key).expect("exists");
+        if let Some(t) = spec.tags.clone() {
+            m.tags = t;
+        } else if full_put {
+            m.tags.clear();
+        }
+        if full_put {
+            m.extra_properties = spec.passthrough.clone();
+        } else {
+            for (k, v) in spec.passthrough.clone() {
+                m.extra_properties.insert(k, v);
+            }
+        }
+        m.encryption = new_enc;
+        m.last_modified_at = ctx.now;
+        m.last_modified_by = ctx.principal.to_string();
+        if healthy {
+            m.timeline.updating_until = Some(ctx.now + sdur(UPDATE_DURATION));
+        }
+    }
+    let (sub, loc) = (c.subscription_id.clone(), c.location.clone());
+    if healthy {
+        let op = new_operation(
+            w,
+            ctx,
+            &sub,
+            &loc,
+            OpKind::Update,
+            key,
+            Some(ctx.now + sdur(UPDATE_DURATION)),
+        );
+        if full_put {
+            let out = Out::json(StatusCode::OK, cache_json(w, &w.caches[key], ctx.now));
+            lro_headers(ctx, out, &sub, &loc, &op)
+        } else {
+            lro_headers(ctx, Out::empty(StatusCode::ACCEPTED), &sub, &loc, &op)
+        }
+    } else {
+        Out::json(StatusCode::OK, cache_json(w, &w.caches[key], ctx.now))
+    }
+}
+
+fn delete(ctx: &Ctx, w: &mut World, key: &str) -> Out {
+    let Some(c) = w.caches.get(key).cloned() else {
+        return Out::empty(StatusCode::NO_CONTENT);
+    };
+    let until = c
+        .timeline
+        .deleting_until
+        .unwrap_or(ctx.now + sdur(DELETE_DURATION));
+    if let Some(m) = w.caches.get_mut(key) {
+        m.timeline.deleting_until = Some(until);
+    }
+    let op = new_operation(
+        w,
+        ctx,
+        &c.subscription_id,
+        &c.location,
+        OpKind::Delete,
+        key,
+        Some(until),
+    );
+    lro_headers(
+        ctx,
+        Out::empty(StatusCode::ACCEPTED),
+        &c.subscription_id,
+        &c.location,
+        &op,
+    )
+}
+
+fn asc_operation(ctx: &Ctx, w: &World, r: &Req, sub: &str, location: &str, op_id: &str) -> Out {
+    let Some(op) = w
+        .operations
+        .get(&op_id.to_ascii_lowercase())
+        .or_else(|| w.operations.get(op_id))
+    else {
+        return Out::arm_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            format!("The operation '{op_id}' was not found."),
+        );
+    };
+    if !op.subscription_id.eq_ignore_ascii_case(sub) || norm_location(location) != op.location {
+        return Out::arm_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            format!("The operation '{op_id}' was not found."),
+        );
+    }
+    let monitor = r
+        .param("monitor")
+        .is_some_and(|m| m.eq_ignore_ascii_case("true"));
+    if monitor {
+        // Location-header semantics: 202 while running, then what the synchronous call would have returned.
+        return match op.status.as_str() {
+            "InProgress" => Out::empty(StatusCode::ACCEPTED)
+                .with_header(
+                    "location",
+                    format!(
+                        "{}{}",
+                        ctx.inner.base_url.as_str().trim_end_matches('/'),
+                        r_path_query(r)
+                    ),
+                )
+                .with_header("retry-after", RETRY_AFTER_SECS.to_string()),
+            "Succeeded" => match (op.kind, w.caches.get(&op.cache_key)) {
+                (OpKind::Delete, _) | (_, None) => Out::empty(StatusCode::NO_CONTENT),
+                (_, Some(c)) => Out::json(StatusCode::OK, cache_json(w, c, ctx.now)),
+            },
+            _ => {
+                let (code, msg) = op
+                    .error
+                    .clone()
+                    .unwrap_or(("Failed".into(), "The operation failed.".into()));
+                Out::arm_error(StatusCode::BAD_REQUEST, &code, msg)
+            }
+        };
+    }
+    let base = format!(
+        "/subscriptions/{sub}/providers/Microsoft.StorageCache/locations/{}/ascOperations/{}",
+        op.location, op.id
+    );
+    let mut body = json!({
+        "id": base,
+        "name": op.id,
+        "status": op.status,
+        "startTime": arm_time(op.start_time),
+    });
+    if let Some(e) = op.end_time {
+        body["endTime"] = Value::String(arm_time(e));
+    }
+    if let Some((code, message)) = &op.error {
+        body["error"] = json!({"code": code, "message": message});
+    }
+    Out::json(StatusCode::OK, body)
+}
+
+fn r_path_query(r: &Req) -> String {
+    if r.query.is_empty() {
+        r.path.clone()
+    } else {
+        format!("{}?{}", r.path, r.query)
+    }
+}
+
+fn strip_secrets(v: &mut Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("credentials");
+        for (_, x) in o.iter_mut() {
+            strip_secrets(x);
+        }
+    }
+}
+
+/// The `Cache` resource as ARM returns it.
+pub fn cache_json(w: &World, c: &Cache, now: Timestamp) -> Value {
+    let (prov, health, desc) = c.timeline.status(now, &w.timing);
+    let mut props = Map::new();
+    props.insert("cacheSizeGB".into(), json!(c.cache_size_gb));
+    props.insert(
+        "health".into(),
+        json!({"state": health, "statusDescription": desc, "conditions": []}),
+    );
+    if health == "Healthy" {
+        props.insert(
+            "mountAddresses".into(),
+            json!(["10.0.0.21", "10.0.0.22", "10.0.0.23"]),
+        );
+    } else {
+        props.insert("mountAddresses".into(), json!([]));
+    }
+    props.insert("provisioningState".into(), json!(prov));
+    props.insert("subnet".into(), json!(c.subnet));
+    props.insert(
+        "networkSettings".into(),
+        c.extra_properties.get("networkSettings").cloned().unwrap_or_else(|| json!({"mtu": 1500, "utilityAddresses": [], "dnsServers": [], "dnsSearchDomain": "", "ntpServer": "time.windows.com"})),
+    );
+    props.insert(
+        "securitySettings".into(),
+        c.extra_properties.get("securitySettings").cloned().unwrap_or_else(|| {
+            json!({"accessPolicies": [{"name": "default", "accessRules": [{"scope": "default", "access": "rw", "suid": false, "submountAccess": true, "rootSquash": false}]}]})
+        }),
+    );
+    for k in ["directoryServicesSettings", "upgradeSettings"] {
+        if let Some(v) = c.extra_properties.get(k) {
+            let mut v = v.clone();
+            strip_secrets(&mut v);
+            props.insert(k.into(), v);
+        }
+    }
+    if let Some(e) = &c.encryption {
+        let mut enc = json!({"keyEncryptionKey": {"keyUrl": e.key_url, "sourceVault": {"id": e.source_vault_id}}});
+        if let Some(r) = e.rotation_to_latest_key_version_enabled {
+            enc["rotationToLatestKeyVersionEnabled"] = json!(r);
+        }
+        props.insert("encryptionSettings".into(), enc);
+    }
+    if let Some(z) = &c.zones {
+        props.insert("zones".into(), z.clone());
+    }
+    props.insert("primingJobs".into(), json!([]));
+    props.insert("spaceAllocation".into(), json!([]));
+    let mut body = json!({
+        "id": c.id(),
+        "name": c.name,
+        "type": "Microsoft.StorageCache/Cache",
+        "location": c.location,
+        "tags": c.tags,
+        "sku": {"name": c.sku},
+        "systemData": {
+            "createdBy": c.created_by,
+            "createdByType": "Application",
+            "createdAt": arm_time(c.timeline.created_at),
+            "lastModifiedBy": c.last_modified_by,
+            "lastModifiedByType": "Application",
+            "lastModifiedAt": arm_time(c.last_modified_at),
+        },
+        "properties": props,
+    });
+    if let Some(i) = &c.identity {
+        let mut id = json!({"type": i.kind});
+        if let Some(p) = &i.system_principal_id {
+            id["principalId"] = json!(p);
+            id["tenantId"] = json!(w.tenant_id);
+        }
+        if !i.user_assigned.is_empty() {
+            let m: Map<String, Value> = i
+                .user_assigned
+                .iter()
+                .map(|(k, (p, cid))| (k.clone(), json!({"principalId": p, "clientId": cid})))
+                .collect();
+            id["userAssignedIdentities"] = Value::Object(m);
+        }
+        body["identity"] = id;
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_locations() {
+        assert!(valid_cache_name("sc1"));
+        assert!(valid_cache_name("a-b_c"));
+        assert!(!valid_cache_name("a.b"));
+        assert!(!valid_cache_name(""));
+        assert_eq!(norm_location("West US"), "westus");
+    }
+
+    #[test]
+    fn spec_parsing_rejects_wrong_types() {
+        assert!(parse_spec(&json!([])).is_err());
+        assert!(parse_spec(&json!({"properties": {"cacheSizeGB": "big"}})).is_err());
+        assert!(parse_spec(&json!({"identity": {"type": "Bogus"}})).is_err());
+        let s = parse_spec(&json!({"identity": {"type": "systemassigned"}, "location": "westus"}))
+            .unwrap();
+        assert_eq!(s.identity.unwrap().0, "SystemAssigned");
+    }
+}

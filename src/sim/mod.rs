@@ -1,0 +1,479 @@
+//! A faithful local stand-in for the Azure APIs the operator uses: Entra token endpoint, ARM
+//! (`Microsoft.StorageCache/caches`, `Microsoft.KeyVault/vaults`, role assignments, user-assigned identities) and
+//! the Key Vault keys data plane, with a simulated clock, fault injection, throttling and a request log.
+//!
+//! See `docs/simulator.md`. Layout: [`clock`] (time), [`seed`] (initial world), [`state`] (the world and its
+//! pure rules), `http` (request/response plumbing shared by the fronts), `auth` (Entra + tokens), `arm`
+//! (ARM routing and conventions), `caches`, `vaults` (vaults, role assignments, identities), `keys` (data
+//! plane), `faults`, `admin`, `tls`.
+
+mod admin;
+mod arm;
+mod auth;
+mod caches;
+pub mod clock;
+mod faults;
+mod http;
+mod keys;
+pub mod seed;
+pub mod state;
+mod tls;
+mod vaults;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+pub use seed::Seed;
+
+use clock::SimClock;
+use state::{Timing, World};
+
+/// How the simulator runs. All durations are simulated time.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// ARM + Entra + Key Vault listener (must be loopback). Default `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// Plain-HTTP admin API listener (must be loopback). Default `127.0.0.1:0`.
+    pub admin_listen: SocketAddr,
+    /// Simulated seconds per real second. Default 1.0.
+    pub speed: f64,
+    pub seed: Option<Seed>,
+    /// Time a CMK cache may wait for key access before it fails. Default 90 min.
+    pub authorization_window: Duration,
+    /// From "the cache identity can reach the key" to `Healthy`/`Succeeded`. Default 5 min.
+    pub key_ready_delay: Duration,
+    /// Creation time when key access exists from the start (or without CMK). Default 10 min.
+    pub create_delay: Duration,
+    /// Product-retirement mode: creating a cache answers 409 `OperationNotAllowed`.
+    pub retired: bool,
+    /// Enforce ARM token buckets (subscription reads 250/25 per s, writes 200/10, deletes 200/10).
+    pub throttling: bool,
+    /// Serve ARM/Entra/Key Vault over plain HTTP instead of HTTPS.
+    pub plain_http: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            speed: 1.0,
+            seed: None,
+            authorization_window: Duration::from_secs(90 * 60),
+            key_ready_delay: Duration::from_secs(5 * 60),
+            create_delay: Duration::from_secs(10 * 60),
+            retired: false,
+            throttling: false,
+            plain_http: false,
+        }
+    }
+}
+
+/// One entry of the request log.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RequestRecord {
+    /// Simulated time the request arrived.
+    pub time: jiff::Timestamp,
+    pub method: String,
+    /// Host the request was sent to (`127.0.0.1:PORT` or `{vault}.vault.localhost:PORT`).
+    pub host: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+    /// Object id of the caller, when it presented a valid token.
+    pub principal: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub cfg: SimConfig,
+    pub clock: SimClock,
+    pub world: Mutex<World>,
+    pub log: Mutex<Vec<RequestRecord>>,
+    pub faults: Mutex<Vec<faults::FaultRule>>,
+    pub buckets: Mutex<http::Buckets>,
+    pub jwt_key: Vec<u8>,
+    pub base_url: url::Url,
+    pub admin_url: url::Url,
+    pub ca_pem: String,
+    pub port: u16,
+}
+
+impl Inner {
+    pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn vault_uri(&self, name: &str) -> url::Url {
+        let scheme = if self.cfg.plain_http { "http" } else { "https" };
+        url::Url::parse(&format!(
+            "{scheme}://{}.vault.localhost:{}/",
+            name.to_ascii_lowercase(),
+            self.port
+        ))
+        .expect("valid vault url")
+    }
+}
+
+/// A running simulator. Dropping it (or [`Simulator::shutdown`]) stops its listeners.
+pub struct Simulator {
+    inner: Arc<Inner>,
+    handles: Vec<axum_server::Handle<SocketAddr>>,
+    ca_file: Option<PathBuf>,
+}
+
+impl Simulator {
+    pub async fn start(cfg: SimConfig) -> anyhow::Result<Simulator> {
+        for (what, a) in [("listen", cfg.listen), ("admin listen", cfg.admin_listen)] {
+            if !a.ip().is_loopback() {
+                bail!(
+                    "refusing to {what} on {a}: the simulator only listens on loopback addresses"
+                );
+            }
+        }
+        let listener = std::net::TcpListener::bind(cfg.listen)
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
+            .with_context(|| format!("binding {}", cfg.admin_listen))?;
+        let addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let scheme = if cfg.plain_http { "http" } else { "https" };
+        let base_url = url::Url::parse(&format!("{scheme}://{addr}/"))?;
+        let admin_url = url::Url::parse(&format!("http://{admin_addr}/"))?;
+
+        let tls = if cfg.plain_http {
+            None
+        } else {
+            Some(tls::generate(addr)?)
+        };
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone()).unwrap_or_default();
+
+        let now = jiff::Timestamp::now();
+        let clock = SimClock::new(now, cfg.speed);
+        let mut world = World::new(Timing {
+            authorization_window: cfg.authorization_window,
+            key_ready_delay: cfg.key_ready_delay,
+            create_delay: cfg.create_delay,
+        });
+        if let Some(seed) = &cfg.seed {
+            world
+                .apply_seed(seed, now)
+                .map_err(|e| anyhow::anyhow!("invalid seed: {e}"))?;
+        }
+        world.ensure_operator();
+
+        let mut jwt_key = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut jwt_key);
+
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            clock,
+            world: Mutex::new(world),
+            log: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            buckets: Mutex::new(http::Buckets::default()),
+            jwt_key,
+            base_url,
+            admin_url,
+            ca_pem,
+            port: addr.port(),
+        });
+
+        let ca_file = if inner.ca_pem.is_empty() {
+            None
+        } else {
+            let dir = std::env::temp_dir().join(format!(
+                "hpcc-sim-{}-{}",
+                std::process::id(),
+                addr.port()
+            ));
+            std::fs::create_dir_all(&dir)?;
+            let f = dir.join("ca.pem");
+            std::fs::write(&f, &inner.ca_pem)?;
+            Some(f)
+        };
+
+        let main_handle = axum_server::Handle::new();
+        let app = http::router(inner.clone());
+        match tls {
+            Some(t) => {
+                let server = axum_server::from_tcp_rustls(listener, t.rustls_config)?
+                    .handle(main_handle.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(app.into_make_service()).await {
+                        tracing::error!("simulator listener stopped: {e}");
+                    }
+                });
+            }
+            None => {
+                let server = axum_server::from_tcp(listener)?.handle(main_handle.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(app.into_make_service()).await {
+                        tracing::error!("simulator listener stopped: {e}");
+                    }
+                });
+            }
+        }
+        let admin_handle = axum_server::Handle::new();
+        let admin_app = admin::router(inner.clone());
+        let admin_server = axum_server::from_tcp(admin_listener)?.handle(admin_handle.clone());
+        tokio::spawn(async move {
+            if let Err(e) = admin_server.serve(admin_app.into_make_service()).await {
+                tracing::error!("simulator admin listener stopped: {e}");
+            }
+        });
+        Ok(Simulator {
+            inner,
+            handles: vec![main_handle, admin_handle],
+            ca_file,
+        })
+    }
+
+    /// `https://127.0.0.1:PORT/`: the ARM endpoint and the Entra authority host.
+    pub fn base_url(&self) -> url::Url {
+        self.inner.base_url.clone()
+    }
+
+    /// `http://127.0.0.1:ADMINPORT/`
+    pub fn admin_url(&self) -> url::Url {
+        self.inner.admin_url.clone()
+    }
+
+    /// PEM of the generated test CA; empty with `plain_http`.
+    pub fn ca_pem(&self) -> &str {
+        &self.inner.ca_pem
+    }
+
+    /// `https://{vault}.vault.localhost:PORT/` (routed by the Host header; resolve it to 127.0.0.1).
+    pub fn vault_uri(&self, vault_name: &str) -> url::Url {
+        self.inner.vault_uri(vault_name)
+    }
+
+    /// Tenant of the simulated world.
+    pub fn tenant_id(&self) -> String {
+        self.inner.world().tenant_id.clone()
+    }
+
+    /// The env-file pairs (see `docs/simulator.md`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env_with_ca(self.ca_file.as_deref())
+    }
+
+    fn env_with_ca(&self, ca: Option<&Path>) -> Vec<(String, String)> {
+        let w = self.inner.world();
+        let op = w.operator().cloned();
+        let mut v = vec![
+            ("AZURE_TENANT_ID".to_string(), w.tenant_id.clone()),
+            (
+                "AZURE_CLIENT_ID".to_string(),
+                op.as_ref().map(|p| p.client_id.clone()).unwrap_or_default(),
+            ),
+            (
+                "AZURE_CLIENT_SECRET".to_string(),
+                op.as_ref()
+                    .and_then(|p| p.secret.clone())
+                    .unwrap_or_default(),
+            ),
+            (
+                "AZURE_AUTHORITY_HOST".to_string(),
+                self.base_url().to_string(),
+            ),
+            ("HPCC_ARM_ENDPOINT".to_string(), self.base_url().to_string()),
+        ];
+        if let Some(ca) = ca {
+            v.push(("HPCC_CA_FILE".to_string(), ca.display().to_string()));
+        }
+        v.push(("HPCC_SIM_ADMIN".to_string(), self.admin_url().to_string()));
+        v.push(("HPCC_RESOLVE_TO_LOOPBACK".to_string(), "true".to_string()));
+        v.push((
+            "HPCC_KEYVAULT_DNS_SUFFIX".to_string(),
+            "vault.localhost".to_string(),
+        ));
+        v
+    }
+
+    /// Write the env file (`KEY=value` lines, shell-quoted) and the CA PEM next to it (`<file>.ca.pem`).
+    pub fn write_env_file(&self, path: &Path) -> anyhow::Result<()> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir = std::fs::canonicalize(&dir)
+            .with_context(|| format!("env file directory {}", dir.display()))?;
+        let fname = path
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "sim.env".into());
+        let ca = if self.inner.ca_pem.is_empty() {
+            None
+        } else {
+            let ca = dir.join(format!("{fname}.ca.pem"));
+            std::fs::write(&ca, &self.inner.ca_pem)
+                .with_context(|| format!("writing {}", ca.display()))?;
+            Some(ca)
+        };
+        let mut out = String::from("# written by `hpc-cache-operator simulate`\n");
+        for (k, v) in self.env_with_ca(ca.as_deref()) {
+            out.push_str(&format!("{k}={}\n", shell_quote(&v)));
+        }
+        std::fs::write(dir.join(&fname), out)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The request log.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.inner
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Jump the simulated clock ahead.
+    pub fn advance(&self, d: Duration) {
+        self.inner.clock.advance(d);
+    }
+
+    /// Simulated now.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// Merge a seed into the running world.
+    pub fn seed(&self, seed: &Seed) -> anyhow::Result<()> {
+        let now = self.now();
+        let mut w = self.inner.world();
+        w.apply_seed(seed, now).map_err(|e| anyhow::anyhow!(e))?;
+        w.tick(now);
+        Ok(())
+    }
+
+    /// Grant `principal_id` CMK access to a vault, as a person would in the portal.
+    pub fn grant(&self, vault: &str, principal_id: &str) -> anyhow::Result<String> {
+        let now = self.now();
+        let mut w = self.inner.world();
+        w.tick(now);
+        let r = w
+            .grant(vault, principal_id, now, "admin")
+            .map_err(|e| anyhow::anyhow!(e))?;
+        w.tick(now);
+        Ok(r)
+    }
+
+    pub async fn shutdown(self) {
+        for h in &self.handles {
+            h.graceful_shutdown(Some(Duration::from_secs(2)));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        for h in &self.handles {
+            h.shutdown();
+        }
+    }
+}
+
+fn shell_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@,+=".contains(c))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', r"'\''"))
+    }
+}
+
+/// `hpc-cache-operator simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// ARM/Entra/Key Vault listen address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Admin API listen address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub admin_listen: SocketAddr,
+    /// Seed file (YAML or JSON).
+    #[arg(long)]
+    pub seed: Option<PathBuf>,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Where to write the env file.
+    #[arg(long)]
+    pub env_file: PathBuf,
+    /// Serve over plain HTTP instead of HTTPS.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Product-retirement mode: cache creation answers 409.
+    #[arg(long)]
+    pub retired: bool,
+    /// Enforce ARM token-bucket throttling.
+    #[arg(long)]
+    pub throttling: bool,
+    /// CMK authorization window in simulated minutes.
+    #[arg(long, default_value_t = 90)]
+    pub authorization_window_minutes: u64,
+}
+
+pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
+    let seed = match &args.seed {
+        Some(p) => Some(Seed::from_yaml(
+            &std::fs::read_to_string(p).with_context(|| format!("reading seed {}", p.display()))?,
+        )?),
+        None => None,
+    };
+    let cfg = SimConfig {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        speed: args.speed,
+        seed,
+        authorization_window: Duration::from_secs(args.authorization_window_minutes * 60),
+        retired: args.retired,
+        throttling: args.throttling,
+        plain_http: args.plain_http,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start(cfg).await?;
+    sim.write_env_file(&args.env_file)?;
+    println!("simulator: ARM/Entra at {}", sim.base_url());
+    println!(
+        "simulator: Key Vault at https://{{vault}}.vault.localhost:{}/",
+        sim.base_url().port().unwrap_or(0)
+    );
+    println!("simulator: admin API at {}", sim.admin_url());
+    println!("simulator: env file {}", args.env_file.display());
+    wait_for_signal().await;
+    println!("simulator: stopping");
+    sim.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,1259 @@
+//! The simulated world and the pure rules over it (who can reach which key, how a cache's state follows the clock).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jiff::{SignedDuration, Timestamp};
+use rand::RngCore as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::seed::{Seed, SeedKeyVersion};
+
+/// Role "Key Vault Crypto Service Encryption User" (keys/read, wrap, unwrap data actions).
+pub const ROLE_CRYPTO_SERVICE_ENCRYPTION_USER: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+pub const ROLE_CRYPTO_USER: &str = "12338af0-0e69-4776-bea7-57ae8d297424";
+pub const ROLE_CRYPTO_OFFICER: &str = "14b46e9e-c2b7-41b4-b07b-48a6ebf60603";
+pub const ROLE_KV_ADMINISTRATOR: &str = "00482a5a-887f-4fb3-b363-3b7fe8e74483";
+pub const ROLE_KV_READER: &str = "21090545-7ca7-4776-b22c-e363652d74d2";
+pub const ROLE_OWNER: &str = "8e3af657-a8ff-443f-a75c-2fe8c4bcb635";
+pub const ROLE_CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+pub const ROLE_READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+pub const ROLE_USER_ACCESS_ADMINISTRATOR: &str = "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9";
+
+/// Built-in roles the simulator knows (role assignments with other ids get `RoleDefinitionDoesNotExist`).
+pub const KNOWN_ROLES: &[&str] = &[
+    ROLE_CRYPTO_SERVICE_ENCRYPTION_USER,
+    ROLE_CRYPTO_USER,
+    ROLE_CRYPTO_OFFICER,
+    ROLE_KV_ADMINISTRATOR,
+    ROLE_KV_READER,
+    ROLE_OWNER,
+    ROLE_CONTRIBUTOR,
+    ROLE_READER,
+    ROLE_USER_ACCESS_ADMINISTRATOR,
+];
+
+pub const DEFAULT_TENANT: &str = "72f988bf-0000-4000-8000-000000000001";
+pub const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-4000-8000-000000000000";
+pub const DEFAULT_OPERATOR_CLIENT_ID: &str = "0b1e7c2a-0000-4000-8000-0000000000c1";
+pub const DEFAULT_OPERATOR_OBJECT_ID: &str = "0b1e7c2a-0000-4000-8000-0000000000d1";
+pub const DEFAULT_OPERATOR_SECRET: &str = "sim-operator-secret";
+
+/// How long a PATCH/PUT update of a running cache keeps `provisioningState: Updating` (simulated).
+pub const UPDATE_DURATION: Duration = Duration::from_secs(60);
+/// How long a DELETE keeps `provisioningState: Deleting` before the cache disappears (simulated).
+pub const DELETE_DURATION: Duration = Duration::from_secs(120);
+
+pub fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn new_key_version() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub fn sdur(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// `true` when `scope` is `id` or an ancestor of it (ARM ids, case-insensitive). `/` covers everything.
+pub fn scope_covers(scope: &str, id: &str) -> bool {
+    let s = scope.trim_end_matches('/').to_ascii_lowercase();
+    let i = id.trim_end_matches('/').to_ascii_lowercase();
+    s.is_empty() || i == s || i.starts_with(&format!("{s}/"))
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Principal {
+    pub object_id: String,
+    pub client_id: String,
+    #[serde(skip_serializing)]
+    pub secret: Option<String>,
+    pub display_name: String,
+    /// `ServicePrincipal` for applications, `ManagedIdentity` for system/user-assigned identities.
+    pub kind: String,
+    pub arm_scopes: Vec<String>,
+    pub federated_credentials: Vec<super::seed::SeedFederatedCredential>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdentity {
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    pub principal_id: String,
+    pub client_id: String,
+    pub tenant_id: String,
+    pub tags: BTreeMap<String, String>,
+    pub created_at: Timestamp,
+}
+
+impl UserIdentity {
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourcegroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            self.subscription_id, self.resource_group, self.name
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Permissions {
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicy {
+    pub tenant_id: String,
+    pub object_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+    pub permissions: Permissions,
+}
+
+impl AccessPolicy {
+    pub fn has_key_permission(&self, perm: &str) -> bool {
+        self.permissions
+            .keys
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(perm) || p.eq_ignore_ascii_case("all"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVersion {
+    pub version: String,
+    pub kty: String,
+    /// Raw RSA modulus (random bytes, first byte non-zero: no cryptography is done) or EC x‖y.
+    #[serde(skip_serializing)]
+    pub material: Vec<u8>,
+    pub size_bits: u32,
+    pub enabled: bool,
+    pub nbf: Option<Timestamp>,
+    pub exp: Option<Timestamp>,
+    pub created: Timestamp,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl KeyVersion {
+    pub fn from_seed(s: &SeedKeyVersion, created: Timestamp) -> KeyVersion {
+        let kty = s.kty.clone();
+        let size_bits = if kty.starts_with("EC") { 256 } else { s.size };
+        let len = if kty.starts_with("EC") {
+            64
+        } else {
+            (s.size as usize).div_ceil(8)
+        };
+        let mut material = vec![0u8; len];
+        rand::rng().fill_bytes(&mut material);
+        if let Some(b) = material.first_mut() {
+            *b |= 0x80;
+        }
+        KeyVersion {
+            version: s
+                .version
+                .clone()
+                .unwrap_or_else(new_key_version)
+                .to_ascii_lowercase(),
+            kty,
+            material,
+            size_bits,
+            enabled: s.enabled,
+            nbf: s.nbf,
+            exp: s.exp,
+            created,
+            tags: s.tags.clone(),
+        }
+    }
+
+    /// JsonWebKey: `n`/`e` for RSA, `crv`/`x`/`y` for EC, nothing secret.
+    pub fn jwk(&self, kid: &str) -> Value {
+        let mut jwk = serde_json::json!({"kid": kid, "kty": self.kty});
+        if self.kty.starts_with("RSA") {
+            jwk["key_ops"] = serde_json::json!([
+                "encrypt",
+                "decrypt",
+                "sign",
+                "verify",
+                "wrapKey",
+                "unwrapKey"
+            ]);
+            jwk["n"] = Value::String(URL_SAFE_NO_PAD.encode(&self.material));
+            jwk["e"] = Value::String("AQAB".into());
+        } else if self.kty.starts_with("EC") {
+            jwk["key_ops"] = serde_json::json!(["sign", "verify"]);
+            jwk["crv"] = Value::String("P-256".into());
+            let (x, y) = self.material.split_at(self.material.len() / 2);
+            jwk["x"] = Value::String(URL_SAFE_NO_PAD.encode(x));
+            jwk["y"] = Value::String(URL_SAFE_NO_PAD.encode(y));
+        } else {
+            jwk["key_ops"] = serde_json::json!(["wrapKey", "unwrapKey"]);
+        }
+        jwk
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Key {
+    pub name: String,
+    /// Oldest first; the last is the current version.
+    pub versions: Vec<KeyVersion>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vault {
+    pub name: String,
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub location: String,
+    pub tenant_id: String,
+    pub sku: String,
+    pub enable_rbac_authorization: bool,
+    pub enable_soft_delete: bool,
+    pub soft_delete_retention_in_days: i64,
+    pub enable_purge_protection: Option<bool>,
+    pub access_policies: Vec<AccessPolicy>,
+    pub enabled_for_deployment: bool,
+    pub enabled_for_disk_encryption: bool,
+    pub enabled_for_template_deployment: bool,
+    pub public_network_access: String,
+    pub network_acls: Option<Value>,
+    pub tags: BTreeMap<String, String>,
+    pub created_at: Timestamp,
+    pub last_modified_at: Timestamp,
+    pub keys: BTreeMap<String, Key>,
+}
+
+impl Vault {
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.KeyVault/vaults/{}",
+            self.subscription_id, self.resource_group, self.name
+        )
+    }
+
+    pub fn key(&self, name: &str) -> Option<&Key> {
+        self.keys.get(&name.to_ascii_lowercase())
+    }
+
+    pub fn recovery_level(&self) -> &'static str {
+        match (
+            self.enable_soft_delete,
+            self.enable_purge_protection == Some(true),
+        ) {
+            (true, true) => "Recoverable",
+            (true, false) => "Recoverable+Purgeable",
+            (false, _) => "Purgeable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleAssignment {
+    pub name: String,
+    /// With leading `/`, as given (`/` for tenant root).
+    pub scope: String,
+    pub role_definition_guid: String,
+    pub principal_id: String,
+    pub principal_type: String,
+    pub description: Option<String>,
+    pub created_on: Timestamp,
+    pub updated_on: Timestamp,
+    pub created_by: String,
+}
+
+impl RoleAssignment {
+    pub fn id(&self) -> String {
+        let scope = self.scope.trim_end_matches('/');
+        format!(
+            "{scope}/providers/Microsoft.Authorization/roleAssignments/{}",
+            self.name
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheEncryption {
+    pub key_url: String,
+    pub source_vault_id: String,
+    pub vault_name: String,
+    pub key_name: String,
+    pub key_version: Option<String>,
+    pub rotation_to_latest_key_version_enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheIdentity {
+    /// `SystemAssigned`, `UserAssigned`, `SystemAssigned, UserAssigned` or `None`.
+    pub kind: String,
+    pub system_principal_id: Option<String>,
+    /// Resource id as given → (principalId, clientId).
+    pub user_assigned: BTreeMap<String, (String, String)>,
+}
+
+impl CacheIdentity {
+    /// Principals that act for the cache towards Key Vault.
+    pub fn principals(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.system_principal_id.iter().cloned().collect();
+        v.extend(self.user_assigned.values().map(|(p, _)| p.clone()));
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// Waiting for the identity to get key access (CMK only).
+    WaitingForKey,
+    /// Being built; health `Transitioning`.
+    Transitioning,
+    Healthy,
+    Failed,
+}
+
+/// Everything the clock-driven state machine of a cache needs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheTimeline {
+    pub created_at: Timestamp,
+    pub cmk: bool,
+    /// First simulated instant at which the cache identity could reach the key.
+    pub access_at: Option<Timestamp>,
+    pub failed_at: Option<Timestamp>,
+    pub updating_until: Option<Timestamp>,
+    pub deleting_until: Option<Timestamp>,
+}
+
+/// Simulation timing knobs (from [`super::SimConfig`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timing {
+    pub authorization_window: Duration,
+    pub key_ready_delay: Duration,
+    pub create_delay: Duration,
+}
+
+impl CacheTimeline {
+    /// When creation completes, if it can.
+    pub fn ready_at(&self, t: &Timing) -> Option<Timestamp> {
+        if self.failed_at.is_some() {
+            return None;
+        }
+        if !self.cmk {
+            return Some(self.created_at + sdur(t.create_delay));
+        }
+        let access = self.access_at?;
+        if access <= self.created_at {
+            Some(self.created_at + sdur(t.create_delay))
+        } else {
+            Some(access + sdur(t.key_ready_delay))
+        }
+    }
+
+    pub fn phase(&self, now: Timestamp, t: &Timing) -> Phase {
+        if self.failed_at.is_some_and(|f| f <= now) {
+            return Phase::Failed;
+        }
+        match self.ready_at(t) {
+            Some(r) if r <= now => Phase::Healthy,
+            Some(_) => Phase::Transitioning,
+            None => Phase::WaitingForKey,
+        }
+    }
+
+    /// Record the effect of the clock reaching `now` given whether the identity can reach the key now.
+    /// Call at every request (before and after any mutation) so that `access_at` is the instant access appeared.
+    pub fn observe(&mut self, now: Timestamp, has_access: bool, t: &Timing) {
+        if !self.cmk || self.access_at.is_some() || self.failed_at.is_some() {
+            return;
+        }
+        let deadline = self.created_at + sdur(t.authorization_window);
+        if now >= deadline {
+            self.failed_at = Some(deadline);
+        } else if has_access {
+            self.access_at = Some(now);
+        }
+    }
+
+    /// `(provisioningState, health.state, statusDescription)` at `now`.
+    pub fn status(&self, now: Timestamp, t: &Timing) -> (&'static str, &'static str, &'static str) {
+        if self.deleting_until.is_some() {
+            return ("Deleting", "Transitioning", "Cache is being deleted.");
+        }
+        match self.phase(now, t) {
+            Phase::Failed => (
+                "Failed",
+                "Down",
+                "The cache identity was not given access to the encryption key within the authorization window; the cache must be re-created.",
+            ),
+            Phase::WaitingForKey => (
+                "Creating",
+                "WaitingForKey",
+                "Waiting for the cache identity to be given access to the encryption key.",
+            ),
+            Phase::Transitioning => ("Creating", "Transitioning", "Cache is being created."),
+            Phase::Healthy => {
+                if self.updating_until.is_some_and(|u| now < u) {
+                    ("Updating", "Healthy", "Cache is healthy.")
+                } else {
+                    ("Succeeded", "Healthy", "Cache is healthy.")
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cache {
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    pub sku: String,
+    pub cache_size_gb: i64,
+    pub subnet: String,
+    pub tags: BTreeMap<String, String>,
+    pub identity: Option<CacheIdentity>,
+    pub encryption: Option<CacheEncryption>,
+    /// Other request properties kept as sent (networkSettings, securitySettings, directoryServicesSettings,
+    /// upgradeSettings, zones).
+    pub extra_properties: serde_json::Map<String, Value>,
+    pub zones: Option<Value>,
+    pub created_by: String,
+    pub last_modified_by: String,
+    pub last_modified_at: Timestamp,
+    pub timeline: CacheTimeline,
+}
+
+impl Cache {
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.StorageCache/caches/{}",
+            self.subscription_id, self.resource_group, self.name
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OpKind {
+    Create,
+    Update,
+    Delete,
+}
+
+/// A long-running operation tracked under `ascOperations`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    pub id: String,
+    pub subscription_id: String,
+    pub location: String,
+    pub kind: OpKind,
+    pub cache_key: String,
+    pub start_time: Timestamp,
+    /// `InProgress`, `Succeeded`, `Failed`, `Canceled`.
+    pub status: String,
+    pub end_time: Option<Timestamp>,
+    pub error: Option<(String, String)>,
+    /// For updates: when the operation completes.
+    pub done_at: Option<Timestamp>,
+}
+
+/// The whole simulated Azure.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct World {
+    pub tenant_id: String,
+    pub operator_object_id: String,
+    /// lower-case subscription id → lower-case resource group names.
+    pub subscriptions: BTreeMap<String, BTreeSet<String>>,
+    /// by object id (lower-case)
+    pub principals: BTreeMap<String, Principal>,
+    /// by lower-case resource id
+    pub identities: BTreeMap<String, UserIdentity>,
+    /// by lower-case vault name (vault names are global)
+    pub vaults: BTreeMap<String, Vault>,
+    /// by lower-case id
+    pub role_assignments: BTreeMap<String, RoleAssignment>,
+    /// by lower-case id
+    pub caches: BTreeMap<String, Cache>,
+    /// by lower-case operation id
+    pub operations: BTreeMap<String, Operation>,
+    pub timing: Timing,
+}
+
+impl World {
+    pub fn new(timing: Timing) -> World {
+        let mut w = World {
+            tenant_id: DEFAULT_TENANT.to_string(),
+            operator_object_id: String::new(),
+            subscriptions: BTreeMap::new(),
+            principals: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            vaults: BTreeMap::new(),
+            role_assignments: BTreeMap::new(),
+            caches: BTreeMap::new(),
+            operations: BTreeMap::new(),
+            timing,
+        };
+        w.subscriptions
+            .entry(DEFAULT_SUBSCRIPTION.to_string())
+            .or_default()
+            .insert("rg".to_string());
+        w
+    }
+
+    pub fn ensure_rg(&mut self, sub: &str, rg: &str) {
+        self.subscriptions
+            .entry(sub.to_ascii_lowercase())
+            .or_default()
+            .insert(rg.to_ascii_lowercase());
+    }
+
+    /// Merge a seed into the world. Existing entries with the same names are replaced.
+    pub fn apply_seed(&mut self, seed: &Seed, now: Timestamp) -> Result<(), String> {
+        if let Some(t) = &seed.tenant_id {
+            self.tenant_id = t.clone();
+        }
+        for s in &seed.subscriptions {
+            self.subscriptions
+                .entry(s.id.to_ascii_lowercase())
+                .or_default();
+            for rg in &s.resource_groups {
+                self.ensure_rg(&s.id, rg);
+            }
+        }
+        for p in &seed.principals {
+            if p.operator || (self.operator_object_id.is_empty() && p.secret.is_some()) {
+                self.operator_object_id = p.object_id.to_ascii_lowercase();
+            }
+            self.principals.insert(
+                p.object_id.to_ascii_lowercase(),
+                Principal {
+                    object_id: p.object_id.clone(),
+                    client_id: p.client_id.clone(),
+                    secret: p.secret.clone(),
+                    display_name: p
+                        .display_name
+                        .clone()
+                        .unwrap_or_else(|| p.client_id.clone()),
+                    kind: "ServicePrincipal".into(),
+                    arm_scopes: p.arm_scopes.clone().unwrap_or_else(|| vec!["/".into()]),
+                    federated_credentials: p.federated_credentials.clone(),
+                },
+            );
+        }
+        for i in &seed.identities {
+            self.ensure_rg(&i.subscription_id, &i.resource_group);
+            let ident = UserIdentity {
+                subscription_id: i.subscription_id.clone(),
+                resource_group: i.resource_group.clone(),
+                name: i.name.clone(),
+                location: i.location.clone(),
+                principal_id: i.principal_id.clone().unwrap_or_else(new_uuid),
+                client_id: i.client_id.clone().unwrap_or_else(new_uuid),
+                tenant_id: self.tenant_id.clone(),
+                tags: i.tags.clone(),
+                created_at: now,
+            };
+            self.principals.insert(
+                ident.principal_id.to_ascii_lowercase(),
+                Principal {
+                    object_id: ident.principal_id.clone(),
+                    client_id: ident.client_id.clone(),
+                    secret: None,
+                    display_name: ident.name.clone(),
+                    kind: "ManagedIdentity".into(),
+                    arm_scopes: vec![],
+                    federated_credentials: vec![],
+                },
+            );
+            self.identities
+                .insert(ident.id().to_ascii_lowercase(), ident);
+        }
+        for v in &seed.vaults {
+            if v.name.len() < 3
+                || v.name.len() > 24
+                || !v
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                return Err(format!(
+                    "vault name '{}' must be 3-24 characters of [a-zA-Z0-9-]",
+                    v.name
+                ));
+            }
+            if !(7..=90).contains(&v.soft_delete_retention_in_days) {
+                return Err(format!(
+                    "vault '{}': softDeleteRetentionInDays must be 7..90",
+                    v.name
+                ));
+            }
+            self.ensure_rg(&v.subscription_id, &v.resource_group);
+            let tenant = v
+                .tenant_id
+                .clone()
+                .unwrap_or_else(|| self.tenant_id.clone());
+            let mut keys = BTreeMap::new();
+            for k in &v.keys {
+                let versions: Vec<SeedKeyVersion> = if k.versions.is_empty() {
+                    vec![SeedKeyVersion::default()]
+                } else {
+                    k.versions.clone()
+                };
+                let versions = versions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, sv)| {
+                        KeyVersion::from_seed(
+                            sv,
+                            now - SignedDuration::from_secs(((versions_len(k) - i) * 60) as i64),
+                        )
+                    })
+                    .collect();
+                keys.insert(
+                    k.name.to_ascii_lowercase(),
+                    Key {
+                        name: k.name.clone(),
+                        versions,
+                    },
+                );
+            }
+            let vault = Vault {
+                name: v.name.clone(),
+                subscription_id: v.subscription_id.clone(),
+                resource_group: v.resource_group.clone(),
+                location: v.location.clone(),
+                tenant_id: tenant.clone(),
+                sku: v.sku.clone().unwrap_or_else(|| "standard".into()),
+                enable_rbac_authorization: v.enable_rbac_authorization,
+                enable_soft_delete: v.enable_soft_delete,
+                soft_delete_retention_in_days: v.soft_delete_retention_in_days,
+                enable_purge_protection: v.enable_purge_protection,
+                access_policies: v
+                    .access_policies
+                    .iter()
+                    .map(|a| AccessPolicy {
+                        tenant_id: a.tenant_id.clone().unwrap_or_else(|| tenant.clone()),
+                        object_id: a.object_id.clone(),
+                        application_id: a.application_id.clone(),
+                        permissions: Permissions {
+                            keys: a.permissions.keys.clone(),
+                            secrets: a.permissions.secrets.clone(),
+                            certificates: a.permissions.certificates.clone(),
+                            storage: a.permissions.storage.clone(),
+                        },
+                    })
+                    .collect(),
+                enabled_for_deployment: false,
+                enabled_for_disk_encryption: false,
+                enabled_for_template_deployment: false,
+                public_network_access: "Enabled".into(),
+                network_acls: None,
+                tags: v.tags.clone(),
+                created_at: now,
+                last_modified_at: now,
+                keys,
+            };
+            self.vaults.insert(v.name.to_ascii_lowercase(), vault);
+        }
+        for g in &seed.grants {
+            self.grant(&g.vault, &g.principal_id, now, "seed")?;
+        }
+        Ok(())
+    }
+
+    /// Ensure the default operator principal exists when the seed named none.
+    pub fn ensure_operator(&mut self) {
+        if self.operator_object_id.is_empty() {
+            let oid = DEFAULT_OPERATOR_OBJECT_ID.to_string();
+            self.principals.insert(
+                oid.clone(),
+                Principal {
+                    object_id: oid.clone(),
+                    client_id: DEFAULT_OPERATOR_CLIENT_ID.into(),
+                    secret: Some(DEFAULT_OPERATOR_SECRET.into()),
+                    display_name: "hpc-cache-operator".into(),
+                    kind: "ServicePrincipal".into(),
+                    arm_scopes: vec!["/".into()],
+                    federated_credentials: vec![],
+                },
+            );
+            self.operator_object_id = oid;
+        }
+    }
+
+    pub fn operator(&self) -> Option<&Principal> {
+        self.principals.get(&self.operator_object_id)
+    }
+
+    pub fn principal_by_client_id(&self, client_id: &str) -> Option<&Principal> {
+        self.principals
+            .values()
+            .find(|p| p.client_id.eq_ignore_ascii_case(client_id))
+    }
+
+    pub fn vault_by_name_or_id(&self, v: &str) -> Option<&Vault> {
+        let name = v.trim_end_matches('/').rsplit('/').next().unwrap_or(v);
+        self.vaults.get(&name.to_ascii_lowercase())
+    }
+
+    /// Give `principal_id` the access a cache needs, the way a person would in the portal: an access policy with
+    /// get/wrapKey/unwrapKey on an access-policy vault, or the Crypto Service Encryption User role at the vault
+    /// scope on an RBAC vault. Returns a description of what was added.
+    pub fn grant(
+        &mut self,
+        vault: &str,
+        principal_id: &str,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<String, String> {
+        let tenant = self.tenant_id.clone();
+        let v = self
+            .vault_by_name_or_id(vault)
+            .ok_or_else(|| format!("vault '{vault}' not found"))?;
+        let vname = v.name.to_ascii_lowercase();
+        if v.enable_rbac_authorization {
+            let scope = v.id();
+            let ra = RoleAssignment {
+                name: uuid::Uuid::new_v5(
+                    &uuid::Uuid::NAMESPACE_URL,
+                    format!("{scope}|{principal_id}").as_bytes(),
+                )
+                .to_string(),
+                scope,
+                role_definition_guid: ROLE_CRYPTO_SERVICE_ENCRYPTION_USER.into(),
+                principal_id: principal_id.to_string(),
+                principal_type: "ServicePrincipal".into(),
+                description: Some("granted via simulator admin API".into()),
+                created_on: now,
+                updated_on: now,
+                created_by: by.to_string(),
+            };
+            let id = ra.id();
+            self.role_assignments.insert(id.to_ascii_lowercase(), ra);
+            Ok(format!("role assignment {id}"))
+        } else {
+            let v = self.vaults.get_mut(&vname).expect("vault exists");
+            let entry = v
+                .access_policies
+                .iter_mut()
+                .find(|a| a.object_id.eq_ignore_ascii_case(principal_id));
+            let needed = ["get", "wrapKey", "unwrapKey"];
+            match entry {
+                Some(a) => {
+                    for n in needed {
+                        if !a.permissions.keys.iter().any(|p| p.eq_ignore_ascii_case(n)) {
+                            a.permissions.keys.push(n.to_string());
+                        }
+                    }
+                }
+                None => v.access_policies.push(AccessPolicy {
+                    tenant_id: tenant,
+                    object_id: principal_id.to_string(),
+                    application_id: None,
+                    permissions: Permissions {
+                        keys: needed.iter().map(|s| s.to_string()).collect(),
+                        ..Default::default()
+                    },
+                }),
+            }
+            v.last_modified_at = now;
+            Ok(format!(
+                "access policy (keys: get, wrapKey, unwrapKey) on vault {}",
+                v.name
+            ))
+        }
+    }
+
+    /// Roles a principal holds over `id` (role guid list), from role assignments at `id` or above.
+    pub fn roles_over(&self, principal_id: &str, id: &str) -> Vec<String> {
+        self.role_assignments
+            .values()
+            .filter(|r| {
+                r.principal_id.eq_ignore_ascii_case(principal_id) && scope_covers(&r.scope, id)
+            })
+            .map(|r| r.role_definition_guid.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// Data-plane key permission check (`get`, `list`, `wrapKey`, `unwrapKey`), honouring the vault's model.
+    pub fn key_permission(&self, vault: &Vault, principal_id: &str, perm: &str) -> bool {
+        if vault.enable_rbac_authorization {
+            let roles = self.roles_over(principal_id, &vault.id());
+            roles.iter().any(|r| {
+                let r = r.as_str();
+                match perm {
+                    "get" | "list" => [
+                        ROLE_CRYPTO_SERVICE_ENCRYPTION_USER,
+                        ROLE_CRYPTO_USER,
+                        ROLE_CRYPTO_OFFICER,
+                        ROLE_KV_ADMINISTRATOR,
+                        ROLE_KV_READER,
+                    ]
+                    .contains(&r),
+                    _ => [
+                        ROLE_CRYPTO_SERVICE_ENCRYPTION_USER,
+                        ROLE_CRYPTO_USER,
+                        ROLE_CRYPTO_OFFICER,
+                        ROLE_KV_ADMINISTRATOR,
+                    ]
+                    .contains(&r),
+                }
+            })
+        } else {
+            vault
+                .access_policies
+                .iter()
+                .filter(|a| a.object_id.eq_ignore_ascii_case(principal_id))
+                .any(|a| a.has_key_permission(perm))
+        }
+    }
+
+    /// Can `principal_id` use keys of `vault` for encryption at rest (get + wrapKey + unwrapKey)?
+    pub fn cmk_access(&self, vault: &Vault, principal_id: &str) -> bool {
+        ["get", "wrapKey", "unwrapKey"]
+            .iter()
+            .all(|p| self.key_permission(vault, principal_id, p))
+    }
+
+    /// Does any identity of the cache have CMK access to its key vault?
+    pub fn cache_has_key_access(&self, cache: &Cache) -> bool {
+        let (Some(enc), Some(ident)) = (&cache.encryption, &cache.identity) else {
+            return false;
+        };
+        let Some(vault) = self.vaults.get(&enc.vault_name.to_ascii_lowercase()) else {
+            return false;
+        };
+        ident.principals().iter().any(|p| self.cmk_access(vault, p))
+    }
+
+    /// May `principal` perform ARM `action` on `id`? Seeded `armScopes` allow everything beneath them; otherwise
+    /// built-in roles: Owner (all), Contributor (all but role-assignment writes), Reader (reads), User Access
+    /// Administrator (role assignments and reads).
+    pub fn arm_allowed(&self, principal_id: &str, id: &str, action: &str) -> bool {
+        let Some(p) = self.principals.get(&principal_id.to_ascii_lowercase()) else {
+            return false;
+        };
+        if p.arm_scopes.iter().any(|s| scope_covers(s, id)) {
+            return true;
+        }
+        let read = action.ends_with("/read");
+        let authz = action.starts_with("Microsoft.Authorization/");
+        self.roles_over(principal_id, id).iter().any(|r| {
+            r == ROLE_OWNER
+                || (r == ROLE_CONTRIBUTOR && (read || !authz))
+                || (r == ROLE_READER && read)
+                || (r == ROLE_USER_ACCESS_ADMINISTRATOR && (read || authz))
+        })
+    }
+
+    /// Advance every clock-driven thing to `now`. Deterministic; call before and after each mutation.
+    pub fn tick(&mut self, now: Timestamp) {
+        let timing = self.timing;
+        let keys: Vec<String> = self.caches.keys().cloned().collect();
+        for k in &keys {
+            let access = self
+                .caches
+                .get(k)
+                .map(|c| self.cache_has_key_access(c))
+                .unwrap_or(false);
+            if let Some(c) = self.caches.get_mut(k) {
+                c.timeline.observe(now, access, &timing);
+            }
+        }
+        // Deletions that finished.
+        let finished: Vec<String> = self
+            .caches
+            .iter()
+            .filter(|(_, c)| c.timeline.deleting_until.is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &finished {
+            if let Some(c) = self.caches.remove(k)
+                && let Some(sp) = c
+                    .identity
+                    .as_ref()
+                    .and_then(|i| i.system_principal_id.clone())
+            {
+                // A system-assigned identity dies with its resource.
+                self.principals.remove(&sp.to_ascii_lowercase());
+            }
+        }
+        // Operations.
+        for op in self.operations.values_mut() {
+            if op.status != "InProgress" {
+                continue;
+            }
+            let cache = self.caches.get(&op.cache_key);
+            match op.kind {
+                OpKind::Create => match cache {
+                    None => {
+                        op.status = "Canceled".into();
+                        op.end_time = Some(now);
+                        op.error = Some((
+                            "Canceled".into(),
+                            "The cache was deleted before creation completed.".into(),
+                        ));
+                    }
+                    Some(c) => match c.timeline.phase(now, &timing) {
+                        Phase::Healthy => {
+                            op.status = "Succeeded".into();
+                            op.end_time = c.timeline.ready_at(&timing);
+                        }
+                        Phase::Failed => {
+                            op.status = "Failed".into();
+                            op.end_time = c.timeline.failed_at;
+                            op.error = Some((
+                                "KeyVaultKeyAccessTimeout".into(),
+                                format!(
+                                    "Cache '{}' timed out waiting for its identity to be given access to the encryption key. A failed cache has to be deleted and re-created.",
+                                    c.name
+                                ),
+                            ));
+                        }
+                        _ => {}
+                    },
+                },
+                OpKind::Update => {
+                    if cache.is_none() {
+                        op.status = "Canceled".into();
+                        op.end_time = Some(now);
+                        op.error = Some(("Canceled".into(), "The cache was deleted.".into()));
+                    } else if op.done_at.is_some_and(|d| d <= now) {
+                        op.status = "Succeeded".into();
+                        op.end_time = op.done_at;
+                    }
+                }
+                OpKind::Delete => {
+                    if cache.is_none() {
+                        op.status = "Succeeded".into();
+                        op.end_time = op.done_at.or(Some(now));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn versions_len(k: &super::seed::SeedKey) -> usize {
+    k.versions.len().max(1)
+}
+
+/// Why a key cannot be used as a cache encryption key. Codes are the simulator's (Azure publishes none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Create-time key rules from the HPC Cache CMK documentation: RSA (or RSA-HSM), 2048 bits, enabled, within
+/// nbf/exp. The size is read from the modulus length, as Azure does (KeyBundle has no size field).
+pub fn validate_cmk_key(key_url: &str, k: &KeyVersion, now: Timestamp) -> Result<(), KeyProblem> {
+    if k.kty != "RSA" && k.kty != "RSA-HSM" {
+        return Err(KeyProblem {
+            code: "InvalidKeyType",
+            message: format!(
+                "The key '{key_url}' has type '{}'. The encryption key must be an RSA key.",
+                k.kty
+            ),
+        });
+    }
+    let bits = modulus_bits(&k.material);
+    if bits != 2048 {
+        return Err(KeyProblem {
+            code: "InvalidKeySize",
+            message: format!(
+                "The key '{key_url}' is a {bits}-bit RSA key. The encryption key must be a 2048-bit RSA key."
+            ),
+        });
+    }
+    if !k.enabled {
+        return Err(KeyProblem {
+            code: "KeyDisabled",
+            message: format!(
+                "The key '{key_url}' is disabled. The encryption key must be enabled."
+            ),
+        });
+    }
+    if let Some(nbf) = k.nbf
+        && now < nbf
+    {
+        return Err(KeyProblem {
+            code: "KeyNotYetValid",
+            message: format!("The key '{key_url}' is not valid before {nbf}."),
+        });
+    }
+    if let Some(exp) = k.exp
+        && now >= exp
+    {
+        return Err(KeyProblem {
+            code: "KeyExpired",
+            message: format!("The key '{key_url}' expired at {exp}."),
+        });
+    }
+    Ok(())
+}
+
+/// Bits of a big-endian modulus without leading zero bytes: 8 × byte length (how Azure sizes RSA keys).
+pub fn modulus_bits(n: &[u8]) -> usize {
+    let trimmed = n
+        .iter()
+        .position(|b| *b != 0)
+        .map(|i| &n[i..])
+        .unwrap_or(&[]);
+    trimmed.len() * 8
+}
+
+/// A parsed Key Vault key URL `https://{vault}.{suffix}/keys/{name}[/{version}]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUrl {
+    pub vault: String,
+    pub name: String,
+    pub version: Option<String>,
+}
+
+pub fn parse_key_url(s: &str) -> Option<KeyUrl> {
+    let u = url::Url::parse(s).ok()?;
+    if u.scheme() != "https" {
+        return None;
+    }
+    let host = u.host_str()?.to_ascii_lowercase();
+    let (vault, suffix) = host.split_once('.')?;
+    if !(suffix == "vault.azure.net" || suffix == "vault.localhost" || suffix.starts_with("vault."))
+    {
+        return None;
+    }
+    let segs: Vec<&str> = u.path_segments()?.filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["keys", name] => Some(KeyUrl {
+            vault: vault.into(),
+            name: name.to_string(),
+            version: None,
+        }),
+        ["keys", name, version] => Some(KeyUrl {
+            vault: vault.into(),
+            name: name.to_string(),
+            version: Some(version.to_string()),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+    fn timing() -> Timing {
+        Timing {
+            authorization_window: Duration::from_secs(90 * 60),
+            key_ready_delay: Duration::from_secs(5 * 60),
+            create_delay: Duration::from_secs(10 * 60),
+        }
+    }
+    fn tl(cmk: bool) -> CacheTimeline {
+        CacheTimeline {
+            created_at: ts("2025-01-01T00:00:00Z"),
+            cmk,
+            access_at: None,
+            failed_at: None,
+            updating_until: None,
+            deleting_until: None,
+        }
+    }
+
+    #[test]
+    fn cmk_cache_waits_then_gets_healthy() {
+        let t = timing();
+        let mut c = tl(true);
+        let t10 = ts("2025-01-01T00:10:00Z");
+        c.observe(t10, false, &t);
+        assert_eq!(c.status(t10, &t).1, "WaitingForKey");
+        assert_eq!(c.status(t10, &t).0, "Creating");
+        c.observe(ts("2025-01-01T00:20:00Z"), true, &t);
+        assert_eq!(
+            c.status(ts("2025-01-01T00:24:59Z"), &t),
+            ("Creating", "Transitioning", "Cache is being created.")
+        );
+        assert_eq!(c.status(ts("2025-01-01T00:25:00Z"), &t).0, "Succeeded");
+        assert_eq!(c.status(ts("2025-01-01T00:25:00Z"), &t).1, "Healthy");
+    }
+
+    #[test]
+    fn cmk_cache_fails_after_window_even_if_access_comes_late() {
+        let t = timing();
+        let mut c = tl(true);
+        c.observe(ts("2025-01-01T02:00:00Z"), true, &t);
+        assert_eq!(c.failed_at, Some(ts("2025-01-01T01:30:00Z")));
+        assert_eq!(c.status(ts("2025-01-01T02:00:00Z"), &t).0, "Failed");
+        assert_eq!(c.status(ts("2025-01-01T02:00:00Z"), &t).1, "Down");
+    }
+
+    #[test]
+    fn access_at_creation_uses_create_delay() {
+        let t = timing();
+        let mut c = tl(true);
+        c.observe(c.created_at, true, &t);
+        assert_eq!(
+            c.phase(ts("2025-01-01T00:09:59Z"), &t),
+            Phase::Transitioning
+        );
+        assert_eq!(c.phase(ts("2025-01-01T00:10:00Z"), &t), Phase::Healthy);
+        let p = tl(false);
+        assert_eq!(p.phase(ts("2025-01-01T00:10:00Z"), &t), Phase::Healthy);
+    }
+
+    fn kv(kty: &str, size: u32) -> KeyVersion {
+        KeyVersion::from_seed(
+            &SeedKeyVersion {
+                kty: kty.into(),
+                size,
+                ..Default::default()
+            },
+            ts("2024-01-01T00:00:00Z"),
+        )
+    }
+
+    #[test]
+    fn key_validation() {
+        let now = ts("2025-01-01T00:00:00Z");
+        assert!(validate_cmk_key("u", &kv("RSA", 2048), now).is_ok());
+        assert!(validate_cmk_key("u", &kv("RSA-HSM", 2048), now).is_ok());
+        assert_eq!(
+            validate_cmk_key("u", &kv("RSA", 4096), now)
+                .unwrap_err()
+                .code,
+            "InvalidKeySize"
+        );
+        assert_eq!(
+            validate_cmk_key("u", &kv("RSA", 3072), now)
+                .unwrap_err()
+                .code,
+            "InvalidKeySize"
+        );
+        assert_eq!(
+            validate_cmk_key("u", &kv("EC", 256), now).unwrap_err().code,
+            "InvalidKeyType"
+        );
+        let mut d = kv("RSA", 2048);
+        d.enabled = false;
+        assert_eq!(
+            validate_cmk_key("u", &d, now).unwrap_err().code,
+            "KeyDisabled"
+        );
+        let mut e = kv("RSA", 2048);
+        e.exp = Some(ts("2024-06-01T00:00:00Z"));
+        assert_eq!(
+            validate_cmk_key("u", &e, now).unwrap_err().code,
+            "KeyExpired"
+        );
+        let mut n = kv("RSA", 2048);
+        n.nbf = Some(ts("2026-01-01T00:00:00Z"));
+        assert_eq!(
+            validate_cmk_key("u", &n, now).unwrap_err().code,
+            "KeyNotYetValid"
+        );
+    }
+
+    #[test]
+    fn modulus_bits_from_n() {
+        assert_eq!(modulus_bits(&[0x80; 256]), 2048);
+        assert_eq!(modulus_bits(&[0, 0x80, 1]), 16);
+        assert_eq!(kv("RSA", 2048).material.len(), 256);
+    }
+
+    #[test]
+    fn key_urls() {
+        assert_eq!(
+            parse_key_url("https://kv1.vault.azure.net/keys/k/0123").unwrap(),
+            KeyUrl {
+                vault: "kv1".into(),
+                name: "k".into(),
+                version: Some("0123".into())
+            }
+        );
+        assert_eq!(
+            parse_key_url("https://kv1.vault.localhost:8443/keys/k")
+                .unwrap()
+                .version,
+            None
+        );
+        assert!(parse_key_url("http://kv1.vault.azure.net/keys/k/1").is_none());
+        assert!(parse_key_url("https://kv1.vault.azure.net/secrets/k/1").is_none());
+        assert!(parse_key_url("garbage").is_none());
+    }
+
+    #[test]
+    fn scopes() {
+        assert!(scope_covers("/", "/subscriptions/a"));
+        assert!(scope_covers(
+            "/subscriptions/A",
+            "/subscriptions/a/resourceGroups/x"
+        ));
+        assert!(!scope_covers("/subscriptions/a", "/subscriptions/ab"));
+    }
+
+    #[test]
+    fn access_checks_follow_vault_model() {
+        let now = ts("2025-01-01T00:00:00Z");
+        let mut w = World::new(timing());
+        let seed = Seed::from_yaml(
+            "vaults:\n - {name: ap1, subscriptionId: s, resourceGroup: rg, enablePurgeProtection: true}\n - {name: rb1, subscriptionId: s, resourceGroup: rg, enableRbacAuthorization: true, enablePurgeProtection: true}\n",
+        )
+        .unwrap();
+        w.apply_seed(&seed, now).unwrap();
+        let p = "11111111-1111-1111-1111-111111111111";
+        assert!(!w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), p));
+        w.grant("ap1", p, now, "t").unwrap();
+        assert!(w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), p));
+        // an access policy does nothing on an RBAC vault
+        assert!(!w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), p));
+        w.grant("rb1", p, now, "t").unwrap();
+        assert!(w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), p));
+        // a role assignment does nothing on an access-policy vault
+        let q = "22222222-2222-2222-2222-222222222222";
+        w.role_assignments.insert(
+            "x".into(),
+            RoleAssignment {
+                name: "x".into(),
+                scope: "/subscriptions/s".into(),
+                role_definition_guid: ROLE_CRYPTO_SERVICE_ENCRYPTION_USER.into(),
+                principal_id: q.into(),
+                principal_type: "ServicePrincipal".into(),
+                description: None,
+                created_on: now,
+                updated_on: now,
+                created_by: "t".into(),
+            },
+        );
+        assert!(!w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), q));
+        assert!(
+            w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), q),
+            "subscription-scope role covers the vault"
+        );
+    }
+}

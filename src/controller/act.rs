@@ -1,0 +1,168 @@
+//! Act: perform the one action the machine chose, against Azure.
+
+use serde_json::{Value, json};
+
+use crate::api::{GrantKind, GrantRecord, HpcCache, HpcCacheSpec, IdentityType};
+use crate::azure::{
+    Azure, AzureError, CMK_KEY_PERMISSIONS, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
+};
+use crate::machine::Action;
+
+use super::observe::cache_id;
+
+/// The ARM body of the cache the spec describes (Caches_CreateOrUpdate).
+pub fn desired_cache(spec: &HpcCacheSpec, key_url: Option<&str>) -> Value {
+    let identity = match spec.identity.type_ {
+        IdentityType::SystemAssigned => json!({"type": "SystemAssigned"}),
+        IdentityType::UserAssigned => json!({
+            "type": "UserAssigned",
+            "userAssignedIdentities": { spec.identity.user_assigned_identity_id.clone().unwrap_or_default(): {} }
+        }),
+    };
+    let mut properties = json!({ "cacheSizeGB": spec.cache_size_gb, "subnet": spec.subnet_id });
+    if let (Some(enc), Some(url)) = (&spec.encryption, key_url) {
+        properties["encryptionSettings"] = encryption_settings(enc, url);
+    }
+    json!({
+        "location": spec.azure.location,
+        "tags": spec.tags,
+        "sku": { "name": spec.sku },
+        "identity": identity,
+        "properties": properties,
+    })
+}
+
+fn encryption_settings(enc: &crate::api::Encryption, key_url: &str) -> Value {
+    json!({
+        "keyEncryptionKey": { "keyUrl": key_url, "sourceVault": { "id": enc.key_vault_id } },
+        "rotationToLatestKeyVersionEnabled": enc.rotate_to_latest_key_version,
+    })
+}
+
+/// The PATCH body for a key change (and tags, which are the other mutable part).
+pub fn key_update(spec: &HpcCacheSpec, key_url: Option<&str>) -> Value {
+    let mut patch = json!({ "tags": spec.tags });
+    if let (Some(enc), Some(url)) = (&spec.encryption, key_url) {
+        patch["properties"] = json!({ "encryptionSettings": encryption_settings(enc, url) });
+    }
+    patch
+}
+
+/// Performs `action` (except `RemoveFinalizer` and `None`, which are Kubernetes-side or nothing).
+pub async fn perform(azure: &Azure, obj: &HpcCache, vault: Option<&Vault>, action: &Action) -> Result<(), AzureError> {
+    match action {
+        Action::None | Action::RemoveFinalizer => Ok(()),
+        Action::EnableVaultProtection => {
+            let id = vault_id(obj)?;
+            azure.enable_vault_protection(&id).await.map(drop)
+        }
+        Action::Grant(g) => grant(azure, g, vault).await,
+        Action::RevokeGrant(g) => revoke(azure, g, vault).await,
+        Action::CreateCache { key_url } => {
+            let body = desired_cache(&obj.spec, key_url.as_deref());
+            let cache = serde_json::from_value(body).map_err(|e| AzureError::Decode(e.to_string()))?;
+            azure.put_cache(&cache_id(obj), &cache).await.map(drop)
+        }
+        Action::UpdateCache { key_url } => {
+            azure.patch_cache(&cache_id(obj), &key_update(&obj.spec, key_url.as_deref())).await.map(drop)
+        }
+        Action::DeleteCache => azure.delete_cache(&cache_id(obj)).await.map(drop),
+    }
+}
+
+fn vault_id(obj: &HpcCache) -> Result<ResourceId, AzureError> {
+    let id = obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
+    ResourceId::parse(id).map_err(|e| AzureError::Decode(e.to_string()))
+}
+
+fn tenant_of(g: &GrantRecord, vault: Option<&Vault>) -> String {
+    g.tenant_id.clone().or_else(|| vault.and_then(|v| v.properties.tenant_id.clone())).unwrap_or_default()
+}
+
+async fn grant(azure: &Azure, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
+    let id = ResourceId::parse(&g.vault_id).map_err(|e| AzureError::Decode(e.to_string()))?;
+    match g.kind {
+        GrantKind::AccessPolicy => {
+            azure.add_access_policy(&id, &tenant_of(g, vault), &g.principal_id, &CMK_KEY_PERMISSIONS).await
+        }
+        GrantKind::RoleAssignment => {
+            azure.put_role_assignment(&id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
+        }
+    }
+}
+
+async fn revoke(azure: &Azure, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
+    let id = ResourceId::parse(&g.vault_id).map_err(|e| AzureError::Decode(e.to_string()))?;
+    let result = match g.kind {
+        GrantKind::AccessPolicy => azure.remove_access_policy(&id, &tenant_of(g, vault), &g.principal_id).await,
+        GrantKind::RoleAssignment => {
+            azure.delete_role_assignment(&id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
+        }
+    };
+    match result {
+        // The vault itself is gone: nothing left to revoke.
+        Err(e) if e.status() == Some(404) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CacheIdentity;
+
+    fn spec() -> HpcCacheSpec {
+        serde_json::from_value(json!({
+            "azure": {"subscriptionId": "11111111-2222-3333-4444-555555555555", "resourceGroup": "rg", "location": "eastus"},
+            "sku": "Standard_2G", "cacheSizeGB": 3072, "subnetId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s",
+            "encryption": {"keyVaultId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv", "keyName": "k", "keyVersion": "0123456789abcdef0123456789abcdef"},
+            "tags": {"team": "genomics"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn create_body_matches_the_caches_spec() {
+        let body = desired_cache(&spec(), Some("https://kv.vault.azure.net/keys/k/v1"));
+        assert_eq!(body["location"], "eastus");
+        assert_eq!(body["sku"]["name"], "Standard_2G");
+        assert_eq!(body["identity"]["type"], "SystemAssigned");
+        assert_eq!(body["properties"]["cacheSizeGB"], 3072);
+        let kek = &body["properties"]["encryptionSettings"]["keyEncryptionKey"];
+        assert_eq!(kek["keyUrl"], "https://kv.vault.azure.net/keys/k/v1");
+        assert_eq!(
+            kek["sourceVault"]["id"],
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"
+        );
+        assert_eq!(body["properties"]["encryptionSettings"]["rotationToLatestKeyVersionEnabled"], false);
+        assert_eq!(body["tags"]["team"], "genomics");
+        // and it is a valid Cache model
+        let _: crate::azure::Cache = serde_json::from_value(body).unwrap();
+    }
+
+    #[test]
+    fn user_assigned_identity_is_a_dictionary_of_empty_objects() {
+        let mut s = spec();
+        s.identity =
+            CacheIdentity { type_: IdentityType::UserAssigned, user_assigned_identity_id: Some("/x/id".into()) };
+        let body = desired_cache(&s, Some("u"));
+        assert_eq!(body["identity"], json!({"type": "UserAssigned", "userAssignedIdentities": {"/x/id": {}}}));
+    }
+
+    #[test]
+    fn microsoft_managed_keys_send_no_encryption_settings() {
+        let mut s = spec();
+        s.encryption = None;
+        assert!(desired_cache(&s, None)["properties"].get("encryptionSettings").is_none());
+    }
+
+    #[test]
+    fn key_update_patches_only_mutable_settings() {
+        let patch = key_update(&spec(), Some("https://kv.vault.azure.net/keys/k/v2"));
+        assert_eq!(
+            patch["properties"]["encryptionSettings"]["keyEncryptionKey"]["keyUrl"],
+            "https://kv.vault.azure.net/keys/k/v2"
+        );
+        assert!(patch.get("sku").is_none() && patch.get("identity").is_none() && patch.get("location").is_none());
+    }
+}

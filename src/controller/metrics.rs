@@ -1,0 +1,205 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::api::Phase;
+use crate::azure::CallObserver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    operation: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    namespace: String,
+    name: String,
+}
+
+/// All metrics the operator exports. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    reconciles: Family<ResultLabels, Counter>,
+    azure_calls: Family<CallLabels, Counter>,
+    azure_call_seconds: Family<CallLabels, Histogram>,
+    objects: Family<PhaseLabels, Gauge>,
+    deadline_seconds: Family<ObjectLabels, Gauge>,
+    phases: Arc<Mutex<BTreeMap<(String, String), Phase>>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hpccache");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let azure_calls = Family::<CallLabels, Counter>::default();
+        let azure_call_seconds = Family::<CallLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        let objects = Family::<PhaseLabels, Gauge>::default();
+        let deadline_seconds = Family::<ObjectLabels, Gauge>::default();
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        registry.register("azure_calls", "Azure API calls by operation and HTTP status", azure_calls.clone());
+        registry.register("azure_call_duration_seconds", "Azure API call latency", azure_call_seconds.clone());
+        registry.register("objects", "HpcCache objects by phase", objects.clone());
+        registry.register(
+            "authorization_deadline_seconds",
+            "Seconds left before Azure fails a cache whose key grant is outstanding",
+            deadline_seconds.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            reconciles,
+            azure_calls,
+            azure_call_seconds,
+            objects,
+            deadline_seconds,
+            phases: Default::default(),
+            ready: Default::default(),
+        }
+    }
+
+    pub fn reconciled(&self, result: &str) {
+        self.reconciles.get_or_create(&ResultLabels { result: result.into() }).inc();
+    }
+
+    /// Records the phase of one object (None when it is gone) and recomputes the per-phase gauge.
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), name.to_string());
+        match phase {
+            Some(p) => phases.insert(key, p),
+            None => phases.remove(&key),
+        };
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for p in [
+            Phase::Pending,
+            Phase::Authorizing,
+            Phase::Creating,
+            Phase::WaitingForKey,
+            Phase::Ready,
+            Phase::Updating,
+            Phase::Failed,
+            Phase::Deleting,
+        ] {
+            counts.insert(p.to_string(), 0);
+        }
+        for p in phases.values() {
+            *counts.entry(p.to_string()).or_default() += 1;
+        }
+        for (phase, n) in counts {
+            self.objects.get_or_create(&PhaseLabels { phase }).set(n);
+        }
+    }
+
+    /// Seconds left before the authorization deadline; None removes the series.
+    pub fn set_deadline(&self, namespace: &str, name: &str, seconds_left: Option<i64>) {
+        let labels = ObjectLabels { namespace: namespace.into(), name: name.into() };
+        match seconds_left {
+            Some(s) => {
+                self.deadline_seconds.get_or_create(&labels).set(s);
+            }
+            None => {
+                self.deadline_seconds.remove(&labels);
+            }
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.clone())
+    }
+}
+
+async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
+}
+
+async fn readyz(State(m): State<Metrics>) -> impl IntoResponse {
+    if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+impl CallObserver for Metrics {
+    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration) {
+        let labels =
+            CallLabels { operation: operation.into(), status: status.map_or("error".to_string(), |s| s.to_string()) };
+        self.azure_calls.get_or_create(&labels).inc();
+        self.azure_call_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_counted_and_forgotten() {
+        let m = Metrics::new();
+        m.set_phase("a", "x", Some(Phase::Ready));
+        m.set_phase("a", "y", Some(Phase::Ready));
+        m.set_phase("b", "z", Some(Phase::WaitingForKey));
+        let text = m.render();
+        assert!(text.contains("hpccache_objects{phase=\"Ready\"} 2"), "{text}");
+        assert!(text.contains("hpccache_objects{phase=\"WaitingForKey\"} 1"), "{text}");
+        m.set_phase("a", "y", None);
+        assert!(m.render().contains("hpccache_objects{phase=\"Ready\"} 1"));
+    }
+
+    #[test]
+    fn azure_calls_and_deadlines_are_exported() {
+        let m = Metrics::new();
+        m.observe("caches.put", Some(201), Duration::from_millis(20));
+        m.observe("caches.get", None, Duration::from_millis(1));
+        m.set_deadline("ns", "c", Some(4200));
+        let text = m.render();
+        assert!(text.contains("hpccache_azure_calls_total{operation=\"caches.put\",status=\"201\"} 1"), "{text}");
+        assert!(text.contains("status=\"error\""), "{text}");
+        assert!(text.contains("hpccache_authorization_deadline_seconds{namespace=\"ns\",name=\"c\"} 4200"), "{text}");
+        m.set_deadline("ns", "c", None);
+        assert!(!m.render().contains("name=\"c\""));
+    }
+}

@@ -1,0 +1,845 @@
+//! The state machine: a pure function from (spec, last status, what Azure reported, Azure's clock) to the next
+//! status and at most one action. No I/O here; the controller observes, calls [`decide`], records the returned
+//! status (intent first) and then performs the action.
+//!
+//! ```text
+//! Pending ──(valid; UA identity lacks access; Automatic)──> Authorizing ──> Creating
+//! Pending ──(valid)──> Creating ──(health WaitingForKey)──> WaitingForKey ──(Automatic)──> Authorizing ──> Ready
+//! WaitingForKey/Authorizing ──(deadline passed or provisioningState Failed)──> Failed
+//! Failed ──(Recreate, within maxRecreations)──> Deleting old cache ──> Creating
+//! Ready ──(key settings changed)──> Updating ──> Ready
+//! any ──(object deleted)──> Deleting ──(deletionPolicy)──> gone
+//! ```
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{
+    AuthorizationTimeoutPolicy, ConditionStatus as S, ConditionType as C, DeletionPolicy, GrantKind, GrantRecord,
+    HpcCacheSpec, HpcCacheStatus, IdentityType, KeyAccess, Phase, set_condition,
+};
+
+/// Azure fails a CMK cache whose identity is not authorized within this window of its creation.
+pub const AUTHORIZATION_WINDOW: SignedDuration = SignedDuration::from_mins(90);
+/// Manual mode: Warning events start when less than this is left.
+pub const DEADLINE_WARNING: SignedDuration = SignedDuration::from_mins(30);
+
+/// Azure's provisioning and health states the machine reacts to (verbatim ARM strings).
+pub mod azure_state {
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+    pub const CANCELED: &str = "Canceled";
+    pub const DELETING: &str = "Deleting";
+    pub const WAITING_FOR_KEY: &str = "WaitingForKey";
+    pub const HEALTHY: &str = "Healthy";
+}
+
+/// What Azure reported about the cache.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CacheFacts {
+    pub id: String,
+    pub provisioning_state: String,
+    pub health_state: Option<String>,
+    pub status_description: Option<String>,
+    pub principal_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub created_at: Option<Timestamp>,
+    pub key_url: Option<String>,
+    pub rotation_enabled: bool,
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// The verdict on the configured key (checked before any cache is created and on every key change).
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeyFacts {
+    /// Usable: `kid` is the versioned key URL.
+    Valid { kid: String },
+    /// Not usable, with a precise reason (e.g. `KeyNotRSA`) and message.
+    Invalid { reason: String, message: String },
+}
+
+/// The verdict on the configured vault.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VaultFacts {
+    Usable {
+        /// Soft delete and purge protection are both on.
+        protected: bool,
+        /// The vault uses Azure RBAC instead of access policies.
+        rbac: bool,
+    },
+    Invalid {
+        reason: String,
+        message: String,
+    },
+}
+
+/// The user-assigned identity, as Azure reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdentityFacts {
+    pub principal_id: String,
+    pub tenant_id: Option<String>,
+    /// Whether it can already reach the key (None: unknown, e.g. an RBAC vault).
+    pub has_key_access: Option<bool>,
+}
+
+/// Everything the controller observed for one reconcile.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// Azure's clock (the `Date` header of the latest response), never the pod's.
+    pub now: Timestamp,
+    pub cache: Option<CacheFacts>,
+    /// None when the spec has no encryption, or the key was not looked at.
+    pub key: Option<KeyFacts>,
+    pub vault: Option<VaultFacts>,
+    /// Some for a user-assigned identity that exists; an error otherwise is reported via `identity_error`.
+    pub identity: Option<IdentityFacts>,
+    pub identity_error: Option<(String, String)>,
+}
+
+/// Poll intervals (real time) the controller runs with.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How often to look again in transitional phases.
+    pub poll: Duration,
+    /// How often to look again when nothing is expected to change (Ready, Stalled).
+    pub resync: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { poll: Duration::from_secs(15), resync: Duration::from_secs(600) }
+    }
+}
+
+/// The one thing to do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    None,
+    /// PATCH the vault: soft delete and purge protection on (Azure requires both for CMK).
+    EnableVaultProtection,
+    /// Give `principal_id` get/wrapKey/unwrapKey on the key (access policy or role assignment).
+    Grant(GrantRecord),
+    /// PUT the cache with this key URL (None: Microsoft-managed keys).
+    CreateCache {
+        key_url: Option<String>,
+    },
+    /// PATCH the cache's encryption settings (and tags).
+    UpdateCache {
+        key_url: Option<String>,
+    },
+    /// DELETE the Azure cache.
+    DeleteCache,
+    /// Remove a grant the operator made.
+    RevokeGrant(GrantRecord),
+    /// Let Kubernetes delete the object.
+    RemoveFinalizer,
+}
+
+/// A Kubernetes event to emit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub status: HpcCacheStatus,
+    pub action: Action,
+    pub requeue_after: Duration,
+    pub events: Vec<Event>,
+}
+
+/// The inputs of [`decide`].
+pub struct Input<'a> {
+    pub spec: &'a HpcCacheSpec,
+    pub generation: Option<i64>,
+    pub status: &'a HpcCacheStatus,
+    /// metadata.deletionTimestamp is set.
+    pub deleting: bool,
+    /// The name of the cache in Azure (spec.azure.name or metadata.name).
+    pub cache_id: &'a str,
+    pub observed: &'a Observed,
+    pub timing: Timing,
+}
+
+/// Stalled reason that blocks further create attempts until the spec changes (e.g. Azure's product retirement).
+pub const REASON_CREATE_REJECTED: &str = "CreateRejected";
+
+/// Decides the next step. Pure and total: every input gives a decision, never a panic.
+pub fn decide(input: &Input) -> Decision {
+    let mut d = Draft::new(input);
+    if input.deleting {
+        d.deleting();
+    } else {
+        match &input.observed.cache {
+            None => d.no_cache(),
+            Some(cache) => d.cache_exists(cache),
+        }
+    }
+    d.finish()
+}
+
+/// The machine's reaction to a failed action: a terminal rejection stalls (no retry loop); anything else is
+/// retried after Azure's `Retry-After` or the poll interval.
+pub fn action_failed(
+    status: &HpcCacheStatus,
+    generation: Option<i64>,
+    action: &Action,
+    error: &ActionError,
+    now: Timestamp,
+    timing: Timing,
+) -> Decision {
+    let mut status = status.clone();
+    let t = Time(now);
+    let what = action_name(action);
+    let message = format!("{what} failed: {} ({})", error.message, error.code);
+    let requeue_after = if error.retryable {
+        set_condition(&mut status.conditions, C::Reconciling, S::True, "AzureRetrying", &message, generation, &t);
+        error.retry_after.unwrap_or(timing.poll)
+    } else {
+        let reason = match action {
+            Action::CreateCache { .. } => REASON_CREATE_REJECTED,
+            _ => "AzureRequestRejected",
+        };
+        if matches!(action, Action::CreateCache { .. }) && status.phase == Some(Phase::Creating) {
+            status.phase = Some(Phase::Failed);
+            status.create_requested_at = None;
+        }
+        set_condition(&mut status.conditions, C::Stalled, S::True, reason, &message, generation, &t);
+        set_condition(&mut status.conditions, C::Ready, S::False, reason, &message, generation, &t);
+        set_condition(&mut status.conditions, C::Reconciling, S::False, reason, &message, generation, &t);
+        timing.resync
+    };
+    Decision {
+        status,
+        action: Action::None,
+        requeue_after,
+        events: vec![Event { warning: true, reason: "AzureError".into(), message }],
+    }
+}
+
+/// Updates the status after an action succeeded (what cannot be recorded as intent beforehand).
+pub fn action_succeeded(status: &mut HpcCacheStatus, action: &Action) {
+    if let Action::RevokeGrant(g) = action
+        && status.grant.as_ref() == Some(g)
+    {
+        status.grant = None;
+    }
+}
+
+/// An Azure error, reduced to what the machine needs.
+#[derive(Clone, Debug)]
+pub struct ActionError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
+}
+
+fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::None => "nothing",
+        Action::EnableVaultProtection => "enabling vault purge protection",
+        Action::Grant(_) => "granting key access",
+        Action::CreateCache { .. } => "creating the cache",
+        Action::UpdateCache { .. } => "updating the cache",
+        Action::DeleteCache => "deleting the cache",
+        Action::RevokeGrant(_) => "revoking key access",
+        Action::RemoveFinalizer => "removing the finalizer",
+    }
+}
+
+/// Checks an RSA key as Azure HPC Cache requires it: RSA (or RSA-HSM), 2048 bits, enabled, within nbf/exp.
+pub fn check_key(
+    kid: &str,
+    kty: &str,
+    rsa_bits: Option<usize>,
+    enabled: bool,
+    not_before: Option<Timestamp>,
+    expires: Option<Timestamp>,
+    now: Timestamp,
+) -> KeyFacts {
+    let invalid = |reason: &str, message: String| KeyFacts::Invalid { reason: reason.into(), message };
+    if kty != "RSA" && kty != "RSA-HSM" {
+        return invalid("KeyNotRSA", format!("key {kid} is of type {kty}; Azure HPC Cache needs a 2048-bit RSA key"));
+    }
+    if rsa_bits != Some(2048) {
+        let bits = rsa_bits.map_or("unknown".to_string(), |b| b.to_string());
+        return invalid(
+            "KeySizeUnsupported",
+            format!("key {kid} is {bits} bits; Azure HPC Cache needs exactly 2048 bits"),
+        );
+    }
+    if !enabled {
+        return invalid("KeyDisabled", format!("key {kid} is disabled; enable it in the Key Vault"));
+    }
+    if not_before.is_some_and(|nbf| now < nbf) {
+        return invalid("KeyNotYetValid", format!("key {kid} is not valid before {}", not_before.unwrap_or(now)));
+    }
+    if let Some(exp) = expires.filter(|exp| now >= *exp) {
+        return invalid("KeyExpired", format!("key {kid} expired at {exp}"));
+    }
+    KeyFacts::Valid { kid: kid.to_string() }
+}
+
+/// Checks a vault against the cache: same subscription and region (Azure refuses others).
+pub fn check_vault(
+    vault_location: &str,
+    cache_location: &str,
+    soft_delete: bool,
+    purge_protection: bool,
+    rbac: bool,
+) -> VaultFacts {
+    if !normalize_region(vault_location).eq_ignore_ascii_case(&normalize_region(cache_location)) {
+        return VaultFacts::Invalid {
+            reason: "VaultRegionMismatch".into(),
+            message: format!(
+                "the Key Vault is in {vault_location} but the cache is in {cache_location}; Azure HPC Cache needs a vault in the same region"
+            ),
+        };
+    }
+    VaultFacts::Usable { protected: soft_delete && purge_protection, rbac }
+}
+
+fn normalize_region(r: &str) -> String {
+    r.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// Builds the next status step by step.
+struct Draft<'a> {
+    input: &'a Input<'a>,
+    status: HpcCacheStatus,
+    action: Action,
+    requeue_after: Duration,
+    events: Vec<Event>,
+    now: Time,
+}
+
+impl<'a> Draft<'a> {
+    fn new(input: &'a Input<'a>) -> Self {
+        let mut status = input.status.clone();
+        status.observed_generation = input.generation;
+        Self {
+            input,
+            status,
+            action: Action::None,
+            requeue_after: input.timing.poll,
+            events: vec![],
+            now: Time(input.observed.now),
+        }
+    }
+
+    fn spec(&self) -> &HpcCacheSpec {
+        self.input.spec
+    }
+
+    fn cond(&mut self, t: C, s: S, reason: &str, message: &str) {
+        set_condition(&mut self.status.conditions, t, s, reason, message, self.input.generation, &self.now);
+    }
+
+    fn phase(&mut self, phase: Phase) {
+        if self.status.phase != Some(phase) {
+            let message = format!("phase {} -> {phase}", self.status.phase.unwrap_or_default());
+            self.events.push(Event { warning: phase == Phase::Failed, reason: phase.to_string(), message });
+        }
+        self.status.phase = Some(phase);
+    }
+
+    /// A transitional state: Reconciling=True, Ready=False, Stalled=False.
+    fn progressing(&mut self, phase: Phase, reason: &str, message: &str) {
+        self.phase(phase);
+        self.cond(C::Ready, S::False, reason, message);
+        self.cond(C::Reconciling, S::True, reason, message);
+        self.cond(C::Stalled, S::False, reason, message);
+    }
+
+    /// Needs a person: Stalled=True, Reconciling=False.
+    fn stalled(&mut self, phase: Phase, reason: &str, message: &str) {
+        self.phase(phase);
+        self.cond(C::Ready, S::False, reason, message);
+        self.cond(C::Reconciling, S::False, reason, message);
+        self.cond(C::Stalled, S::True, reason, message);
+        self.requeue_after = self.input.timing.resync;
+        self.events.push(Event { warning: true, reason: reason.into(), message: message.into() });
+    }
+
+    fn finish(self) -> Decision {
+        Decision { status: self.status, action: self.action, requeue_after: self.requeue_after, events: self.events }
+    }
+
+    fn recorded_sa_grant(&self) -> Option<GrantRecord> {
+        self.status.grant.clone().filter(|g| g.system_assigned)
+    }
+
+    // ---- object deletion ----------------------------------------------------------------------------------
+
+    fn deleting(&mut self) {
+        let msg = "the HpcCache is being deleted";
+        if self.spec().deletion_policy == DeletionPolicy::Orphan {
+            self.progressing(Phase::Deleting, "Orphaning", "deletionPolicy is Orphan: the Azure cache is kept");
+            self.action = Action::RemoveFinalizer;
+            return;
+        }
+        match &self.input.observed.cache {
+            Some(c) if c.provisioning_state == azure_state::DELETING => {
+                self.progressing(Phase::Deleting, "DeletingCache", "waiting for Azure to delete the cache");
+            }
+            Some(_) => {
+                self.progressing(Phase::Deleting, "DeletingCache", msg);
+                self.action = Action::DeleteCache;
+            }
+            None => {
+                if let Some(grant) = self.recorded_sa_grant() {
+                    self.progressing(
+                        Phase::Deleting,
+                        "RevokingGrant",
+                        "revoking the key grant made for the cache's system-assigned identity",
+                    );
+                    self.action = Action::RevokeGrant(grant);
+                } else {
+                    self.progressing(Phase::Deleting, "Deleted", "the Azure cache is gone");
+                    self.action = Action::RemoveFinalizer;
+                }
+            }
+        }
+    }
+
+    // ---- no cache in Azure --------------------------------------------------------------------------------
+
+    fn no_cache(&mut self) {
+        // Forget the previous cache (deleted for re-creation or out of band); its system principal is gone too.
+        if self.status.azure_resource_id.is_some() && self.status.create_requested_at.is_none() {
+            self.status.principal_id = None;
+            self.status.tenant_id = None;
+            self.status.created_at = None;
+            self.status.authorization_deadline = None;
+            self.status.provisioning_state = None;
+            self.status.health_state = None;
+            self.status.active_key_url = None;
+        }
+        if let Some(grant) = self.recorded_sa_grant() {
+            self.progressing(
+                Phase::Deleting,
+                "RevokingGrant",
+                "revoking the key grant of the previous cache's identity",
+            );
+            self.action = Action::RevokeGrant(grant);
+            return;
+        }
+        if self.create_blocked() {
+            return;
+        }
+        // A recorded create_requested_at with no cache means the PUT may not have been sent (crash) or Azure does
+        // not show it yet: re-sending is idempotent (same name), so the cache is never duplicated or lost.
+        let Some(key_url) = self.validated_key() else {
+            return;
+        };
+        if self.spec().encryption.is_some() && !self.vault_ready_for_create() {
+            return;
+        }
+        if self.spec().identity.type_ == IdentityType::UserAssigned && !self.user_assigned_ready() {
+            return;
+        }
+        let id = self.input.cache_id.to_string();
+        if self.status.create_requested_at.is_none() {
+            self.status.create_requested_at = Some(self.now.clone());
+        }
+        self.status.azure_resource_id = Some(id);
+        let message = if self.status.recreations > 0 {
+            format!("creating the cache in Azure (re-creation {})", self.status.recreations)
+        } else {
+            "creating the cache in Azure".to_string()
+        };
+        self.progressing(Phase::Creating, "Creating", &message);
+        self.action = Action::CreateCache { key_url };
+    }
+
+    /// A create Azure refused (e.g. product retirement) is not retried until the spec changes.
+    fn create_blocked(&mut self) -> bool {
+        let blocked = self.input.status.conditions.iter().any(|c| {
+            c.type_ == "Stalled"
+                && c.status == "True"
+                && c.reason == REASON_CREATE_REJECTED
+                && c.observed_generation == self.input.generation
+        });
+        if blocked {
+            self.requeue_after = self.input.timing.resync;
+        }
+        blocked
+    }
+
+    /// Some(key url) when the key is usable (Some(None) for Microsoft-managed keys); None after reporting why not.
+    fn validated_key(&mut self) -> Option<Option<String>> {
+        if self.spec().encryption.is_none() {
+            self.cond(C::KeyValid, S::True, "MicrosoftManagedKey", "the cache uses Microsoft-managed keys");
+            return Some(None);
+        }
+        match self.input.observed.key.clone() {
+            Some(KeyFacts::Valid { kid }) => {
+                self.cond(C::KeyValid, S::True, "KeyValid", &format!("{kid} is an enabled 2048-bit RSA key"));
+                Some(Some(kid))
+            }
+            Some(KeyFacts::Invalid { reason, message }) => {
+                self.cond(C::KeyValid, S::False, &reason, &message);
+                self.stalled(Phase::Pending, &reason, &message);
+                None
+            }
+            None => {
+                self.cond(C::KeyValid, S::Unknown, "Checking", "the key has not been checked yet");
+                self.progressing(Phase::Pending, "CheckingKey", "checking the key and the vault");
+                None
+            }
+        }
+    }
+
+    /// Vault problems stall; missing purge protection is fixed in Automatic mode and reported in Manual mode.
+    fn vault_ready_for_create(&mut self) -> bool {
+        match self.input.observed.vault.clone() {
+            Some(VaultFacts::Usable { protected: true, .. }) => true,
+            Some(VaultFacts::Usable { protected: false, .. }) => {
+                if self.spec().key_access == KeyAccess::Automatic {
+                    self.progressing(
+                        Phase::Pending,
+                        "EnablingPurgeProtection",
+                        "turning on soft delete and purge protection on the Key Vault (required for customer-managed keys)",
+                    );
+                    self.action = Action::EnableVaultProtection;
+                } else {
+                    self.stalled(
+                        Phase::Pending,
+                        "VaultPurgeProtectionDisabled",
+                        "the Key Vault needs soft delete and purge protection before the cache can be created; keyAccess is Manual, so turn them on (az keyvault update --enable-purge-protection true)",
+                    );
+                }
+                false
+            }
+            Some(VaultFacts::Invalid { reason, message }) => {
+                self.cond(C::KeyValid, S::False, &reason, &message);
+                self.stalled(Phase::Pending, &reason, &message);
+                false
+            }
+            None => {
+                self.progressing(Phase::Pending, "CheckingVault", "checking the Key Vault");
+                false
+            }
+        }
+    }
+
+    /// A user-assigned identity must exist; in Automatic mode it is granted access before the cache exists.
+    fn user_assigned_ready(&mut self) -> bool {
+        if let Some((reason, message)) = self.input.observed.identity_error.clone() {
+            self.stalled(Phase::Pending, &reason, &message);
+            return false;
+        }
+        let Some(identity) = self.input.observed.identity.clone() else {
+            self.progressing(Phase::Pending, "CheckingIdentity", "looking up the user-assigned identity");
+            return false;
+        };
+        self.status.principal_id = Some(identity.principal_id.clone());
+        self.status.tenant_id = identity.tenant_id.clone();
+        if self.spec().encryption.is_none() {
+            return true;
+        }
+        let already = identity.has_key_access == Some(true) || self.grant_recorded_for(&identity.principal_id);
+        if already {
+            self.cond(C::KeyAuthorized, S::True, "IdentityAuthorized", "the user-assigned identity can use the key");
+            return true;
+        }
+        if self.spec().key_access == KeyAccess::Manual {
+            // Manual: the cache is created and waits for a person (the 90-minute clock starts).
+            self.cond(
+                C::KeyAuthorized,
+                S::False,
+                "AwaitingManualGrant",
+                "the user-assigned identity has no access to the key yet",
+            );
+            return true;
+        }
+        let grant = self.grant_for(&identity.principal_id, identity.tenant_id.clone(), false);
+        self.status.grant = Some(grant.clone());
+        self.cond(
+            C::KeyAuthorized,
+            S::False,
+            "Granting",
+            "granting the user-assigned identity access to the key before creating the cache",
+        );
+        self.progressing(
+            Phase::Authorizing,
+            "Authorizing",
+            "granting the user-assigned identity access to the key before creating the cache",
+        );
+        self.action = Action::Grant(grant);
+        false
+    }
+
+    fn grant_recorded_for(&self, principal: &str) -> bool {
+        let vault = self.spec().encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
+        self.status
+            .grant
+            .as_ref()
+            .is_some_and(|g| g.principal_id.eq_ignore_ascii_case(principal) && g.vault_id.eq_ignore_ascii_case(vault))
+    }
+
+    fn grant_for(&self, principal: &str, tenant: Option<String>, system_assigned: bool) -> GrantRecord {
+        let rbac = matches!(self.input.observed.vault, Some(VaultFacts::Usable { rbac: true, .. }));
+        GrantRecord {
+            vault_id: self.spec().encryption.as_ref().map(|e| e.key_vault_id.clone()).unwrap_or_default(),
+            principal_id: principal.to_string(),
+            tenant_id: tenant,
+            kind: if rbac { GrantKind::RoleAssignment } else { GrantKind::AccessPolicy },
+            system_assigned,
+        }
+    }
+
+    // ---- the cache exists ---------------------------------------------------------------------------------
+
+    fn cache_exists(&mut self, cache: &CacheFacts) {
+        self.status.azure_resource_id = Some(cache.id.clone());
+        self.status.provisioning_state = Some(cache.provisioning_state.clone());
+        self.status.health_state = cache.health_state.clone();
+        self.status.active_key_url = cache.key_url.clone();
+        if cache.principal_id.is_some() {
+            self.status.principal_id = cache.principal_id.clone();
+            self.status.tenant_id = cache.tenant_id.clone();
+        }
+        let created_at = cache
+            .created_at
+            .or_else(|| self.status.create_requested_at.as_ref().map(|t| t.0))
+            .or_else(|| self.status.created_at.as_ref().map(|t| t.0));
+        self.status.created_at = created_at.map(Time);
+        self.status.create_requested_at = None;
+        if self.spec().encryption.is_none() {
+            self.cond(C::KeyValid, S::True, "MicrosoftManagedKey", "the cache uses Microsoft-managed keys");
+        }
+        let deadline = created_at.map(|c| c + AUTHORIZATION_WINDOW);
+        let state = cache.provisioning_state.as_str();
+        let health = cache.health_state.as_deref().unwrap_or_default();
+
+        if state == azure_state::DELETING {
+            let recreating = self.status.phase == Some(Phase::Deleting);
+            let reason = if recreating { "Recreating" } else { "AzureDeleting" };
+            self.status.authorization_deadline = None;
+            self.progressing(Phase::Deleting, reason, "Azure is deleting the cache");
+            return;
+        }
+        if state == azure_state::FAILED || state == azure_state::CANCELED {
+            self.failed(cache, "the cache's provisioningState is Failed");
+            return;
+        }
+        if health == azure_state::WAITING_FOR_KEY || (state != azure_state::SUCCEEDED && self.grant_outstanding(cache))
+        {
+            self.status.authorization_deadline = deadline.map(Time);
+            if let Some(deadline) = deadline.filter(|d| self.input.observed.now >= *d) {
+                self.failed(cache, &format!("the key was not authorized before the deadline {deadline}"));
+                return;
+            }
+            if health == azure_state::WAITING_FOR_KEY {
+                self.waiting_for_key(cache, deadline);
+                return;
+            }
+        }
+        if state != azure_state::SUCCEEDED {
+            let (phase, reason) = match self.status.phase {
+                Some(Phase::Updating) => (Phase::Updating, "Updating"),
+                Some(Phase::Authorizing) => (Phase::Authorizing, "KeyAccessPropagating"),
+                _ => (Phase::Creating, "Creating"),
+            };
+            let msg = format!("Azure reports provisioningState {state}, health {}", or_unknown(health));
+            self.progressing(phase, reason, &msg);
+            return;
+        }
+        // Succeeded.
+        self.status.authorization_deadline = None;
+        if self.spec().encryption.is_some() {
+            self.cond(C::KeyAuthorized, S::True, "KeyAuthorized", "the cache's identity can use the key");
+        }
+        if let Some(update) = self.key_drift(cache) {
+            match update {
+                Ok(key_url) => {
+                    self.progressing(Phase::Updating, "Updating", "applying the key settings from the spec");
+                    self.action = Action::UpdateCache { key_url };
+                }
+                Err(()) => {} // invalid new key: already reported, keep the cache as it is
+            }
+            return;
+        }
+        if health != azure_state::HEALTHY {
+            let msg = format!("the cache is provisioned but its health is {}", or_unknown(health));
+            self.progressing(Phase::Creating, "CacheNotHealthy", &msg);
+            return;
+        }
+        self.phase(Phase::Ready);
+        let msg = match &cache.key_url {
+            Some(k) => format!("the cache is healthy and encrypted with {k}"),
+            None => "the cache is healthy".to_string(),
+        };
+        self.cond(C::Ready, S::True, "Ready", &msg);
+        self.cond(C::Reconciling, S::False, "Ready", &msg);
+        self.cond(C::Stalled, S::False, "Ready", &msg);
+        self.requeue_after = self.input.timing.resync;
+    }
+
+    /// The cache waits for a key grant we have not seen confirmed yet.
+    fn grant_outstanding(&self, cache: &CacheFacts) -> bool {
+        self.spec().encryption.is_some()
+            && self.spec().identity.type_ == IdentityType::SystemAssigned
+            && cache.health_state.as_deref() != Some(azure_state::HEALTHY)
+    }
+
+    fn waiting_for_key(&mut self, cache: &CacheFacts, deadline: Option<Timestamp>) {
+        let principal = match self.spec().identity.type_ {
+            IdentityType::SystemAssigned => cache.principal_id.clone(),
+            IdentityType::UserAssigned => self.input.observed.identity.as_ref().map(|i| i.principal_id.clone()),
+        };
+        let left = deadline.map(|d| d.duration_since(self.input.observed.now));
+        let left_text = left.map_or("unknown time".to_string(), format_left);
+        let deadline_text = deadline.map_or("unknown".to_string(), |d| d.to_string());
+        // Look again well before the deadline: at most a quarter of the time left, never less than a second.
+        if let Some(left) = left {
+            let quarter = Duration::try_from(left / 4).unwrap_or_default();
+            self.requeue_after = self.input.timing.poll.min(quarter).max(Duration::from_secs(1));
+        }
+        let Some(principal) = principal else {
+            self.progressing(
+                Phase::WaitingForKey,
+                "WaitingForIdentity",
+                "Azure has not reported the cache's identity yet",
+            );
+            return;
+        };
+        if self.spec().key_access == KeyAccess::Manual {
+            let msg = format!(
+                "grant principal {principal} get, wrapKey and unwrapKey on key {} in vault {} before {deadline_text} ({left_text} left)",
+                self.spec().encryption.as_ref().map(|e| e.key_name.as_str()).unwrap_or_default(),
+                self.spec().encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default(),
+            );
+            self.cond(C::KeyAuthorized, S::False, "AwaitingManualGrant", &msg);
+            self.progressing(Phase::WaitingForKey, "AwaitingManualGrant", &msg);
+            if left.is_some_and(|l| l <= DEADLINE_WARNING) {
+                self.events.push(Event {
+                    warning: true,
+                    reason: "AuthorizationDeadlineApproaching".into(),
+                    message: msg,
+                });
+            }
+            return;
+        }
+        let system_assigned = self.spec().identity.type_ == IdentityType::SystemAssigned;
+        if self.grant_recorded_for(&principal) {
+            let msg = format!("access granted to {principal}; waiting for Azure to pick up the key ({left_text} left)");
+            self.cond(C::KeyAuthorized, S::Unknown, "GrantPropagating", &msg);
+            self.progressing(Phase::Authorizing, "KeyAccessPropagating", &msg);
+            return;
+        }
+        if matches!(self.input.observed.vault, Some(VaultFacts::Usable { protected: false, .. })) {
+            self.progressing(
+                Phase::Authorizing,
+                "EnablingPurgeProtection",
+                "turning on soft delete and purge protection on the Key Vault",
+            );
+            self.action = Action::EnableVaultProtection;
+            return;
+        }
+        let grant = self.grant_for(&principal, cache.tenant_id.clone(), system_assigned);
+        let msg = format!("granting {principal} access to the key ({left_text} left before {deadline_text})");
+        self.status.grant = Some(grant.clone());
+        self.cond(C::KeyAuthorized, S::False, "Granting", &msg);
+        self.progressing(Phase::Authorizing, "Authorizing", &msg);
+        self.action = Action::Grant(grant);
+    }
+
+    fn failed(&mut self, cache: &CacheFacts, why: &str) {
+        let detail = cache.status_description.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+        let recreate = self.spec().on_authorization_timeout == AuthorizationTimeoutPolicy::Recreate;
+        if recreate && self.status.recreations < self.spec().max_recreations {
+            // Count the re-creation once: the phase is recorded before the DELETE is sent.
+            if self.status.phase != Some(Phase::Deleting) {
+                self.status.recreations += 1;
+                self.events.push(Event {
+                    warning: true,
+                    reason: "Recreating".into(),
+                    message: format!(
+                        "{why}{detail}; deleting it to create a new one (re-creation {} of at most {})",
+                        self.status.recreations,
+                        self.spec().max_recreations
+                    ),
+                });
+            }
+            self.cond(C::KeyAuthorized, S::False, "AuthorizationWindowMissed", why);
+            self.progressing(Phase::Deleting, "Recreating", &format!("{why}; re-creating the cache"));
+            self.action = Action::DeleteCache;
+            return;
+        }
+        let reason = if why.contains("deadline") { "AuthorizationWindowMissed" } else { "ProvisioningFailed" };
+        let hint = if recreate {
+            format!("; the re-creation limit ({}) is reached", self.spec().max_recreations)
+        } else {
+            "; onAuthorizationTimeout is Fail: delete and re-create the HpcCache, or set onAuthorizationTimeout: Recreate".to_string()
+        };
+        let msg = format!("{why}{detail}{hint}");
+        if self.spec().encryption.is_some() && reason == "AuthorizationWindowMissed" {
+            self.cond(C::KeyAuthorized, S::False, reason, &msg);
+        }
+        self.status.authorization_deadline = None;
+        self.stalled(Phase::Failed, reason, &msg);
+    }
+
+    /// Some(Ok(url)) when the encryption settings in Azure differ from the spec; Some(Err) when the new key is
+    /// invalid (reported); None when in sync.
+    fn key_drift(&mut self, cache: &CacheFacts) -> Option<Result<Option<String>, ()>> {
+        let enc = self.spec().encryption.clone()?;
+        let desired = match self.input.observed.key.clone() {
+            Some(KeyFacts::Valid { kid }) => kid,
+            Some(KeyFacts::Invalid { reason, message }) => {
+                self.cond(C::KeyValid, S::False, &reason, &message);
+                self.stalled(Phase::Ready, &reason, &format!("the cache keeps its current key: {message}"));
+                return Some(Err(()));
+            }
+            None => return None,
+        };
+        self.cond(C::KeyValid, S::True, "KeyValid", &format!("{desired} is an enabled 2048-bit RSA key"));
+        let actual = cache.key_url.clone().unwrap_or_default();
+        let same_key = if enc.rotate_to_latest_key_version {
+            // Azure moves the version itself; only the vault and key name are ours to set.
+            strip_version(&actual).eq_ignore_ascii_case(strip_version(&desired))
+        } else {
+            actual.trim_end_matches('/').eq_ignore_ascii_case(desired.trim_end_matches('/'))
+        };
+        let tags_differ = cache.tags != self.spec().tags;
+        if same_key && cache.rotation_enabled == enc.rotate_to_latest_key_version && !tags_differ {
+            return None;
+        }
+        Some(Ok(Some(desired)))
+    }
+}
+
+/// `https://v.vault.azure.net/keys/name/version` → `https://v.vault.azure.net/keys/name`.
+fn strip_version(kid: &str) -> &str {
+    let trimmed = kid.trim_end_matches('/');
+    match trimmed.match_indices("/keys/").next() {
+        Some((i, _)) => {
+            let after = &trimmed[i + 6..];
+            match after.find('/') {
+                Some(j) => &trimmed[..i + 6 + j],
+                None => trimmed,
+            }
+        }
+        None => trimmed,
+    }
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() { "unknown" } else { s }
+}
+
+fn format_left(d: SignedDuration) -> String {
+    let secs = d.as_secs().max(0);
+    format!("{}m{:02}s", secs / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,584 @@
+//! Table tests of the state machine: every phase, every observation that moves it, and the actions it picks.
+
+use super::*;
+use crate::api::{AuthorizationTimeoutPolicy, AzureLocation, CacheIdentity, Encryption};
+
+const SUB: &str = "11111111-2222-3333-4444-555555555555";
+const VAULT: &str =
+    "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv";
+const KID: &str = "https://kv.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef";
+const KID2: &str = "https://kv.vault.azure.net/keys/k/fedcba9876543210fedcba9876543210";
+const CACHE_ID: &str =
+    "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c";
+
+fn t0() -> Timestamp {
+    "2026-11-29T10:00:00Z".parse().unwrap()
+}
+
+fn mins(m: i64) -> SignedDuration {
+    SignedDuration::from_mins(m)
+}
+
+fn spec() -> HpcCacheSpec {
+    HpcCacheSpec {
+        azure: AzureLocation {
+            subscription_id: SUB.into(),
+            resource_group: "rg".into(),
+            location: "eastus".into(),
+            name: None,
+        },
+        sku: "Standard_2G".into(),
+        cache_size_gb: 3072,
+        subnet_id: format!(
+            "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
+        ),
+        identity: CacheIdentity::default(),
+        encryption: Some(Encryption {
+            key_vault_id: VAULT.into(),
+            key_name: "k".into(),
+            key_version: Some("0123456789abcdef0123456789abcdef".into()),
+            rotate_to_latest_key_version: false,
+        }),
+        key_access: KeyAccess::Automatic,
+        on_authorization_timeout: AuthorizationTimeoutPolicy::Fail,
+        max_recreations: 2,
+        deletion_policy: DeletionPolicy::Delete,
+        tags: Default::default(),
+    }
+}
+
+fn user_assigned(mut s: HpcCacheSpec) -> HpcCacheSpec {
+    s.identity = CacheIdentity {
+        type_: IdentityType::UserAssigned,
+        user_assigned_identity_id: Some(format!(
+            "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id"
+        )),
+    };
+    s
+}
+
+fn observed() -> Observed {
+    Observed {
+        now: t0(),
+        cache: None,
+        key: Some(KeyFacts::Valid { kid: KID.into() }),
+        vault: Some(VaultFacts::Usable { protected: true, rbac: false }),
+        identity: None,
+        identity_error: None,
+    }
+}
+
+fn cache(prov: &str, health: &str) -> CacheFacts {
+    CacheFacts {
+        id: CACHE_ID.into(),
+        provisioning_state: prov.into(),
+        health_state: Some(health.into()),
+        status_description: None,
+        principal_id: Some("sa-principal".into()),
+        tenant_id: Some("tenant".into()),
+        created_at: Some(t0()),
+        key_url: Some(KID.into()),
+        rotation_enabled: false,
+        tags: Default::default(),
+    }
+}
+
+struct Case {
+    spec: HpcCacheSpec,
+    status: HpcCacheStatus,
+    observed: Observed,
+    deleting: bool,
+}
+
+impl Case {
+    fn new() -> Self {
+        Self { spec: spec(), status: HpcCacheStatus::default(), observed: observed(), deleting: false }
+    }
+    fn run(&self) -> Decision {
+        decide(&Input {
+            spec: &self.spec,
+            generation: Some(1),
+            status: &self.status,
+            deleting: self.deleting,
+            cache_id: CACHE_ID,
+            observed: &self.observed,
+            timing: Timing::default(),
+        })
+    }
+}
+
+fn cond<'a>(d: &'a Decision, t: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    d.status.conditions.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+fn grant(principal: &str, system_assigned: bool) -> GrantRecord {
+    GrantRecord {
+        vault_id: VAULT.into(),
+        principal_id: principal.into(),
+        tenant_id: Some("tenant".into()),
+        kind: GrantKind::AccessPolicy,
+        system_assigned,
+    }
+}
+
+#[test]
+fn valid_system_assigned_spec_creates_and_records_intent() {
+    let d = Case::new().run();
+    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    assert_eq!(d.status.phase, Some(Phase::Creating));
+    assert_eq!(d.status.create_requested_at, Some(Time(t0())));
+    assert_eq!(d.status.azure_resource_id.as_deref(), Some(CACHE_ID));
+    assert_eq!(cond(&d, "Reconciling").status, "True");
+    assert_eq!(cond(&d, "KeyValid").status, "True");
+    assert_eq!(d.status.observed_generation, Some(1));
+}
+
+#[test]
+fn microsoft_managed_keys_create_without_key_checks() {
+    let mut c = Case::new();
+    c.spec.encryption = None;
+    c.observed.key = None;
+    c.observed.vault = None;
+    let d = c.run();
+    assert_eq!(d.action, Action::CreateCache { key_url: None });
+    assert_eq!(cond(&d, "KeyValid").reason, "MicrosoftManagedKey");
+}
+
+#[test]
+fn invalid_keys_and_vaults_stall_before_any_create() {
+    let cases = [
+        (Some(KeyFacts::Invalid { reason: "KeyNotRSA".into(), message: "EC".into() }), observed().vault, "KeyNotRSA"),
+        (
+            observed().key,
+            Some(VaultFacts::Invalid { reason: "VaultRegionMismatch".into(), message: "westus".into() }),
+            "VaultRegionMismatch",
+        ),
+    ];
+    for (key, vault, reason) in cases {
+        let mut c = Case::new();
+        c.observed.key = key;
+        c.observed.vault = vault;
+        let d = c.run();
+        assert_eq!(d.action, Action::None, "{reason}");
+        assert_eq!(d.status.phase, Some(Phase::Pending));
+        assert_eq!(cond(&d, "Stalled").status, "True");
+        assert_eq!(cond(&d, "Stalled").reason, reason);
+        assert_eq!(cond(&d, "KeyValid").status, "False");
+        assert!(d.events.iter().any(|e| e.warning && e.reason == reason));
+    }
+}
+
+#[test]
+fn key_not_yet_checked_waits_in_pending() {
+    let mut c = Case::new();
+    c.observed.key = None;
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Pending));
+    assert_eq!(cond(&d, "KeyValid").status, "Unknown");
+}
+
+#[test]
+fn unprotected_vault_is_fixed_in_automatic_and_reported_in_manual() {
+    let mut c = Case::new();
+    c.observed.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
+    assert_eq!(c.run().action, Action::EnableVaultProtection);
+    c.spec.key_access = KeyAccess::Manual;
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "VaultPurgeProtectionDisabled");
+}
+
+#[test]
+fn user_assigned_without_access_is_granted_before_create() {
+    let mut c = Case::new();
+    c.spec = user_assigned(spec());
+    c.observed.identity = Some(IdentityFacts {
+        principal_id: "ua".into(),
+        tenant_id: Some("tenant".into()),
+        has_key_access: Some(false),
+    });
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Authorizing));
+    assert_eq!(d.action, Action::Grant(grant("ua", false)));
+    assert_eq!(d.status.grant, Some(grant("ua", false)), "intent recorded before acting");
+    // Next round: the grant is recorded, so the cache is created.
+    c.status = d.status;
+    let d = c.run();
+    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    assert_eq!(cond(&d, "KeyAuthorized").status, "True");
+}
+
+#[test]
+fn user_assigned_with_access_creates_directly_and_never_waits() {
+    let mut c = Case::new();
+    c.spec = user_assigned(spec());
+    c.observed.identity =
+        Some(IdentityFacts { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(true) });
+    let d = c.run();
+    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    c.status = d.status;
+    c.observed.cache = Some(CacheFacts { principal_id: None, ..cache("Creating", "Transitioning") });
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Creating));
+    assert_eq!(d.status.principal_id.as_deref(), Some("ua"));
+}
+
+#[test]
+fn user_assigned_manual_without_access_creates_and_waits() {
+    let mut c = Case::new();
+    c.spec = user_assigned(spec());
+    c.spec.key_access = KeyAccess::Manual;
+    c.observed.identity =
+        Some(IdentityFacts { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(false) });
+    assert!(matches!(c.run().action, Action::CreateCache { .. }));
+}
+
+#[test]
+fn missing_user_assigned_identity_stalls() {
+    let mut c = Case::new();
+    c.spec = user_assigned(spec());
+    c.observed.identity_error = Some(("IdentityNotFound".into(), "no such identity".into()));
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "IdentityNotFound");
+}
+
+#[test]
+fn creating_cache_reports_azure_state_and_clears_intent() {
+    let mut c = Case::new();
+    c.status.create_requested_at = Some(Time(t0() - mins(1)));
+    c.status.phase = Some(Phase::Creating);
+    c.observed.cache = Some(cache("Creating", "Transitioning"));
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Creating));
+    assert_eq!(d.status.create_requested_at, None);
+    assert_eq!(d.status.created_at, Some(Time(t0())), "systemData.createdAt wins over the operator's record");
+    assert_eq!(d.status.provisioning_state.as_deref(), Some("Creating"));
+    assert_eq!(d.status.health_state.as_deref(), Some("Transitioning"));
+    assert_eq!(d.status.authorization_deadline, Some(Time(t0() + mins(90))));
+}
+
+#[test]
+fn created_at_falls_back_to_recorded_intent() {
+    let mut c = Case::new();
+    c.status.create_requested_at = Some(Time(t0() - mins(2)));
+    c.observed.cache = Some(CacheFacts { created_at: None, ..cache("Creating", "WaitingForKey") });
+    let d = c.run();
+    assert_eq!(d.status.authorization_deadline, Some(Time(t0() - mins(2) + mins(90))));
+}
+
+#[test]
+fn waiting_for_key_automatic_grants_system_principal() {
+    let mut c = Case::new();
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Authorizing));
+    assert_eq!(d.action, Action::Grant(grant("sa-principal", true)));
+    assert_eq!(d.status.principal_id.as_deref(), Some("sa-principal"));
+    // Once recorded, no second grant: wait for Azure.
+    c.status = d.status;
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Authorizing));
+    assert_eq!(cond(&d, "KeyAuthorized").reason, "GrantPropagating");
+}
+
+#[test]
+fn rbac_vault_grants_by_role_assignment() {
+    let mut c = Case::new();
+    c.observed.vault = Some(VaultFacts::Usable { protected: true, rbac: true });
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    match c.run().action {
+        Action::Grant(g) => assert_eq!(g.kind, GrantKind::RoleAssignment),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+#[test]
+fn waiting_for_key_enables_vault_protection_first() {
+    let mut c = Case::new();
+    c.observed.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    assert_eq!(c.run().action, Action::EnableVaultProtection);
+}
+
+#[test]
+fn manual_mode_reports_principal_and_deadline_and_never_grants() {
+    let mut c = Case::new();
+    c.spec.key_access = KeyAccess::Manual;
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.observed.now = t0() + mins(10);
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::WaitingForKey));
+    assert_eq!(d.status.principal_id.as_deref(), Some("sa-principal"));
+    assert_eq!(d.status.authorization_deadline, Some(Time(t0() + mins(90))));
+    let msg = &cond(&d, "KeyAuthorized").message;
+    assert!(msg.contains("sa-principal") && msg.contains("80m00s left"), "{msg}");
+    assert!(!d.events.iter().any(|e| e.reason == "AuthorizationDeadlineApproaching"), "no warning 80 minutes out");
+    // 20 minutes before the deadline: a Warning event, and a requeue well before the deadline.
+    c.observed.now = t0() + mins(70);
+    let d = c.run();
+    assert!(d.events.iter().any(|e| e.warning && e.reason == "AuthorizationDeadlineApproaching"));
+    assert!(d.requeue_after <= Duration::from_secs(15));
+}
+
+#[test]
+fn requeue_tightens_near_the_deadline() {
+    let mut c = Case::new();
+    c.spec.key_access = KeyAccess::Manual;
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.observed.now = t0() + mins(90) - SignedDuration::from_secs(20);
+    let d = c.run();
+    assert_eq!(d.requeue_after, Duration::from_secs(5), "a quarter of the 20 s left");
+}
+
+#[test]
+fn missed_deadline_fails_with_fail_policy() {
+    let mut c = Case::new();
+    c.spec.key_access = KeyAccess::Manual;
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.observed.now = t0() + mins(91);
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "AuthorizationWindowMissed");
+    assert_eq!(cond(&d, "Ready").status, "False");
+    assert_eq!(d.status.recreations, 0);
+}
+
+#[test]
+fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
+    let mut c = Case::new();
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.observed.cache = Some(cache("Failed", "Down"));
+    let d = c.run();
+    assert_eq!(d.action, Action::DeleteCache);
+    assert_eq!(d.status.phase, Some(Phase::Deleting));
+    assert_eq!(d.status.recreations, 1);
+    // A retry of the same step (e.g. the DELETE failed) does not count again.
+    c.status = d.status;
+    let d = c.run();
+    assert_eq!(d.action, Action::DeleteCache);
+    assert_eq!(d.status.recreations, 1);
+    // Azure deleting: wait.
+    c.status = d.status;
+    c.observed.cache = Some(cache("Deleting", "Transitioning"));
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Reconciling").reason, "Recreating");
+    // Gone, but the old system principal's grant was recorded: revoke it first.
+    c.status = d.status;
+    c.status.grant = Some(grant("sa-principal", true));
+    c.observed.cache = None;
+    let d = c.run();
+    assert_eq!(d.action, Action::RevokeGrant(grant("sa-principal", true)));
+    c.status = d.status;
+    action_succeeded(&mut c.status, &Action::RevokeGrant(grant("sa-principal", true)));
+    assert_eq!(c.status.grant, None);
+    // Then a new cache, with the old cache's facts forgotten.
+    let d = c.run();
+    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    assert_eq!(d.status.phase, Some(Phase::Creating));
+    assert_eq!(d.status.principal_id, None);
+    assert_eq!(d.status.authorization_deadline, None);
+    assert_eq!(d.status.recreations, 1);
+}
+
+#[test]
+fn recreation_limit_reached_fails() {
+    let mut c = Case::new();
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.status.recreations = 2;
+    c.observed.cache = Some(cache("Failed", "Down"));
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert!(cond(&d, "Stalled").message.contains("re-creation limit"));
+}
+
+#[test]
+fn healthy_cache_is_ready_and_resyncs_slowly() {
+    let mut c = Case::new();
+    c.status.phase = Some(Phase::Authorizing);
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Ready));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Ready").status, "True");
+    assert_eq!(cond(&d, "Reconciling").status, "False");
+    assert_eq!(cond(&d, "Stalled").status, "False");
+    assert_eq!(cond(&d, "KeyAuthorized").status, "True");
+    assert_eq!(d.status.authorization_deadline, None);
+    assert_eq!(d.status.active_key_url.as_deref(), Some(KID));
+    assert_eq!(d.requeue_after, Timing::default().resync);
+    assert!(d.events.iter().any(|e| e.reason == "Ready"));
+}
+
+#[test]
+fn key_version_change_updates_then_returns_to_ready() {
+    let mut c = Case::new();
+    c.status.phase = Some(Phase::Ready);
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.observed.key = Some(KeyFacts::Valid { kid: KID2.into() });
+    let d = c.run();
+    assert_eq!(d.action, Action::UpdateCache { key_url: Some(KID2.into()) });
+    assert_eq!(d.status.phase, Some(Phase::Updating));
+    c.status = d.status;
+    c.observed.cache = Some(CacheFacts { key_url: Some(KID2.into()), ..cache("Updating", "Healthy") });
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Updating));
+    assert_eq!(d.action, Action::None);
+    c.status = d.status;
+    c.observed.cache = Some(CacheFacts { key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
+    assert_eq!(c.run().status.phase, Some(Phase::Ready));
+}
+
+#[test]
+fn rotation_flag_reset_by_azure_is_reapplied_but_versions_are_not_fought() {
+    let mut c = Case::new();
+    c.spec.encryption.as_mut().unwrap().rotate_to_latest_key_version = true;
+    c.observed.cache = Some(CacheFacts { rotation_enabled: false, ..cache("Succeeded", "Healthy") });
+    assert!(matches!(c.run().action, Action::UpdateCache { .. }), "flag reset to false is re-applied");
+    // Azure rotated to a newer version by itself: not drift.
+    c.observed.key = Some(KeyFacts::Valid { kid: KID.into() });
+    c.observed.cache =
+        Some(CacheFacts { rotation_enabled: true, key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
+    assert_eq!(c.run().action, Action::None);
+}
+
+#[test]
+fn invalid_new_key_keeps_the_cache_and_stalls() {
+    let mut c = Case::new();
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.observed.key = Some(KeyFacts::Invalid { reason: "KeyDisabled".into(), message: "disabled".into() });
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "KeyDisabled");
+}
+
+#[test]
+fn tag_drift_is_patched() {
+    let mut c = Case::new();
+    c.spec.tags.insert("team".into(), "genomics".into());
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    assert!(matches!(c.run().action, Action::UpdateCache { .. }));
+}
+
+#[test]
+fn deletion_follows_policy() {
+    // Delete: cache present → DELETE; deleting → wait; gone with SA grant → revoke; then release.
+    let mut c = Case::new();
+    c.deleting = true;
+    c.status.grant = Some(grant("sa-principal", true));
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    assert_eq!(c.run().action, Action::DeleteCache);
+    c.observed.cache = Some(cache("Deleting", "Transitioning"));
+    assert_eq!(c.run().action, Action::None);
+    c.observed.cache = None;
+    assert_eq!(c.run().action, Action::RevokeGrant(grant("sa-principal", true)));
+    c.status.grant = Some(grant("ua", false));
+    assert_eq!(c.run().action, Action::RemoveFinalizer, "a user-assigned grant outlives the cache");
+    c.status.grant = None;
+    assert_eq!(c.run().action, Action::RemoveFinalizer);
+    // Orphan: never deletes.
+    c.spec.deletion_policy = DeletionPolicy::Orphan;
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    let d = c.run();
+    assert_eq!(d.action, Action::RemoveFinalizer);
+    assert_eq!(d.status.phase, Some(Phase::Deleting));
+}
+
+#[test]
+fn rejected_create_stalls_and_is_not_retried_until_the_spec_changes() {
+    let mut c = Case::new();
+    let d = c.run();
+    let err = ActionError {
+        code: "OperationNotAllowed".into(),
+        message: "Unable to create HPC Cache due to product retirement".into(),
+        retryable: false,
+        retry_after: None,
+    };
+    let f = action_failed(&d.status, Some(1), &d.action, &err, t0(), Timing::default());
+    assert_eq!(f.status.phase, Some(Phase::Failed));
+    let stalled = f.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(stalled.reason, REASON_CREATE_REJECTED);
+    assert!(stalled.message.contains("product retirement"));
+    c.status = f.status;
+    let again = c.run();
+    assert_eq!(again.action, Action::None, "no retry loop");
+    // A new generation (the user changed the spec) tries again.
+    let next = decide(&Input {
+        spec: &c.spec,
+        generation: Some(2),
+        status: &c.status,
+        deleting: false,
+        cache_id: CACHE_ID,
+        observed: &c.observed,
+        timing: Timing::default(),
+    });
+    assert!(matches!(next.action, Action::CreateCache { .. }));
+}
+
+#[test]
+fn retryable_errors_requeue_after_retry_after() {
+    let d = Case::new().run();
+    let err = ActionError {
+        code: "TooManyRequests".into(),
+        message: "throttled".into(),
+        retryable: true,
+        retry_after: Some(Duration::from_secs(17)),
+    };
+    let f = action_failed(&d.status, Some(1), &d.action, &err, t0(), Timing::default());
+    assert_eq!(f.requeue_after, Duration::from_secs(17));
+    assert_eq!(f.status.phase, Some(Phase::Creating));
+    assert!(f.events.iter().any(|e| e.warning && e.message.contains("throttled")));
+}
+
+#[test]
+fn conditions_keep_transition_time_while_status_is_unchanged() {
+    let mut c = Case::new();
+    c.observed.cache = Some(cache("Creating", "Transitioning"));
+    let first = c.run();
+    c.status = first.status.clone();
+    c.observed.now = t0() + mins(5);
+    let second = c.run();
+    assert_eq!(cond(&first, "Reconciling").last_transition_time, cond(&second, "Reconciling").last_transition_time);
+}
+
+#[test]
+fn key_checks() {
+    let now = t0();
+    let ok = check_key(KID, "RSA", Some(2048), true, None, None, now);
+    assert_eq!(ok, KeyFacts::Valid { kid: KID.into() });
+    assert!(matches!(check_key(KID, "RSA-HSM", Some(2048), true, None, None, now), KeyFacts::Valid { .. }));
+    let reason = |f: KeyFacts| match f {
+        KeyFacts::Invalid { reason, .. } => reason,
+        KeyFacts::Valid { .. } => "Valid".into(),
+    };
+    assert_eq!(reason(check_key(KID, "EC", None, true, None, None, now)), "KeyNotRSA");
+    assert_eq!(reason(check_key(KID, "RSA", Some(4096), true, None, None, now)), "KeySizeUnsupported");
+    assert_eq!(reason(check_key(KID, "RSA", Some(2048), false, None, None, now)), "KeyDisabled");
+    assert_eq!(reason(check_key(KID, "RSA", Some(2048), true, Some(now + mins(1)), None, now)), "KeyNotYetValid");
+    assert_eq!(reason(check_key(KID, "RSA", Some(2048), true, None, Some(now), now)), "KeyExpired");
+}
+
+#[test]
+fn vault_checks() {
+    assert_eq!(check_vault("eastus", "eastus", true, true, false), VaultFacts::Usable { protected: true, rbac: false });
+    assert_eq!(
+        check_vault("East US", "eastus", true, false, true),
+        VaultFacts::Usable { protected: false, rbac: true }
+    );
+    assert!(
+        matches!(check_vault("westus", "eastus", true, true, false), VaultFacts::Invalid { reason, .. } if reason == "VaultRegionMismatch")
+    );
+}
+
+#[test]
+fn strip_version_keeps_vault_and_name() {
+    assert_eq!(strip_version(KID), "https://kv.vault.azure.net/keys/k");
+    assert_eq!(strip_version("https://kv.vault.azure.net/keys/k/"), "https://kv.vault.azure.net/keys/k");
+}

@@ -1,0 +1,111 @@
+//! `hpc-cache-operator`: run the operator, print its CRD, or run the Azure simulator.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hpc_cache_operator::{api, azure, controller, machine, sim};
+use tracing_subscriber::{EnvFilter, fmt};
+
+#[derive(Parser)]
+#[command(
+    name = "hpc-cache-operator",
+    version,
+    about = "Kubernetes operator for Azure HPC Cache with customer-managed keys"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "HPCC_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (kubeconfig from KUBECONFIG/~/.kube/config, or in-cluster; Azure settings from the environment).
+    Run(RunArgs),
+    /// Print the HpcCache CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the local Azure simulator (ARM, Key Vault, Entra) on loopback.
+    Simulate(sim::SimulateArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "HPCC_NAMESPACE")]
+    namespace: Option<String>,
+    /// Reconcile only objects matching this label selector (to shard across operator instances).
+    #[arg(long, env = "HPCC_LABEL_SELECTOR")]
+    selector: Option<String>,
+    /// Reconciles running at once.
+    #[arg(long, env = "HPCC_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Seconds between looks at a cache in a transitional phase.
+    #[arg(long, env = "HPCC_POLL_SECONDS", default_value_t = 15)]
+    poll_seconds: u64,
+    /// Seconds between looks at a Ready or Stalled cache.
+    #[arg(long, env = "HPCC_RESYNC_SECONDS", default_value_t = 600)]
+    resync_seconds: u64,
+    /// Seconds vault, key and identity facts are reused before Azure is asked again.
+    #[arg(long, env = "HPCC_FACTS_TTL_SECONDS", default_value_t = 60)]
+    facts_ttl_seconds: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "HPCC_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// Name of this instance in events (defaults to $POD_NAME).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("HPCC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Text => fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Json => fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+    }
+    // kube and reqwest both use rustls; pin the process-wide provider to aws-lc-rs once.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Crd => print!("{}", api::crd_yaml()),
+        Command::Version => println!("hpc-cache-operator {}", env!("CARGO_PKG_VERSION")),
+        Command::Simulate(args) => sim::run_cli(args).await?,
+        Command::Run(args) => run(args).await?,
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let metrics = controller::Metrics::new();
+    let azure_cfg = azure::AzureConfig::from_env()?;
+    let azure = azure::Azure::new(azure_cfg, Some(std::sync::Arc::new(metrics.clone()))).await?;
+    let client = kube::Client::try_default().await?;
+    let settings = controller::Settings {
+        namespace: args.namespace,
+        label_selector: args.selector,
+        concurrency: args.concurrency,
+        timing: machine::Timing {
+            poll: Duration::from_secs(args.poll_seconds.max(1)),
+            resync: Duration::from_secs(args.resync_seconds.max(1)),
+        },
+        facts_ttl: Duration::from_secs(args.facts_ttl_seconds),
+        instance: args.instance,
+    };
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let router = metrics.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let ctx = controller::Context::new(client, azure, metrics, settings);
+    controller::run(ctx).await
+}

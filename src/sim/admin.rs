@@ -22,10 +22,7 @@ pub fn router(inner: Arc<Inner>) -> Router {
         .route("/requests", get(requests).delete(clear_requests))
         .route("/seed", post(seed))
         .route("/grants", post(grant))
-        .route(
-            "/faults",
-            get(list_faults).post(add_faults).delete(clear_faults),
-        )
+        .route("/faults", get(list_faults).post(add_faults).delete(clear_faults))
         .route("/state", get(state))
         .with_state(inner)
 }
@@ -51,10 +48,7 @@ async fn advance(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     let minutes = v.get("minutes").map(|m| m.as_f64());
     let seconds = v.get("seconds").map(|s| s.as_f64());
     if minutes.is_none() && seconds.is_none() {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "give {\"minutes\": N} or {\"seconds\": N}",
-        );
+        return err(StatusCode::BAD_REQUEST, "give {\"minutes\": N} or {\"seconds\": N}");
     }
     let total = match (minutes, seconds) {
         (Some(None), _) | (_, Some(None)) => {
@@ -108,16 +102,10 @@ async fn grant(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
     };
-    let vault = v
-        .get("vaultId")
-        .or_else(|| v.get("vaultName"))
-        .and_then(Value::as_str);
+    let vault = v.get("vaultId").or_else(|| v.get("vaultName")).and_then(Value::as_str);
     let principal = v.get("principalId").and_then(Value::as_str);
     let (Some(vault), Some(principal)) = (vault, principal) else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "give vaultName or vaultId, and principalId",
-        );
+        return err(StatusCode::BAD_REQUEST, "give vaultName or vaultId, and principalId");
     };
     let now = inner.clock.now();
     let mut w = inner.world();
@@ -132,11 +120,7 @@ async fn grant(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
 }
 
 async fn list_faults(State(inner): State<Arc<Inner>>) -> Response {
-    let f = inner
-        .faults
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let f = inner.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
     axum::Json(json!(f)).into_response()
 }
 
@@ -148,15 +132,10 @@ async fn add_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     };
     let list = match v {
         Value::Array(a) => a,
-        Value::Object(ref o) if o.contains_key("rules") => {
-            o["rules"].as_array().cloned().unwrap_or_default()
-        }
+        Value::Object(ref o) if o.contains_key("rules") => o["rules"].as_array().cloned().unwrap_or_default(),
         o @ Value::Object(_) => vec![o],
         _ => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                "expected a rule or a list of rules",
-            );
+            return err(StatusCode::BAD_REQUEST, "expected a rule or a list of rules");
         }
     };
     let mut rules = Vec::new();
@@ -171,20 +150,12 @@ async fn add_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
         }
     }
     let n = rules.len();
-    inner
-        .faults
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend(rules);
+    inner.faults.lock().unwrap_or_else(|e| e.into_inner()).extend(rules);
     axum::Json(json!({"added": n})).into_response()
 }
 
 async fn clear_faults(State(inner): State<Arc<Inner>>) -> Response {
-    inner
-        .faults
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    inner.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
     StatusCode::NO_CONTENT.into_response()
 }
 

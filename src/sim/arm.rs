@@ -29,62 +29,23 @@ pub const CACHE_API_VERSIONS: &[&str] = &[
     "2026-01-01",
     "2026-08-01",
 ];
-pub const VAULT_API_VERSIONS: &[&str] = &[
-    "2019-09-01",
-    "2021-10-01",
-    "2022-07-01",
-    "2022-11-01",
-    "2023-02-01",
-    "2023-07-01",
-    "2024-11-01",
-    "2025-05-01",
-];
+pub const VAULT_API_VERSIONS: &[&str] =
+    &["2019-09-01", "2021-10-01", "2022-07-01", "2022-11-01", "2023-02-01", "2023-07-01", "2024-11-01", "2025-05-01"];
 pub const ROLE_ASSIGNMENT_API_VERSIONS: &[&str] = &["2022-04-01"];
 pub const IDENTITY_API_VERSIONS: &[&str] = &["2018-11-30", "2023-01-31", "2024-11-30"];
 
 /// A recognised ARM route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    Cache {
-        sub: String,
-        rg: String,
-        name: String,
-    },
-    CachesInRg {
-        sub: String,
-        rg: String,
-    },
-    CachesInSub {
-        sub: String,
-    },
-    AscOperation {
-        sub: String,
-        location: String,
-        op: String,
-    },
-    Vault {
-        sub: String,
-        rg: String,
-        name: String,
-    },
-    VaultAccessPolicy {
-        sub: String,
-        rg: String,
-        name: String,
-        kind: String,
-    },
-    Identity {
-        sub: String,
-        rg: String,
-        name: String,
-    },
-    RoleAssignment {
-        scope: String,
-        name: String,
-    },
-    RoleAssignments {
-        scope: String,
-    },
+    Cache { sub: String, rg: String, name: String },
+    CachesInRg { sub: String, rg: String },
+    CachesInSub { sub: String },
+    AscOperation { sub: String, location: String, op: String },
+    Vault { sub: String, rg: String, name: String },
+    VaultAccessPolicy { sub: String, rg: String, name: String, kind: String },
+    Identity { sub: String, rg: String, name: String },
+    RoleAssignment { scope: String, name: String },
+    RoleAssignments { scope: String },
 }
 
 impl Route {
@@ -100,15 +61,12 @@ impl Route {
     }
     pub fn namespace(&self) -> &'static str {
         match self {
-            Route::Cache { .. }
-            | Route::CachesInRg { .. }
-            | Route::CachesInSub { .. }
-            | Route::AscOperation { .. } => "Microsoft.StorageCache",
+            Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } | Route::AscOperation { .. } => {
+                "Microsoft.StorageCache"
+            }
             Route::Vault { .. } | Route::VaultAccessPolicy { .. } => "Microsoft.KeyVault",
             Route::Identity { .. } => "Microsoft.ManagedIdentity",
-            Route::RoleAssignment { .. } | Route::RoleAssignments { .. } => {
-                "Microsoft.Authorization"
-            }
+            Route::RoleAssignment { .. } | Route::RoleAssignments { .. } => "Microsoft.Authorization",
         }
     }
     pub fn api_versions(&self) -> &'static [&'static str] {
@@ -157,17 +115,15 @@ impl Route {
     /// The ARM id the caller acts on (for authorization).
     pub fn scope_id(&self) -> String {
         match self {
-            Route::Cache { sub, rg, name } => format!(
-                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.StorageCache/caches/{name}"
-            ),
+            Route::Cache { sub, rg, name } => {
+                format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.StorageCache/caches/{name}")
+            }
             Route::CachesInRg { sub, rg } => format!("/subscriptions/{sub}/resourceGroups/{rg}"),
             Route::CachesInSub { sub } | Route::AscOperation { sub, .. } => {
                 format!("/subscriptions/{sub}")
             }
             Route::Vault { sub, rg, name } | Route::VaultAccessPolicy { sub, rg, name, .. } => {
-                format!(
-                    "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}"
-                )
+                format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}")
             }
             Route::Identity { sub, rg, name } => {
                 format!(
@@ -192,9 +148,7 @@ impl Route {
             Route::Vault { .. } => "Microsoft.KeyVault/vaults",
             Route::VaultAccessPolicy { .. } => "Microsoft.KeyVault/vaults/accessPolicies",
             Route::Identity { .. } => "Microsoft.ManagedIdentity/userAssignedIdentities",
-            Route::RoleAssignment { .. } | Route::RoleAssignments { .. } => {
-                "Microsoft.Authorization/roleAssignments"
-            }
+            Route::RoleAssignment { .. } | Route::RoleAssignments { .. } => "Microsoft.Authorization/roleAssignments",
         };
         format!("{t}/{verb}")
     }
@@ -216,10 +170,7 @@ pub fn parse_route(segs: &[String]) -> Result<Route, Out> {
         let scope = format!("/{}", s[..i].join("/"));
         return match &s[i + 3..] {
             [] => Ok(Route::RoleAssignments { scope }),
-            [name] => Ok(Route::RoleAssignment {
-                scope,
-                name: name.to_string(),
-            }),
+            [name] => Ok(Route::RoleAssignment { scope, name: name.to_string() }),
             _ => Err(not_found_path(segs)),
         };
     }
@@ -238,14 +189,9 @@ pub fn parse_route(segs: &[String]) -> Result<Route, Out> {
                 return Err(invalid_type(ns, t));
             }
         }
-        [su, sub, r, rg, p, ns, t]
-            if eq(su, "subscriptions") && eq(r, "resourceGroups") && eq(p, "providers") =>
-        {
+        [su, sub, r, rg, p, ns, t] if eq(su, "subscriptions") && eq(r, "resourceGroups") && eq(p, "providers") => {
             if eq(ns, "Microsoft.StorageCache") && eq(t, "caches") {
-                Route::CachesInRg {
-                    sub: sub.to_string(),
-                    rg: rg.to_string(),
-                }
+                Route::CachesInRg { sub: sub.to_string(), rg: rg.to_string() }
             } else {
                 return Err(invalid_type(ns, t));
             }
@@ -266,14 +212,9 @@ pub fn parse_route(segs: &[String]) -> Result<Route, Out> {
             }
         }
         [su, sub, p, ns, t]
-            if eq(su, "subscriptions")
-                && eq(p, "providers")
-                && eq(ns, "Microsoft.StorageCache")
-                && eq(t, "caches") =>
+            if eq(su, "subscriptions") && eq(p, "providers") && eq(ns, "Microsoft.StorageCache") && eq(t, "caches") =>
         {
-            Route::CachesInSub {
-                sub: sub.to_string(),
-            }
+            Route::CachesInSub { sub: sub.to_string() }
         }
         [su, sub, p, ns, l, loc, a, op]
             if eq(su, "subscriptions")
@@ -282,11 +223,7 @@ pub fn parse_route(segs: &[String]) -> Result<Route, Out> {
                 && eq(l, "locations")
                 && eq(a, "ascOperations") =>
         {
-            Route::AscOperation {
-                sub: sub.to_string(),
-                location: loc.to_string(),
-                op: op.to_string(),
-            }
+            Route::AscOperation { sub: sub.to_string(), location: loc.to_string(), op: op.to_string() }
         }
         _ => return Err(not_found_path(segs)),
     };
@@ -307,10 +244,7 @@ fn not_found_path(segs: &[String]) -> Out {
     Out::arm_error(
         StatusCode::NOT_FOUND,
         "NotFound",
-        format!(
-            "No HTTP resource was found that matches the request URI '/{}'.",
-            segs.join("/")
-        ),
+        format!("No HTTP resource was found that matches the request URI '/{}'.", segs.join("/")),
     )
 }
 
@@ -325,21 +259,12 @@ pub fn check_api_version(r: &Req, route: &Route) -> Result<String, Out> {
     };
     let supported = route.api_versions();
     let well_formed = v.len() >= 10
-        && v[..10].chars().enumerate().all(|(i, c)| {
-            if i == 4 || i == 7 {
-                c == '-'
-            } else {
-                c.is_ascii_digit()
-            }
-        });
+        && v[..10].chars().enumerate().all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
     if !well_formed {
         return Err(Out::arm_error(
             StatusCode::BAD_REQUEST,
             "InvalidApiVersionParameter",
-            format!(
-                "The api-version '{v}' is invalid. The supported versions are '{}'.",
-                supported.join(",")
-            ),
+            format!("The api-version '{v}' is invalid. The supported versions are '{}'.", supported.join(",")),
         ));
     }
     if !supported.contains(&v) {
@@ -385,11 +310,7 @@ fn handle_authenticated(inner: &Inner, r: &Req, segs: &[String], principal: &str
         }
         Err(_) => 0,
     };
-    let remaining = if inner.cfg.throttling {
-        remaining
-    } else {
-        class.limits().0 as u64 - 1
-    };
+    let remaining = if inner.cfg.throttling { remaining } else { class.limits().0 as u64 - 1 };
     let header = format!("x-ms-ratelimit-remaining-subscription-{}", class.name());
     let out = handle_route(inner, r, &route, principal, class);
     out.with_header(&header, remaining.to_string())
@@ -431,17 +352,11 @@ fn handle_route(inner: &Inner, r: &Req, route: &Route, principal: &str, class: O
     if let Some(e) = check_container(&w, route) {
         return e;
     }
-    let ctx = Ctx {
-        inner,
-        api_version: &api_version,
-        now,
-        principal,
-    };
+    let ctx = Ctx { inner, api_version: &api_version, now, principal };
     let out = match route {
-        Route::Cache { .. }
-        | Route::CachesInRg { .. }
-        | Route::CachesInSub { .. }
-        | Route::AscOperation { .. } => caches::handle(&ctx, &mut w, r, route),
+        Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } | Route::AscOperation { .. } => {
+            caches::handle(&ctx, &mut w, r, route)
+        }
         _ => vaults::handle(&ctx, &mut w, r, route),
     };
     w.tick(now);
@@ -494,35 +409,19 @@ mod tests {
     use super::*;
 
     fn segs(p: &str) -> Vec<String> {
-        p.split('/')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
+        p.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect()
     }
 
     #[test]
     fn routes_are_case_insensitive() {
         assert_eq!(
-            parse_route(&segs(
-                "/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.storagecache/CACHES/c"
-            ))
-            .unwrap(),
-            Route::Cache {
-                sub: "s".into(),
-                rg: "rg".into(),
-                name: "c".into()
-            }
+            parse_route(&segs("/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.storagecache/CACHES/c")).unwrap(),
+            Route::Cache { sub: "s".into(), rg: "rg".into(), name: "c".into() }
         );
         assert_eq!(
-            parse_route(&segs(
-                "/subscriptions/s/providers/Microsoft.StorageCache/locations/westus/ascOperations/o"
-            ))
-            .unwrap(),
-            Route::AscOperation {
-                sub: "s".into(),
-                location: "westus".into(),
-                op: "o".into()
-            }
+            parse_route(&segs("/subscriptions/s/providers/Microsoft.StorageCache/locations/westus/ascOperations/o"))
+                .unwrap(),
+            Route::AscOperation { sub: "s".into(), location: "westus".into(), op: "o".into() }
         );
         assert_eq!(
             parse_route(&segs("/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/v/providers/Microsoft.Authorization/roleAssignments/g")).unwrap(),
@@ -532,12 +431,7 @@ mod tests {
             parse_route(&segs("/providers/Microsoft.Authorization/roleAssignments")).unwrap(),
             Route::RoleAssignments { scope: "/".into() }
         );
-        assert!(
-            parse_route(&segs(
-                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Foo/bars/x"
-            ))
-            .is_err()
-        );
+        assert!(parse_route(&segs("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Foo/bars/x")).is_err());
         assert!(parse_route(&segs("/nonsense")).is_err());
     }
 }

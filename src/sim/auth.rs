@@ -48,13 +48,7 @@ pub fn is_entra_path(segs: &[String]) -> bool {
         {
             true
         }
-        [_, v, w, o]
-            if v.eq_ignore_ascii_case("v2.0")
-                && w == ".well-known"
-                && o == "openid-configuration" =>
-        {
-            true
-        }
+        [_, v, w, o] if v.eq_ignore_ascii_case("v2.0") && w == ".well-known" && o == "openid-configuration" => true,
         [_, o, v, t]
             if o.eq_ignore_ascii_case("oauth2")
                 && v.eq_ignore_ascii_case("v2.0")
@@ -86,8 +80,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
     let host = inner.base_url.host_str().unwrap_or("127.0.0.1").to_string();
     let tenant_of_world = inner.world().tenant_id.clone();
     if segs[0].eq_ignore_ascii_case("common") && segs.len() == 3 {
-        let tenant_discovery =
-            format!("{base}/{tenant_of_world}/v2.0/.well-known/openid-configuration");
+        let tenant_discovery = format!("{base}/{tenant_of_world}/v2.0/.well-known/openid-configuration");
         return Out::json(
             StatusCode::OK,
             json!({
@@ -141,12 +134,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
         );
     }
     if !known_tenant {
-        return entra_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant",
-            90002,
-            &format!("Tenant '{tenant}' not found."),
-        );
+        return entra_error(StatusCode::BAD_REQUEST, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found."));
     }
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&r.body).into_owned().collect();
     let get = |k: &str| form.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
@@ -188,10 +176,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
     };
     let scopes: Vec<&str> = scope.split_whitespace().collect();
     let resource = match scopes.as_slice() {
-        [s] if s.ends_with("/.default") => s
-            .trim_end_matches(".default")
-            .trim_end_matches('/')
-            .to_string(),
+        [s] if s.ends_with("/.default") => s.trim_end_matches(".default").trim_end_matches('/').to_string(),
         _ => {
             return entra_error(
                 StatusCode::BAD_REQUEST,
@@ -204,11 +189,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
         }
     };
     // keep the exact form the client asked for (`https://management.azure.com/` when it sent `//.default`)
-    let aud = if scopes[0].ends_with("//.default") {
-        format!("{resource}/")
-    } else {
-        resource.clone()
-    };
+    let aud = if scopes[0].ends_with("//.default") { format!("{resource}/") } else { resource.clone() };
     if !ARM_AUDIENCES.contains(&aud.as_str()) && !VAULT_AUDIENCES.contains(&aud.as_str()) {
         return entra_error(
             StatusCode::BAD_REQUEST,
@@ -245,9 +226,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
             );
         }
     } else if let Some(assertion) = get("client_assertion") {
-        if get("client_assertion_type").as_deref()
-            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-        {
+        if get("client_assertion_type").as_deref() != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
             return entra_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
@@ -266,13 +245,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
         );
     }
-    let token = issue_token(
-        inner,
-        &aud,
-        &tenant_of_world,
-        &principal.object_id,
-        &principal.client_id,
-    );
+    let token = issue_token(inner, &aud, &tenant_of_world, &principal.object_id, &principal.client_id);
     let mut out = Out::json(
         StatusCode::OK,
         json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME_SECS, "ext_expires_in": TOKEN_LIFETIME_SECS, "access_token": token}),
@@ -282,10 +255,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
 }
 
 fn basic_auth(r: &Req) -> (Option<String>, Option<String>) {
-    let Some(v) = r
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Basic "))
-    else {
+    let Some(v) = r.header("authorization").and_then(|h| h.strip_prefix("Basic ")) else {
         return (None, None);
     };
     let Ok(raw) = STANDARD.decode(v.trim()) else {
@@ -299,20 +269,14 @@ fn basic_auth(r: &Req) -> (Option<String>, Option<String>) {
 }
 
 fn decode_form(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
 /// Checks a client assertion's claims (the signature is NOT verified: no key material is modelled).
 /// With federated credentials, `iss`/`sub`/`aud` must match one; otherwise a certificate-style assertion
 /// (`iss` = `sub` = client id) is accepted.
 pub fn check_assertion(assertion: &str, p: &super::state::Principal) -> Result<(), String> {
-    let payload = assertion
-        .split('.')
-        .nth(1)
-        .ok_or("Client assertion is not a JWT.")?;
+    let payload = assertion.split('.').nth(1).ok_or("Client assertion is not a JWT.")?;
     let raw = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|_| "Client assertion is not a JWT.".to_string())?;
@@ -322,10 +286,7 @@ pub fn check_assertion(assertion: &str, p: &super::state::Principal) -> Result<(
     let sub = v["sub"].as_str().unwrap_or_default();
     let auds: Vec<String> = match &v["aud"] {
         serde_json::Value::String(s) => vec![s.clone()],
-        serde_json::Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
+        serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
         _ => vec![],
     };
     if let Some(exp) = v["exp"].as_u64()
@@ -337,17 +298,11 @@ pub fn check_assertion(assertion: &str, p: &super::state::Principal) -> Result<(
         if iss == p.client_id && sub == p.client_id {
             return Ok(());
         }
-        return Err(format!(
-            "Client assertion issuer/subject must be the client id '{}'.",
-            p.client_id
-        ));
+        return Err(format!("Client assertion issuer/subject must be the client id '{}'.", p.client_id));
     }
     let ok = p.federated_credentials.iter().any(|fc| {
-        let want_aud: Vec<String> = if fc.audiences.is_empty() {
-            vec!["api://AzureADTokenExchange".into()]
-        } else {
-            fc.audiences.clone()
-        };
+        let want_aud: Vec<String> =
+            if fc.audiences.is_empty() { vec!["api://AzureADTokenExchange".into()] } else { fc.audiences.clone() };
         fc.issuer == iss && fc.subject == sub && auds.iter().any(|a| want_aud.contains(a))
     });
     if ok {
@@ -374,12 +329,8 @@ pub fn issue_token(inner: &Inner, aud: &str, tid: &str, oid: &str, appid: &str) 
         idtyp: "app".into(),
         ver: "1.0".into(),
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(&inner.jwt_key),
-    )
-    .unwrap_or_default()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&inner.jwt_key))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,10 +348,7 @@ pub fn verify_bearer(inner: &Inner, r: &Req, audiences: &[&str]) -> Result<Claim
     let Some(h) = r.header("authorization") else {
         return Err(AuthFail::Missing);
     };
-    let Some(tok) = h
-        .strip_prefix("Bearer ")
-        .or_else(|| h.strip_prefix("bearer "))
-    else {
+    let Some(tok) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) else {
         return Err(AuthFail::Malformed);
     };
     let mut v = Validation::new(Algorithm::HS256);
@@ -408,12 +356,12 @@ pub fn verify_bearer(inner: &Inner, r: &Req, audiences: &[&str]) -> Result<Claim
     v.required_spec_claims.clear();
     v.validate_exp = true;
     v.leeway = 0;
-    let data =
-        jsonwebtoken::decode::<Claims>(tok.trim(), &DecodingKey::from_secret(&inner.jwt_key), &v)
-            .map_err(|e| match e.kind() {
+    let data = jsonwebtoken::decode::<Claims>(tok.trim(), &DecodingKey::from_secret(&inner.jwt_key), &v).map_err(
+        |e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFail::Expired,
             _ => AuthFail::Invalid,
-        })?;
+        },
+    )?;
     let c = data.claims;
     if !audiences.contains(&c.aud.as_str()) {
         return Err(AuthFail::WrongAudience(c.aud));
@@ -436,15 +384,12 @@ pub fn arm_unauthorized(inner: &Inner, f: &AuthFail) -> Out {
         ),
         AuthFail::Malformed => (
             "AuthenticationFailedInvalidHeader",
-            "Authentication failed. The 'Authorization' header is provided in an invalid format."
-                .to_string(),
+            "Authentication failed. The 'Authorization' header is provided in an invalid format.".to_string(),
             "The access token is invalid.",
         ),
-        AuthFail::Invalid => (
-            "InvalidAuthenticationToken",
-            "The access token is invalid.".to_string(),
-            "The access token is invalid.",
-        ),
+        AuthFail::Invalid => {
+            ("InvalidAuthenticationToken", "The access token is invalid.".to_string(), "The access token is invalid.")
+        }
         AuthFail::Expired => (
             "ExpiredAuthenticationToken",
             "The access token expiry UTC time is earlier than current UTC time.".to_string(),
@@ -475,16 +420,9 @@ mod tests {
 
     #[test]
     fn entra_paths() {
-        let p = |s: &str| {
-            s.split('/')
-                .filter(|x| !x.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        };
+        let p = |s: &str| s.split('/').filter(|x| !x.is_empty()).map(str::to_string).collect::<Vec<_>>();
         assert!(is_entra_path(&p("/t/oauth2/v2.0/token")));
-        assert!(is_entra_path(&p(
-            "/t/v2.0/.well-known/openid-configuration"
-        )));
+        assert!(is_entra_path(&p("/t/v2.0/.well-known/openid-configuration")));
         assert!(is_entra_path(&p("/common/discovery/instance")));
         assert!(!is_entra_path(&p("/subscriptions/x/resourceGroups/y")));
     }
@@ -500,20 +438,20 @@ mod tests {
             arm_scopes: vec![],
             federated_credentials: vec![],
         };
-        let jwt =
-            |v: serde_json::Value| format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(v.to_string()));
+        let jwt = |v: serde_json::Value| format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(v.to_string()));
         assert!(check_assertion(&jwt(json!({"iss": "c", "sub": "c"})), &p).is_ok());
         assert!(check_assertion(&jwt(json!({"iss": "x", "sub": "c"})), &p).is_err());
         assert!(check_assertion("garbage", &p).is_err());
-        p.federated_credentials
-            .push(super::super::seed::SeedFederatedCredential {
-                issuer: "https://k8s".into(),
-                subject: "system:serviceaccount:ns:sa".into(),
-                audiences: vec![],
-            });
-        let ok = json!({"iss": "https://k8s", "sub": "system:serviceaccount:ns:sa", "aud": ["api://AzureADTokenExchange"]});
+        p.federated_credentials.push(super::super::seed::SeedFederatedCredential {
+            issuer: "https://k8s".into(),
+            subject: "system:serviceaccount:ns:sa".into(),
+            audiences: vec![],
+        });
+        let ok =
+            json!({"iss": "https://k8s", "sub": "system:serviceaccount:ns:sa", "aud": ["api://AzureADTokenExchange"]});
         assert!(check_assertion(&jwt(ok), &p).is_ok());
-        let bad = json!({"iss": "https://k8s", "sub": "system:serviceaccount:ns:other", "aud": "api://AzureADTokenExchange"});
+        let bad =
+            json!({"iss": "https://k8s", "sub": "system:serviceaccount:ns:other", "aud": "api://AzureADTokenExchange"});
         assert!(check_assertion(&jwt(bad), &p).is_err());
     }
 }

@@ -12,8 +12,8 @@ use super::arm::{Ctx, Route, resource_not_found};
 use super::clock::arm_time;
 use super::http::{Out, Req};
 use super::state::{
-    Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, Operation,
-    Phase, Principal, UPDATE_DURATION, World, new_uuid, parse_key_url, sdur, validate_cmk_key,
+    Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, Operation, Phase, Principal,
+    UPDATE_DURATION, World, new_uuid, parse_key_url, sdur, validate_cmk_key,
 };
 
 /// SKUs and their allowed cache sizes (GB), from the `Skus_List` example.
@@ -27,12 +27,7 @@ pub const SKUS: &[(&str, &[i64])] = &[
 pub const RETRY_AFTER_SECS: u64 = 10;
 
 /// Properties kept as sent and echoed back (secrets removed).
-const PASSTHROUGH: &[&str] = &[
-    "networkSettings",
-    "securitySettings",
-    "directoryServicesSettings",
-    "upgradeSettings",
-];
+const PASSTHROUGH: &[&str] = &["networkSettings", "securitySettings", "directoryServicesSettings", "upgradeSettings"];
 
 pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
     match (route, &r.method) {
@@ -41,9 +36,7 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 return Out::arm_error(
                     StatusCode::BAD_REQUEST,
                     "InvalidResourceName",
-                    format!(
-                        "The cache name '{name}' is invalid. It must match the pattern '^[-0-9a-zA-Z_]{{1,80}}$'."
-                    ),
+                    format!("The cache name '{name}' is invalid. It must match the pattern '^[-0-9a-zA-Z_]{{1,80}}$'."),
                 );
             }
             let key = cache_key(sub, rg, name);
@@ -62,10 +55,7 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
             let value: Vec<Value> = w
                 .caches
                 .values()
-                .filter(|c| {
-                    c.subscription_id.eq_ignore_ascii_case(sub)
-                        && c.resource_group.eq_ignore_ascii_case(rg)
-                })
+                .filter(|c| c.subscription_id.eq_ignore_ascii_case(sub) && c.resource_group.eq_ignore_ascii_case(rg))
                 .map(|c| cache_json(w, c, ctx.now))
                 .collect();
             Out::json(StatusCode::OK, json!({ "value": value }))
@@ -79,9 +69,7 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 .collect();
             Out::json(StatusCode::OK, json!({ "value": value }))
         }
-        (Route::AscOperation { sub, location, op }, &Method::GET) => {
-            asc_operation(ctx, w, r, sub, location, op)
-        }
+        (Route::AscOperation { sub, location, op }, &Method::GET) => asc_operation(ctx, w, r, sub, location, op),
         _ => method_not_allowed(&r.method),
     }
 }
@@ -95,24 +83,17 @@ fn method_not_allowed(m: &Method) -> Out {
 }
 
 pub fn valid_cache_name(n: &str) -> bool {
-    (1..=80).contains(&n.len())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    (1..=80).contains(&n.len()) && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 pub fn cache_key(sub: &str, rg: &str, name: &str) -> String {
-    format!(
-        "/subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.storagecache/caches/{name}"
-    )
-    .to_ascii_lowercase()
+    format!("/subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.storagecache/caches/{name}")
+        .to_ascii_lowercase()
 }
 
 /// Normalised region name (`West US` → `westus`).
 pub fn norm_location(l: &str) -> String {
-    l.chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_lowercase()
+    l.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 
 fn bad(code: &str, msg: impl Into<String>) -> Out {
@@ -150,39 +131,27 @@ fn parse_spec(body: &Value) -> Result<Spec, Out> {
     };
     let mut s = Spec::default();
     if let Some(l) = obj.get("location") {
-        s.location = Some(
-            l.as_str()
-                .ok_or_else(|| invalid_param("location", "location must be a string."))?
-                .to_string(),
-        );
+        s.location =
+            Some(l.as_str().ok_or_else(|| invalid_param("location", "location must be a string."))?.to_string());
     }
     if let Some(t) = obj.get("tags").filter(|t| !t.is_null()) {
-        let m = t
-            .as_object()
-            .ok_or_else(|| invalid_param("tags", "tags must be an object of strings."))?;
+        let m = t.as_object().ok_or_else(|| invalid_param("tags", "tags must be an object of strings."))?;
         let mut tags = BTreeMap::new();
         for (k, v) in m {
             tags.insert(
                 k.clone(),
-                v.as_str()
-                    .ok_or_else(|| invalid_param("tags", "tag values must be strings."))?
-                    .to_string(),
+                v.as_str().ok_or_else(|| invalid_param("tags", "tag values must be strings."))?.to_string(),
             );
         }
         s.tags = Some(tags);
     }
     if let Some(sku) = obj.get("sku").filter(|v| !v.is_null()) {
         s.sku = Some(
-            sku["name"]
-                .as_str()
-                .ok_or_else(|| invalid_param("sku.name", "sku.name must be a string."))?
-                .to_string(),
+            sku["name"].as_str().ok_or_else(|| invalid_param("sku.name", "sku.name must be a string."))?.to_string(),
         );
     }
     if let Some(id) = obj.get("identity").filter(|v| !v.is_null()) {
-        let t = id["type"]
-            .as_str()
-            .ok_or_else(|| invalid_param("identity.type", "identity.type is required."))?;
+        let t = id["type"].as_str().ok_or_else(|| invalid_param("identity.type", "identity.type is required."))?;
         let t = ["SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned", "None"]
             .into_iter()
             .find(|k| k.eq_ignore_ascii_case(t))
@@ -210,16 +179,12 @@ fn parse_spec(body: &Value) -> Result<Spec, Out> {
         Some(_) => return Err(invalid_param("properties", "properties must be an object.")),
     };
     if let Some(v) = props.get("cacheSizeGB").filter(|v| !v.is_null()) {
-        s.size = Some(v.as_i64().ok_or_else(|| {
-            invalid_param("properties.cacheSizeGB", "cacheSizeGB must be an integer.")
-        })?);
+        s.size =
+            Some(v.as_i64().ok_or_else(|| invalid_param("properties.cacheSizeGB", "cacheSizeGB must be an integer."))?);
     }
     if let Some(v) = props.get("subnet").filter(|v| !v.is_null()) {
-        s.subnet = Some(
-            v.as_str()
-                .ok_or_else(|| invalid_param("properties.subnet", "subnet must be a string."))?
-                .to_string(),
-        );
+        s.subnet =
+            Some(v.as_str().ok_or_else(|| invalid_param("properties.subnet", "subnet must be a string."))?.to_string());
     }
     if let Some(e) = props.get("encryptionSettings").filter(|v| !v.is_null()) {
         s.encryption_present = true;
@@ -257,23 +222,14 @@ fn parse_spec(body: &Value) -> Result<Spec, Out> {
     for k in PASSTHROUGH {
         if let Some(v) = props.get(*k).filter(|v| !v.is_null()) {
             if !v.is_object() {
-                return Err(invalid_param(
-                    &format!("properties.{k}"),
-                    format!("{k} must be an object."),
-                ));
+                return Err(invalid_param(&format!("properties.{k}"), format!("{k} must be an object.")));
             }
             s.passthrough.insert(k.to_string(), v.clone());
         }
     }
     if let Some(z) = props.get("zones").filter(|v| !v.is_null()) {
-        if !z
-            .as_array()
-            .is_some_and(|a| a.len() <= 1 && a.iter().all(Value::is_string))
-        {
-            return Err(invalid_param(
-                "properties.zones",
-                "zones must be an array with at most one zone.",
-            ));
+        if !z.as_array().is_some_and(|a| a.len() <= 1 && a.iter().all(Value::is_string)) {
+            return Err(invalid_param("properties.zones", "zones must be an array with at most one zone."));
         }
         s.zones = Some(z.clone());
     }
@@ -294,15 +250,8 @@ pub fn validate_encryption(
     let ku = parse_key_url(key_url).ok_or_else(|| {
         invalid_param(&format!("{target}.keyUrl"), format!("The key URL '{key_url}' is not a valid Key Vault key URL (https://{{vault}}.vault.azure.net/keys/{{name}}/{{version}})."))
     })?;
-    let sv_name = source_vault_id
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or_default();
-    let sv_segs: Vec<&str> = source_vault_id
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let sv_name = source_vault_id.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let sv_segs: Vec<&str> = source_vault_id.split('/').filter(|s| !s.is_empty()).collect();
     let sv_ok = sv_segs.len() == 8
         && sv_segs[0].eq_ignore_ascii_case("subscriptions")
         && sv_segs[5].eq_ignore_ascii_case("Microsoft.KeyVault")
@@ -310,25 +259,14 @@ pub fn validate_encryption(
     if !sv_ok || !sv_name.eq_ignore_ascii_case(&ku.vault) {
         return Err(invalid_param(
             &format!("{target}.sourceVault.id"),
-            format!(
-                "The source vault '{source_vault_id}' does not match the vault of key URL '{key_url}'."
-            ),
+            format!("The source vault '{source_vault_id}' does not match the vault of key URL '{key_url}'."),
         ));
     }
     let Some(vault) = w.vaults.get(&ku.vault.to_ascii_lowercase()) else {
-        return Err(bad(
-            "KeyVaultNotFound",
-            format!("The key vault '{source_vault_id}' was not found."),
-        ));
+        return Err(bad("KeyVaultNotFound", format!("The key vault '{source_vault_id}' was not found.")));
     };
-    if !vault
-        .id()
-        .eq_ignore_ascii_case(&format!("/{}", sv_segs.join("/")))
-    {
-        return Err(bad(
-            "KeyVaultNotFound",
-            format!("The key vault '{source_vault_id}' was not found."),
-        ));
+    if !vault.id().eq_ignore_ascii_case(&format!("/{}", sv_segs.join("/"))) {
+        return Err(bad("KeyVaultNotFound", format!("The key vault '{source_vault_id}' was not found.")));
     }
     if !vault.subscription_id.eq_ignore_ascii_case(sub) {
         return Err(bad(
@@ -351,10 +289,7 @@ pub fn validate_encryption(
     if !vault.enable_soft_delete {
         return Err(bad(
             "KeyVaultSoftDeleteNotEnabled",
-            format!(
-                "The key vault '{}' must have soft delete enabled.",
-                vault.name
-            ),
+            format!("The key vault '{}' must have soft delete enabled.", vault.name),
         ));
     }
     if vault.enable_purge_protection != Some(true) {
@@ -367,32 +302,18 @@ pub fn validate_encryption(
         ));
     }
     let Some(key) = vault.key(&ku.name) else {
-        return Err(bad(
-            "KeyNotFound",
-            format!(
-                "The key '{}' was not found in key vault '{}'.",
-                ku.name, vault.name
-            ),
-        ));
+        return Err(bad("KeyNotFound", format!("The key '{}' was not found in key vault '{}'.", ku.name, vault.name)));
     };
     let kv = match &ku.version {
-        Some(v) => key
-            .versions
-            .iter()
-            .find(|k| k.version.eq_ignore_ascii_case(v))
-            .ok_or_else(|| {
-                bad(
-                    "KeyVersionNotFound",
-                    format!(
-                        "The version '{v}' of key '{}' was not found in key vault '{}'.",
-                        ku.name, vault.name
-                    ),
-                )
-            })?,
-        None if rotation == Some(true) => key
-            .versions
-            .last()
-            .ok_or_else(|| bad("KeyNotFound", "The key has no versions."))?,
+        Some(v) => key.versions.iter().find(|k| k.version.eq_ignore_ascii_case(v)).ok_or_else(|| {
+            bad(
+                "KeyVersionNotFound",
+                format!("The version '{v}' of key '{}' was not found in key vault '{}'.", ku.name, vault.name),
+            )
+        })?,
+        None if rotation == Some(true) => {
+            key.versions.last().ok_or_else(|| bad("KeyNotFound", "The key has no versions."))?
+        }
         None => {
             return Err(invalid_param(
                 &format!("{target}.keyUrl"),
@@ -432,10 +353,7 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
         );
     }
     let Some(location) = spec.location.clone() else {
-        return bad(
-            "LocationRequired",
-            "The location property is required for this definition.",
-        );
+        return bad("LocationRequired", "The location property is required for this definition.");
     };
     let Some(sku) = spec.sku.clone() else {
         return invalid_param("sku.name", "The SKU name is required.");
@@ -455,9 +373,7 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
     if !sizes.contains(&size) {
         return invalid_param(
             "properties.cacheSizeGB",
-            format!(
-                "The cache size {size} GB is not valid for SKU '{sku}'. Valid sizes: {sizes:?}."
-            ),
+            format!("The cache size {size} GB is not valid for SKU '{sku}'. Valid sizes: {sizes:?}."),
         );
     }
     let Some(subnet) = spec.subnet.clone() else {
@@ -470,16 +386,10 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
         || !ss[6].eq_ignore_ascii_case("virtualNetworks")
         || !ss[8].eq_ignore_ascii_case("subnets")
     {
-        return invalid_param(
-            "properties.subnet",
-            format!("The subnet '{subnet}' is not a valid subnet resource id."),
-        );
+        return invalid_param("properties.subnet", format!("The subnet '{subnet}' is not a valid subnet resource id."));
     }
     // identity
-    let (kind, uai) = spec
-        .identity
-        .clone()
-        .unwrap_or_else(|| ("None".to_string(), vec![]));
+    let (kind, uai) = spec.identity.clone().unwrap_or_else(|| ("None".to_string(), vec![]));
     let wants_user = kind.contains("UserAssigned");
     if wants_user && uai.is_empty() {
         return invalid_param(
@@ -558,19 +468,11 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
         resource_group: rg.to_string(),
         name: name.to_string(),
         location: location.clone(),
-        sku: SKUS
-            .iter()
-            .find(|(s, _)| s.eq_ignore_ascii_case(&sku))
-            .map(|s| s.0.to_string())
-            .unwrap_or(sku),
+        sku: SKUS.iter().find(|(s, _)| s.eq_ignore_ascii_case(&sku)).map(|s| s.0.to_string()).unwrap_or(sku),
         cache_size_gb: size,
         subnet,
         tags: spec.tags.clone().unwrap_or_default(),
-        identity: Some(CacheIdentity {
-            kind,
-            system_principal_id,
-            user_assigned,
-        }),
+        identity: Some(CacheIdentity { kind, system_principal_id, user_assigned }),
         encryption,
         extra_properties: spec.passthrough.clone(),
         zones: spec.zones.clone(),
@@ -658,22 +560,10 @@ fn patch(ctx: &Ctx, w: &mut World, r: &Req, key: &str, rg: &str, name: &str) -> 
 }
 
 /// Apply a PUT (full) or PATCH (partial) to an existing cache.
-fn update(
-    ctx: &Ctx,
-    w: &mut World,
-    key: &str,
-    spec: Spec,
-    full_put: bool,
-    rg: &str,
-    name: &str,
-) -> Out {
+fn update(ctx: &Ctx, w: &mut World, key: &str, spec: Spec, full_put: bool, rg: &str, name: &str) -> Out {
     let c = w.caches[key].clone();
     if c.timeline.deleting_until.is_some() {
-        return Out::arm_error(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!("The cache '{name}' is being deleted."),
-        );
+        return Out::arm_error(StatusCode::CONFLICT, "Conflict", format!("The cache '{name}' is being deleted."));
     }
     if let Some(l) = &spec.location
         && norm_location(l) != norm_location(&c.location)
@@ -692,41 +582,24 @@ fn update(
             json!({"error": {"code": "PropertyChangeNotAllowed", "message": format!("Changing property '{what}' is not allowed."), "target": what}}),
         )
     };
-    if spec
-        .sku
-        .as_deref()
-        .is_some_and(|s| !s.eq_ignore_ascii_case(&c.sku))
-    {
+    if spec.sku.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case(&c.sku)) {
         return immutable("sku.name");
     }
     if spec.size.is_some_and(|s| s != c.cache_size_gb) {
         return immutable("properties.cacheSizeGB");
     }
-    if spec
-        .subnet
-        .as_deref()
-        .is_some_and(|s| !s.eq_ignore_ascii_case(&c.subnet))
-    {
+    if spec.subnet.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case(&c.subnet)) {
         return immutable("properties.subnet");
     }
     if let Some((kind, uai)) = &spec.identity {
-        let cur = c
-            .identity
-            .as_ref()
-            .map(|i| i.kind.as_str())
-            .unwrap_or("None");
+        let cur = c.identity.as_ref().map(|i| i.kind.as_str()).unwrap_or("None");
         if kind != cur {
             return immutable("identity.type");
         }
         let cur_ids: Vec<String> = c
             .identity
             .as_ref()
-            .map(|i| {
-                i.user_assigned
-                    .keys()
-                    .map(|k| k.to_ascii_lowercase())
-                    .collect()
-            })
+            .map(|i| i.user_assigned.keys().map(|k| k.to_ascii_lowercase()).collect())
             .unwrap_or_default();
         let new_ids: Vec<String> = uai.iter().map(|k| k.to_ascii_lowercase()).collect();
         if cur_ids != new_ids {
@@ -735,10 +608,7 @@ fn update(
     }
     // CMK <-> Microsoft-managed switch is refused; key changes are allowed.
     let has_cmk = c.encryption.is_some();
-    let wants_cmk = spec
-        .encryption
-        .as_ref()
-        .is_some_and(|(u, _, _)| !u.is_empty());
+    let wants_cmk = spec.encryption.as_ref().is_some_and(|(u, _, _)| !u.is_empty());
     if (full_put && has_cmk && !spec.encryption_present) || (!has_cmk && wants_cmk) {
         return immutable("properties.encryptionSettings");
     }
@@ -749,22 +619,11 @@ fn update(
                 e.rotation_to_latest_key_version_enabled = *rot;
             }
         } else {
-            let enc = match validate_encryption(
-                w,
-                &c.subscription_id,
-                &c.location,
-                url,
-                vault,
-                *rot,
-                ctx.now,
-            ) {
+            let enc = match validate_encryption(w, &c.subscription_id, &c.location, url, vault, *rot, ctx.now) {
                 Ok(e) => e,
                 Err(o) => return o,
             };
-            let key_changed = c
-                .encryption
-                .as_ref()
-                .is_none_or(|e| !e.key_url.eq_ignore_ascii_case(&enc.key_url));
+            let key_changed = c.encryption.as_ref().is_none_or(|e| !e.key_url.eq_ignore_ascii_case(&enc.key_url));
             if key_changed && c.timeline.phase(ctx.now, &w.timing) == Phase::Healthy {
                 let vault = &w.vaults[&enc.vault_name.to_ascii_lowercase()];
                 let reach = c
@@ -811,15 +670,7 @@ fn update(
     }
     let (sub, loc) = (c.subscription_id.clone(), c.location.clone());
     if healthy {
-        let op = new_operation(
-            w,
-            ctx,
-            &sub,
-            &loc,
-            OpKind::Update,
-            key,
-            Some(ctx.now + sdur(UPDATE_DURATION)),
-        );
+        let op = new_operation(w, ctx, &sub, &loc, OpKind::Update, key, Some(ctx.now + sdur(UPDATE_DURATION)));
         if full_put {
             let out = Out::json(StatusCode::OK, cache_json(w, &w.caches[key], ctx.now));
             lro_headers(ctx, out, &sub, &loc, &op)
@@ -835,37 +686,16 @@ fn delete(ctx: &Ctx, w: &mut World, key: &str) -> Out {
     let Some(c) = w.caches.get(key).cloned() else {
         return Out::empty(StatusCode::NO_CONTENT);
     };
-    let until = c
-        .timeline
-        .deleting_until
-        .unwrap_or(ctx.now + sdur(DELETE_DURATION));
+    let until = c.timeline.deleting_until.unwrap_or(ctx.now + sdur(DELETE_DURATION));
     if let Some(m) = w.caches.get_mut(key) {
         m.timeline.deleting_until = Some(until);
     }
-    let op = new_operation(
-        w,
-        ctx,
-        &c.subscription_id,
-        &c.location,
-        OpKind::Delete,
-        key,
-        Some(until),
-    );
-    lro_headers(
-        ctx,
-        Out::empty(StatusCode::ACCEPTED),
-        &c.subscription_id,
-        &c.location,
-        &op,
-    )
+    let op = new_operation(w, ctx, &c.subscription_id, &c.location, OpKind::Delete, key, Some(until));
+    lro_headers(ctx, Out::empty(StatusCode::ACCEPTED), &c.subscription_id, &c.location, &op)
 }
 
 fn asc_operation(ctx: &Ctx, w: &World, r: &Req, sub: &str, location: &str, op_id: &str) -> Out {
-    let Some(op) = w
-        .operations
-        .get(&op_id.to_ascii_lowercase())
-        .or_else(|| w.operations.get(op_id))
-    else {
+    let Some(op) = w.operations.get(&op_id.to_ascii_lowercase()).or_else(|| w.operations.get(op_id)) else {
         return Out::arm_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFound",
@@ -879,20 +709,14 @@ fn asc_operation(ctx: &Ctx, w: &World, r: &Req, sub: &str, location: &str, op_id
             format!("The operation '{op_id}' was not found."),
         );
     }
-    let monitor = r
-        .param("monitor")
-        .is_some_and(|m| m.eq_ignore_ascii_case("true"));
+    let monitor = r.param("monitor").is_some_and(|m| m.eq_ignore_ascii_case("true"));
     if monitor {
         // Location-header semantics: 202 while running, then what the synchronous call would have returned.
         return match op.status.as_str() {
             "InProgress" => Out::empty(StatusCode::ACCEPTED)
                 .with_header(
                     "location",
-                    format!(
-                        "{}{}",
-                        ctx.inner.base_url.as_str().trim_end_matches('/'),
-                        r_path_query(r)
-                    ),
+                    format!("{}{}", ctx.inner.base_url.as_str().trim_end_matches('/'), r_path_query(r)),
                 )
                 .with_header("retry-after", RETRY_AFTER_SECS.to_string()),
             "Succeeded" => match (op.kind, w.caches.get(&op.cache_key)) {
@@ -900,10 +724,7 @@ fn asc_operation(ctx: &Ctx, w: &World, r: &Req, sub: &str, location: &str, op_id
                 (_, Some(c)) => Out::json(StatusCode::OK, cache_json(w, c, ctx.now)),
             },
             _ => {
-                let (code, msg) = op
-                    .error
-                    .clone()
-                    .unwrap_or(("Failed".into(), "The operation failed.".into()));
+                let (code, msg) = op.error.clone().unwrap_or(("Failed".into(), "The operation failed.".into()));
                 Out::arm_error(StatusCode::BAD_REQUEST, &code, msg)
             }
         };
@@ -928,11 +749,7 @@ fn asc_operation(ctx: &Ctx, w: &World, r: &Req, sub: &str, location: &str, op_id
 }
 
 fn r_path_query(r: &Req) -> String {
-    if r.query.is_empty() {
-        r.path.clone()
-    } else {
-        format!("{}?{}", r.path, r.query)
-    }
+    if r.query.is_empty() { r.path.clone() } else { format!("{}?{}", r.path, r.query) }
 }
 
 fn strip_secrets(v: &mut Value) {
@@ -949,15 +766,9 @@ pub fn cache_json(w: &World, c: &Cache, now: Timestamp) -> Value {
     let (prov, health, desc) = c.timeline.status(now, &w.timing);
     let mut props = Map::new();
     props.insert("cacheSizeGB".into(), json!(c.cache_size_gb));
-    props.insert(
-        "health".into(),
-        json!({"state": health, "statusDescription": desc, "conditions": []}),
-    );
+    props.insert("health".into(), json!({"state": health, "statusDescription": desc, "conditions": []}));
     if health == "Healthy" {
-        props.insert(
-            "mountAddresses".into(),
-            json!(["10.0.0.21", "10.0.0.22", "10.0.0.23"]),
-        );
+        props.insert("mountAddresses".into(), json!(["10.0.0.21", "10.0.0.22", "10.0.0.23"]));
     } else {
         props.insert("mountAddresses".into(), json!([]));
     }
@@ -1046,8 +857,7 @@ mod tests {
         assert!(parse_spec(&json!([])).is_err());
         assert!(parse_spec(&json!({"properties": {"cacheSizeGB": "big"}})).is_err());
         assert!(parse_spec(&json!({"identity": {"type": "Bogus"}})).is_err());
-        let s = parse_spec(&json!({"identity": {"type": "systemassigned"}, "location": "westus"}))
-            .unwrap();
+        let s = parse_spec(&json!({"identity": {"type": "systemassigned"}, "location": "westus"})).unwrap();
         assert_eq!(s.identity.unwrap().0, "SystemAssigned");
     }
 }

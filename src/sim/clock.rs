@@ -19,27 +19,16 @@ pub struct SimClock {
 impl SimClock {
     /// A clock starting at `start_sim` that runs `speed` simulated seconds per real second.
     pub fn new(start_sim: Timestamp, speed: f64) -> Self {
-        let speed = if speed.is_finite() && speed >= 0.0 {
-            speed
-        } else {
-            1.0
-        };
-        Self {
-            start_real: Instant::now(),
-            start_sim,
-            speed,
-            advanced: Mutex::new(Duration::ZERO),
-        }
+        let speed = if speed.is_finite() && speed >= 0.0 { speed } else { 1.0 };
+        Self { start_real: Instant::now(), start_sim, speed, advanced: Mutex::new(Duration::ZERO) }
     }
 
     pub fn now(&self) -> Timestamp {
         let real = self.start_real.elapsed().as_secs_f64() * self.speed;
         let advanced = *self.advanced.lock().unwrap_or_else(|e| e.into_inner());
-        let total = SignedDuration::from_secs_f64(real)
-            + SignedDuration::try_from(advanced).unwrap_or(SignedDuration::MAX);
-        self.start_sim
-            .saturating_add(total)
-            .unwrap_or(self.start_sim)
+        let total =
+            SignedDuration::from_secs_f64(real) + SignedDuration::try_from(advanced).unwrap_or(SignedDuration::MAX);
+        self.start_sim.saturating_add(total).unwrap_or(self.start_sim)
     }
 
     /// Jump ahead by `d` simulated time.
@@ -55,16 +44,12 @@ impl SimClock {
 
 /// RFC 7231 IMF-fixdate, as used by the HTTP `Date` header: `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub fn http_date(t: Timestamp) -> String {
-    t.to_zoned(jiff::tz::TimeZone::UTC)
-        .strftime("%a, %d %b %Y %H:%M:%S GMT")
-        .to_string()
+    t.to_zoned(jiff::tz::TimeZone::UTC).strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 /// ISO 8601 with 7 fractional digits and `Z`, the shape ARM uses in `systemData` and operation times.
 pub fn arm_time(t: Timestamp) -> String {
-    t.to_zoned(jiff::tz::TimeZone::UTC)
-        .strftime("%Y-%m-%dT%H:%M:%S%.7fZ")
-        .to_string()
+    t.to_zoned(jiff::tz::TimeZone::UTC).strftime("%Y-%m-%dT%H:%M:%S%.7fZ").to_string()
 }
 
 #[cfg(test)]

@@ -35,10 +35,7 @@ pub struct FaultRule {
 impl FaultRule {
     pub fn validate(mut self) -> Result<FaultRule, String> {
         if !["latency", "throttle", "error", "drop"].contains(&self.kind.as_str()) {
-            return Err(format!(
-                "unknown fault kind '{}': use latency, throttle, error or drop",
-                self.kind
-            ));
+            return Err(format!("unknown fault kind '{}': use latency, throttle, error or drop", self.kind));
         }
         if let Some(p) = self.probability
             && !(0.0..=1.0).contains(&p)
@@ -50,17 +47,12 @@ impl FaultRule {
         {
             return Err(format!("invalid status {s}"));
         }
-        self.regex = regex::RegexBuilder::new(&self.route)
-            .case_insensitive(true)
-            .build()
-            .ok();
+        self.regex = regex::RegexBuilder::new(&self.route).case_insensitive(true).build().ok();
         Ok(self)
     }
 
     pub fn matches(&self, target: &str) -> bool {
-        target
-            .to_ascii_lowercase()
-            .contains(&self.route.to_ascii_lowercase())
+        target.to_ascii_lowercase().contains(&self.route.to_ascii_lowercase())
             || self.regex.as_ref().is_some_and(|r| r.is_match(target))
     }
 }
@@ -98,8 +90,7 @@ pub fn check(inner: &Inner, r: &Req) -> Action {
         "latency" => Action::Delay(Duration::from_millis(rule.latency_ms.unwrap_or(1000))),
         "throttle" => {
             let retry = rule.retry_after_seconds.unwrap_or(10);
-            let status = StatusCode::from_u16(rule.status.unwrap_or(429))
-                .unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            let status = StatusCode::from_u16(rule.status.unwrap_or(429)).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
             Action::Respond(
                 Out::arm_error(
                     status,
@@ -115,8 +106,7 @@ pub fn check(inner: &Inner, r: &Req) -> Action {
             Action::Respond(o)
         }
         _ => {
-            let status = StatusCode::from_u16(rule.status.unwrap_or(500))
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = StatusCode::from_u16(rule.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let code = match status.as_u16() {
                 500 => "InternalServerError",
                 502 => "BadGateway",
@@ -140,28 +130,15 @@ mod tests {
 
     #[test]
     fn rule_matching() {
-        let r: FaultRule =
-            serde_json::from_str::<FaultRule>(r#"{"route": "PUT .*/caches/", "kind": "error"}"#)
-                .unwrap()
-                .validate()
-                .unwrap();
-        assert!(r.matches(
-            "PUT /subscriptions/s/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c"
-        ));
-        assert!(!r.matches(
-            "GET /subscriptions/s/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c"
-        ));
+        let r: FaultRule = serde_json::from_str::<FaultRule>(r#"{"route": "PUT .*/caches/", "kind": "error"}"#)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(r.matches("PUT /subscriptions/s/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c"));
+        assert!(!r.matches("GET /subscriptions/s/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c"));
         let s: FaultRule =
-            serde_json::from_str::<FaultRule>(r#"{"route": "/caches/", "kind": "drop"}"#)
-                .unwrap()
-                .validate()
-                .unwrap();
+            serde_json::from_str::<FaultRule>(r#"{"route": "/caches/", "kind": "drop"}"#).unwrap().validate().unwrap();
         assert!(s.matches("GET /x/caches/c"));
-        assert!(
-            serde_json::from_str::<FaultRule>(r#"{"route": "x", "kind": "explode"}"#)
-                .unwrap()
-                .validate()
-                .is_err()
-        );
+        assert!(serde_json::from_str::<FaultRule>(r#"{"route": "x", "kind": "explode"}"#).unwrap().validate().is_err());
     }
 }

@@ -31,32 +31,21 @@ pub struct Req {
 impl Req {
     /// Query parameter by case-insensitive name.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     /// Path segments without empty ones (ARM ignores a trailing slash).
     pub fn segments(&self) -> Vec<String> {
-        self.path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| percent_decode(s))
-            .collect()
+        self.path.split('/').filter(|s| !s.is_empty()).map(|s| percent_decode(s)).collect()
     }
     pub fn json(&self) -> Result<Value, String> {
         if self.body.is_empty() {
-            return Err(
-                "The request content was invalid and could not be deserialized: 'empty body'."
-                    .into(),
-            );
+            return Err("The request content was invalid and could not be deserialized: 'empty body'.".into());
         }
-        serde_json::from_slice(&self.body).map_err(|e| {
-            format!("The request content was invalid and could not be deserialized: '{e}'.")
-        })
+        serde_json::from_slice(&self.body)
+            .map_err(|e| format!("The request content was invalid and could not be deserialized: '{e}'."))
     }
 }
 
@@ -80,22 +69,10 @@ pub struct Out {
 
 impl Out {
     pub fn json(status: StatusCode, body: Value) -> Out {
-        Out {
-            status,
-            headers: vec![],
-            body: Some(body),
-            principal: None,
-            drop: false,
-        }
+        Out { status, headers: vec![], body: Some(body), principal: None, drop: false }
     }
     pub fn empty(status: StatusCode) -> Out {
-        Out {
-            status,
-            headers: vec![],
-            body: None,
-            principal: None,
-            drop: false,
-        }
+        Out { status, headers: vec![], body: None, principal: None, drop: false }
     }
     pub fn with_header(mut self, k: &str, v: impl Into<String>) -> Out {
         self.headers.push((k.to_string(), v.into()));
@@ -103,10 +80,7 @@ impl Out {
     }
     /// ARM / CloudError body `{"error": {"code", "message"}}`.
     pub fn arm_error(status: StatusCode, code: &str, message: impl Into<String>) -> Out {
-        Out::json(
-            status,
-            serde_json::json!({"error": {"code": code, "message": message.into()}}),
-        )
+        Out::json(status, serde_json::json!({"error": {"code": code, "message": message.into()}}))
     }
 }
 
@@ -116,9 +90,7 @@ pub fn router(inner: Arc<Inner>) -> Router {
 
 async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 8 * 1024 * 1024)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, 8 * 1024 * 1024).await.unwrap_or_default();
     let host_port = parts
         .headers
         .get(axum::http::header::HOST)
@@ -129,9 +101,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .to_ascii_lowercase();
     let host = strip_port(&host_port).to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
-    let params = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
+    let params = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let r = Req {
         method: parts.method.clone(),
         host,
@@ -168,11 +138,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
 
 fn strip_port(h: &str) -> &str {
     if h.starts_with('[') {
-        return h
-            .split(']')
-            .next()
-            .map(|s| s.trim_start_matches('['))
-            .unwrap_or(h);
+        return h.split(']').next().map(|s| s.trim_start_matches('[')).unwrap_or(h);
     }
     h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
 }
@@ -192,10 +158,7 @@ pub fn finish(inner: &Inner, out: Out) -> Response {
     if out.drop {
         // Send the status line, then fail the body: the client sees the connection die mid-response.
         let stream = futures::stream::once(async {
-            Err::<Bytes, std::io::Error>(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "injected drop",
-            ))
+            Err::<Bytes, std::io::Error>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected drop"))
         });
         let mut resp = Response::new(Body::from_stream(stream));
         *resp.status_mut() = StatusCode::OK;
@@ -208,10 +171,7 @@ pub fn finish(inner: &Inner, out: Out) -> Response {
     *resp.status_mut() = out.status;
     let h = resp.headers_mut();
     if out.body.is_some() {
-        h.insert(
-            "content-type",
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        h.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
     }
     let rid = uuid::Uuid::new_v4().to_string();
     for (k, v) in [
@@ -224,10 +184,7 @@ pub fn finish(inner: &Inner, out: Out) -> Response {
         }
     }
     for (k, v) in out.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(&v),
-        ) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
             h.insert(k, v);
         }
     }
@@ -278,14 +235,7 @@ impl Buckets {
     pub fn take(&mut self, sub: &str, principal: &str, class: OpClass) -> Result<u64, u64> {
         let (cap, rate) = class.limits();
         let now = Instant::now();
-        let e = self
-            .b
-            .entry((
-                sub.to_ascii_lowercase(),
-                principal.to_ascii_lowercase(),
-                class,
-            ))
-            .or_insert((cap, now));
+        let e = self.b.entry((sub.to_ascii_lowercase(), principal.to_ascii_lowercase(), class)).or_insert((cap, now));
         e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * rate).min(cap);
         e.1 = now;
         if e.0 >= 1.0 {
@@ -308,10 +258,7 @@ mod tests {
             assert_eq!(b.take("s", "p", OpClass::Writes), Ok(199 - i));
         }
         assert!(b.take("s", "p", OpClass::Writes).is_err());
-        assert!(
-            b.take("s", "other", OpClass::Writes).is_ok(),
-            "per principal"
-        );
+        assert!(b.take("s", "other", OpClass::Writes).is_ok(), "per principal");
         assert!(b.take("s", "p", OpClass::Reads).is_ok(), "per class");
     }
 

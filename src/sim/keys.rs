@@ -8,16 +8,7 @@ use super::auth::{self, AuthFail, VAULT_AUDIENCES};
 use super::http::{Out, Req};
 use super::state::{Key, KeyVersion, Vault};
 
-pub const KEYVAULT_API_VERSIONS: &[&str] = &[
-    "7.0",
-    "7.1",
-    "7.2",
-    "7.3",
-    "7.4",
-    "7.5",
-    "7.6",
-    "2025-07-01",
-];
+pub const KEYVAULT_API_VERSIONS: &[&str] = &["7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"];
 pub const HOST_SUFFIX: &str = ".vault.localhost";
 
 /// `{vault}.vault.localhost` → `vault`.
@@ -26,12 +17,7 @@ pub fn vault_from_host(host: &str) -> Option<String> {
     (!v.is_empty() && !v.contains('.')).then(|| v.to_string())
 }
 
-fn kv_error(
-    status: StatusCode,
-    code: &str,
-    message: impl Into<String>,
-    inner: Option<&str>,
-) -> Out {
+fn kv_error(status: StatusCode, code: &str, message: impl Into<String>, inner: Option<&str>) -> Out {
     let mut e = json!({"error": {"code": code, "message": message.into()}});
     if let Some(i) = inner {
         e["error"]["innererror"] = json!({"code": i});
@@ -43,10 +29,7 @@ fn challenge(inner: &Inner, out: Out) -> Out {
     let tenant = inner.world().tenant_id.clone();
     out.with_header(
         "www-authenticate",
-        format!(
-            "Bearer authorization=\"{}{tenant}\", resource=\"https://vault.azure.net\"",
-            inner.base_url.as_str()
-        ),
+        format!("Bearer authorization=\"{}{tenant}\", resource=\"https://vault.azure.net\"", inner.base_url.as_str()),
     )
 }
 
@@ -59,24 +42,20 @@ pub fn handle(inner: &Inner, r: &Req, vault_name: &str) -> Out {
                     "AKV10000: Request is missing a Bearer or PoP token.".to_string()
                 }
                 AuthFail::Expired => "AKV10022: Invalid audience or token expired.".to_string(),
-                AuthFail::WrongAudience(a) => format!(
-                    "AKV10022: Invalid audience. Expected https://vault.azure.net, found: {a}."
-                ),
+                AuthFail::WrongAudience(a) => {
+                    format!("AKV10022: Invalid audience. Expected https://vault.azure.net, found: {a}.")
+                }
                 AuthFail::WrongTenant(t) => format!(
                     "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/<tenant>/, found: https://sts.windows.net/{t}/."
                 ),
                 AuthFail::Invalid => "AKV10002: Invalid token.".to_string(),
             };
-            return challenge(
-                inner,
-                kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", msg, None),
-            );
+            return challenge(inner, kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", msg, None));
         }
     };
     let mut out = handle_authenticated(inner, r, vault_name, &claims.oid);
     out.principal = Some(claims.oid);
-    out.with_header("x-ms-keyvault-service-version", "1.9.0.0")
-        .with_header("x-ms-keyvault-region", "simulated")
+    out.with_header("x-ms-keyvault-service-version", "1.9.0.0").with_header("x-ms-keyvault-region", "simulated")
 }
 
 fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> Out {
@@ -106,10 +85,7 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
         return kv_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BadParameter",
-            format!(
-                "The method '{}' is not supported by the simulator.",
-                r.method
-            ),
+            format!("The method '{}' is not supported by the simulator.", r.method),
             None,
         );
     }
@@ -124,12 +100,7 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
         );
     };
     if !vault.tenant_id.eq_ignore_ascii_case(&w.tenant_id) {
-        return kv_error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "AKV10032: Invalid issuer.",
-            None,
-        );
+        return kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10032: Invalid issuer.", None);
     }
     let _ = now;
     let base = inner.vault_uri(&vault.name).to_string();
@@ -142,19 +113,12 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
             return kv_error(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!(
-                    "The requested path '{}' is not supported by the simulator.",
-                    r.path
-                ),
+                format!("The requested path '{}' is not supported by the simulator.", r.path),
                 None,
             );
         }
     };
-    let perm = if rest.is_some_and(|s| s.eq_ignore_ascii_case("versions")) {
-        "list"
-    } else {
-        "get"
-    };
+    let perm = if rest.is_some_and(|s| s.eq_ignore_ascii_case("versions")) { "list" } else { "get" };
     if !w.key_permission(vault, oid, perm) {
         return forbidden(vault, oid, perm);
     }
@@ -170,11 +134,7 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
     };
     match rest {
         Some(v) if v.eq_ignore_ascii_case("versions") => versions(r, vault, key, &base),
-        Some(v) => match key
-            .versions
-            .iter()
-            .find(|k| k.version.eq_ignore_ascii_case(v))
-        {
+        Some(v) => match key.versions.iter().find(|k| k.version.eq_ignore_ascii_case(v)) {
             Some(kv) => bundle(vault, key, kv, &base),
             None => kv_error(
                 StatusCode::NOT_FOUND,
@@ -197,11 +157,8 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
 
 fn forbidden(vault: &Vault, oid: &str, perm: &str) -> Out {
     if vault.enable_rbac_authorization {
-        let action = if perm == "list" {
-            "Microsoft.KeyVault/vaults/keys/read"
-        } else {
-            "Microsoft.KeyVault/vaults/keys/read"
-        };
+        let action =
+            if perm == "list" { "Microsoft.KeyVault/vaults/keys/read" } else { "Microsoft.KeyVault/vaults/keys/read" };
         kv_error(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -247,10 +204,7 @@ fn attributes(vault: &Vault, kv: &KeyVersion) -> Value {
 
 fn bundle(vault: &Vault, key: &Key, kv: &KeyVersion, base: &str) -> Out {
     let kid = format!("{base}keys/{}/{}", key.name, kv.version);
-    Out::json(
-        StatusCode::OK,
-        json!({"key": kv.jwk(&kid), "attributes": attributes(vault, kv), "tags": kv.tags}),
-    )
+    Out::json(StatusCode::OK, json!({"key": kv.jwk(&kid), "attributes": attributes(vault, kv), "tags": kv.tags}))
 }
 
 fn versions(r: &Req, vault: &Vault, key: &Key, base: &str) -> Out {
@@ -258,18 +212,10 @@ fn versions(r: &Req, vault: &Vault, key: &Key, base: &str) -> Out {
         None => 25,
         Some(Ok(n)) if (1..=25).contains(&n) => n,
         Some(_) => {
-            return kv_error(
-                StatusCode::BAD_REQUEST,
-                "BadParameter",
-                "maxresults must be between 1 and 25.",
-                None,
-            );
+            return kv_error(StatusCode::BAD_REQUEST, "BadParameter", "maxresults must be between 1 and 25.", None);
         }
     };
-    let skip = r
-        .param("$skiptoken")
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(0);
+    let skip = r.param("$skiptoken").and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
     let items: Vec<Value> = key
         .versions
         .iter()
@@ -296,10 +242,7 @@ mod tests {
 
     #[test]
     fn vault_hosts() {
-        assert_eq!(
-            vault_from_host("kv1.vault.localhost").as_deref(),
-            Some("kv1")
-        );
+        assert_eq!(vault_from_host("kv1.vault.localhost").as_deref(), Some("kv1"));
         assert_eq!(vault_from_host("127.0.0.1"), None);
         assert_eq!(vault_from_host("a.b.vault.localhost"), None);
         assert_eq!(vault_from_host(".vault.localhost"), None);

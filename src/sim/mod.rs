@@ -109,12 +109,8 @@ impl Inner {
     }
     pub fn vault_uri(&self, name: &str) -> url::Url {
         let scheme = if self.cfg.plain_http { "http" } else { "https" };
-        url::Url::parse(&format!(
-            "{scheme}://{}.vault.localhost:{}/",
-            name.to_ascii_lowercase(),
-            self.port
-        ))
-        .expect("valid vault url")
+        url::Url::parse(&format!("{scheme}://{}.vault.localhost:{}/", name.to_ascii_lowercase(), self.port))
+            .expect("valid vault url")
     }
 }
 
@@ -129,26 +125,19 @@ impl Simulator {
     pub async fn start(cfg: SimConfig) -> anyhow::Result<Simulator> {
         for (what, a) in [("listen", cfg.listen), ("admin listen", cfg.admin_listen)] {
             if !a.ip().is_loopback() {
-                bail!(
-                    "refusing to {what} on {a}: the simulator only listens on loopback addresses"
-                );
+                bail!("refusing to {what} on {a}: the simulator only listens on loopback addresses");
             }
         }
-        let listener = std::net::TcpListener::bind(cfg.listen)
-            .with_context(|| format!("binding {}", cfg.listen))?;
-        let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
-            .with_context(|| format!("binding {}", cfg.admin_listen))?;
+        let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
+        let admin_listener =
+            std::net::TcpListener::bind(cfg.admin_listen).with_context(|| format!("binding {}", cfg.admin_listen))?;
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let scheme = if cfg.plain_http { "http" } else { "https" };
         let base_url = url::Url::parse(&format!("{scheme}://{addr}/"))?;
         let admin_url = url::Url::parse(&format!("http://{admin_addr}/"))?;
 
-        let tls = if cfg.plain_http {
-            None
-        } else {
-            Some(tls::generate(addr)?)
-        };
+        let tls = if cfg.plain_http { None } else { Some(tls::generate(addr)?) };
         let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone()).unwrap_or_default();
 
         let now = jiff::Timestamp::now();
@@ -159,9 +148,7 @@ impl Simulator {
             create_delay: cfg.create_delay,
         });
         if let Some(seed) = &cfg.seed {
-            world
-                .apply_seed(seed, now)
-                .map_err(|e| anyhow::anyhow!("invalid seed: {e}"))?;
+            world.apply_seed(seed, now).map_err(|e| anyhow::anyhow!("invalid seed: {e}"))?;
         }
         world.ensure_operator();
 
@@ -185,11 +172,7 @@ impl Simulator {
         let ca_file = if inner.ca_pem.is_empty() {
             None
         } else {
-            let dir = std::env::temp_dir().join(format!(
-                "hpcc-sim-{}-{}",
-                std::process::id(),
-                addr.port()
-            ));
+            let dir = std::env::temp_dir().join(format!("hpcc-sim-{}-{}", std::process::id(), addr.port()));
             std::fs::create_dir_all(&dir)?;
             let f = dir.join("ca.pem");
             std::fs::write(&f, &inner.ca_pem)?;
@@ -200,8 +183,7 @@ impl Simulator {
         let app = http::router(inner.clone());
         match tls {
             Some(t) => {
-                let server = axum_server::from_tcp_rustls(listener, t.rustls_config)?
-                    .handle(main_handle.clone());
+                let server = axum_server::from_tcp_rustls(listener, t.rustls_config)?.handle(main_handle.clone());
                 tokio::spawn(async move {
                     if let Err(e) = server.serve(app.into_make_service()).await {
                         tracing::error!("simulator listener stopped: {e}");
@@ -225,11 +207,7 @@ impl Simulator {
                 tracing::error!("simulator admin listener stopped: {e}");
             }
         });
-        Ok(Simulator {
-            inner,
-            handles: vec![main_handle, admin_handle],
-            ca_file,
-        })
+        Ok(Simulator { inner, handles: vec![main_handle, admin_handle], ca_file })
     }
 
     /// `https://127.0.0.1:PORT/`: the ARM endpoint and the Entra authority host.
@@ -267,20 +245,9 @@ impl Simulator {
         let op = w.operator().cloned();
         let mut v = vec![
             ("AZURE_TENANT_ID".to_string(), w.tenant_id.clone()),
-            (
-                "AZURE_CLIENT_ID".to_string(),
-                op.as_ref().map(|p| p.client_id.clone()).unwrap_or_default(),
-            ),
-            (
-                "AZURE_CLIENT_SECRET".to_string(),
-                op.as_ref()
-                    .and_then(|p| p.secret.clone())
-                    .unwrap_or_default(),
-            ),
-            (
-                "AZURE_AUTHORITY_HOST".to_string(),
-                self.base_url().to_string(),
-            ),
+            ("AZURE_CLIENT_ID".to_string(), op.as_ref().map(|p| p.client_id.clone()).unwrap_or_default()),
+            ("AZURE_CLIENT_SECRET".to_string(), op.as_ref().and_then(|p| p.secret.clone()).unwrap_or_default()),
+            ("AZURE_AUTHORITY_HOST".to_string(), self.base_url().to_string()),
             ("HPCC_ARM_ENDPOINT".to_string(), self.base_url().to_string()),
         ];
         if let Some(ca) = ca {
@@ -288,10 +255,7 @@ impl Simulator {
         }
         v.push(("HPCC_SIM_ADMIN".to_string(), self.admin_url().to_string()));
         v.push(("HPCC_RESOLVE_TO_LOOPBACK".to_string(), "true".to_string()));
-        v.push((
-            "HPCC_KEYVAULT_DNS_SUFFIX".to_string(),
-            "vault.localhost".to_string(),
-        ));
+        v.push(("HPCC_KEYVAULT_DNS_SUFFIX".to_string(), "vault.localhost".to_string()));
         v
     }
 
@@ -301,36 +265,26 @@ impl Simulator {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let dir = std::fs::canonicalize(&dir)
-            .with_context(|| format!("env file directory {}", dir.display()))?;
-        let fname = path
-            .file_name()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "sim.env".into());
+        let dir = std::fs::canonicalize(&dir).with_context(|| format!("env file directory {}", dir.display()))?;
+        let fname = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "sim.env".into());
         let ca = if self.inner.ca_pem.is_empty() {
             None
         } else {
             let ca = dir.join(format!("{fname}.ca.pem"));
-            std::fs::write(&ca, &self.inner.ca_pem)
-                .with_context(|| format!("writing {}", ca.display()))?;
+            std::fs::write(&ca, &self.inner.ca_pem).with_context(|| format!("writing {}", ca.display()))?;
             Some(ca)
         };
         let mut out = String::from("# written by `hpc-cache-operator simulate`\n");
         for (k, v) in self.env_with_ca(ca.as_deref()) {
             out.push_str(&format!("{k}={}\n", shell_quote(&v)));
         }
-        std::fs::write(dir.join(&fname), out)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(dir.join(&fname), out).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 
     /// The request log.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.inner
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Jump the simulated clock ahead.
@@ -357,9 +311,7 @@ impl Simulator {
         let now = self.now();
         let mut w = self.inner.world();
         w.tick(now);
-        let r = w
-            .grant(vault, principal_id, now, "admin")
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let r = w.grant(vault, principal_id, now, "admin").map_err(|e| anyhow::anyhow!(e))?;
         w.tick(now);
         Ok(r)
     }
@@ -381,10 +333,7 @@ impl Drop for Simulator {
 }
 
 fn shell_quote(v: &str) -> String {
-    if !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:@,+=".contains(c))
-    {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@,+=".contains(c)) {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\'', r"'\''"))
@@ -444,10 +393,7 @@ pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
     let sim = Simulator::start(cfg).await?;
     sim.write_env_file(&args.env_file)?;
     println!("simulator: ARM/Entra at {}", sim.base_url());
-    println!(
-        "simulator: Key Vault at https://{{vault}}.vault.localhost:{}/",
-        sim.base_url().port().unwrap_or(0)
-    );
+    println!("simulator: Key Vault at https://{{vault}}.vault.localhost:{}/", sim.base_url().port().unwrap_or(0));
     println!("simulator: admin API at {}", sim.admin_url());
     println!("simulator: env file {}", args.env_file.display());
     wait_for_signal().await;

@@ -128,10 +128,7 @@ pub struct AccessPolicy {
 
 impl AccessPolicy {
     pub fn has_key_permission(&self, perm: &str) -> bool {
-        self.permissions
-            .keys
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(perm) || p.eq_ignore_ascii_case("all"))
+        self.permissions.keys.iter().any(|p| p.eq_ignore_ascii_case(perm) || p.eq_ignore_ascii_case("all"))
     }
 }
 
@@ -155,22 +152,14 @@ impl KeyVersion {
     pub fn from_seed(s: &SeedKeyVersion, created: Timestamp) -> KeyVersion {
         let kty = s.kty.clone();
         let size_bits = if kty.starts_with("EC") { 256 } else { s.size };
-        let len = if kty.starts_with("EC") {
-            64
-        } else {
-            (s.size as usize).div_ceil(8)
-        };
+        let len = if kty.starts_with("EC") { 64 } else { (s.size as usize).div_ceil(8) };
         let mut material = vec![0u8; len];
         rand::rng().fill_bytes(&mut material);
         if let Some(b) = material.first_mut() {
             *b |= 0x80;
         }
         KeyVersion {
-            version: s
-                .version
-                .clone()
-                .unwrap_or_else(new_key_version)
-                .to_ascii_lowercase(),
+            version: s.version.clone().unwrap_or_else(new_key_version).to_ascii_lowercase(),
             kty,
             material,
             size_bits,
@@ -186,14 +175,7 @@ impl KeyVersion {
     pub fn jwk(&self, kid: &str) -> Value {
         let mut jwk = serde_json::json!({"kid": kid, "kty": self.kty});
         if self.kty.starts_with("RSA") {
-            jwk["key_ops"] = serde_json::json!([
-                "encrypt",
-                "decrypt",
-                "sign",
-                "verify",
-                "wrapKey",
-                "unwrapKey"
-            ]);
+            jwk["key_ops"] = serde_json::json!(["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]);
             jwk["n"] = Value::String(URL_SAFE_NO_PAD.encode(&self.material));
             jwk["e"] = Value::String("AQAB".into());
         } else if self.kty.starts_with("EC") {
@@ -255,10 +237,7 @@ impl Vault {
     }
 
     pub fn recovery_level(&self) -> &'static str {
-        match (
-            self.enable_soft_delete,
-            self.enable_purge_protection == Some(true),
-        ) {
+        match (self.enable_soft_delete, self.enable_purge_protection == Some(true)) {
             (true, true) => "Recoverable",
             (true, false) => "Recoverable+Purgeable",
             (false, _) => "Purgeable",
@@ -284,10 +263,7 @@ pub struct RoleAssignment {
 impl RoleAssignment {
     pub fn id(&self) -> String {
         let scope = self.scope.trim_end_matches('/');
-        format!(
-            "{scope}/providers/Microsoft.Authorization/roleAssignments/{}",
-            self.name
-        )
+        format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{}", self.name)
     }
 }
 
@@ -516,18 +492,12 @@ impl World {
             operations: BTreeMap::new(),
             timing,
         };
-        w.subscriptions
-            .entry(DEFAULT_SUBSCRIPTION.to_string())
-            .or_default()
-            .insert("rg".to_string());
+        w.subscriptions.entry(DEFAULT_SUBSCRIPTION.to_string()).or_default().insert("rg".to_string());
         w
     }
 
     pub fn ensure_rg(&mut self, sub: &str, rg: &str) {
-        self.subscriptions
-            .entry(sub.to_ascii_lowercase())
-            .or_default()
-            .insert(rg.to_ascii_lowercase());
+        self.subscriptions.entry(sub.to_ascii_lowercase()).or_default().insert(rg.to_ascii_lowercase());
     }
 
     /// Merge a seed into the world. Existing entries with the same names are replaced.
@@ -536,9 +506,7 @@ impl World {
             self.tenant_id = t.clone();
         }
         for s in &seed.subscriptions {
-            self.subscriptions
-                .entry(s.id.to_ascii_lowercase())
-                .or_default();
+            self.subscriptions.entry(s.id.to_ascii_lowercase()).or_default();
             for rg in &s.resource_groups {
                 self.ensure_rg(&s.id, rg);
             }
@@ -553,10 +521,7 @@ impl World {
                     object_id: p.object_id.clone(),
                     client_id: p.client_id.clone(),
                     secret: p.secret.clone(),
-                    display_name: p
-                        .display_name
-                        .clone()
-                        .unwrap_or_else(|| p.client_id.clone()),
+                    display_name: p.display_name.clone().unwrap_or_else(|| p.client_id.clone()),
                     kind: "ServicePrincipal".into(),
                     arm_scopes: p.arm_scopes.clone().unwrap_or_else(|| vec!["/".into()]),
                     federated_credentials: p.federated_credentials.clone(),
@@ -588,57 +553,29 @@ impl World {
                     federated_credentials: vec![],
                 },
             );
-            self.identities
-                .insert(ident.id().to_ascii_lowercase(), ident);
+            self.identities.insert(ident.id().to_ascii_lowercase(), ident);
         }
         for v in &seed.vaults {
-            if v.name.len() < 3
-                || v.name.len() > 24
-                || !v
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
-            {
-                return Err(format!(
-                    "vault name '{}' must be 3-24 characters of [a-zA-Z0-9-]",
-                    v.name
-                ));
+            if v.name.len() < 3 || v.name.len() > 24 || !v.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(format!("vault name '{}' must be 3-24 characters of [a-zA-Z0-9-]", v.name));
             }
             if !(7..=90).contains(&v.soft_delete_retention_in_days) {
-                return Err(format!(
-                    "vault '{}': softDeleteRetentionInDays must be 7..90",
-                    v.name
-                ));
+                return Err(format!("vault '{}': softDeleteRetentionInDays must be 7..90", v.name));
             }
             self.ensure_rg(&v.subscription_id, &v.resource_group);
-            let tenant = v
-                .tenant_id
-                .clone()
-                .unwrap_or_else(|| self.tenant_id.clone());
+            let tenant = v.tenant_id.clone().unwrap_or_else(|| self.tenant_id.clone());
             let mut keys = BTreeMap::new();
             for k in &v.keys {
-                let versions: Vec<SeedKeyVersion> = if k.versions.is_empty() {
-                    vec![SeedKeyVersion::default()]
-                } else {
-                    k.versions.clone()
-                };
+                let versions: Vec<SeedKeyVersion> =
+                    if k.versions.is_empty() { vec![SeedKeyVersion::default()] } else { k.versions.clone() };
                 let versions = versions
                     .iter()
                     .enumerate()
                     .map(|(i, sv)| {
-                        KeyVersion::from_seed(
-                            sv,
-                            now - SignedDuration::from_secs(((versions_len(k) - i) * 60) as i64),
-                        )
+                        KeyVersion::from_seed(sv, now - SignedDuration::from_secs(((versions_len(k) - i) * 60) as i64))
                     })
                     .collect();
-                keys.insert(
-                    k.name.to_ascii_lowercase(),
-                    Key {
-                        name: k.name.clone(),
-                        versions,
-                    },
-                );
+                keys.insert(k.name.to_ascii_lowercase(), Key { name: k.name.clone(), versions });
             }
             let vault = Vault {
                 name: v.name.clone(),
@@ -709,9 +646,7 @@ impl World {
     }
 
     pub fn principal_by_client_id(&self, client_id: &str) -> Option<&Principal> {
-        self.principals
-            .values()
-            .find(|p| p.client_id.eq_ignore_ascii_case(client_id))
+        self.principals.values().find(|p| p.client_id.eq_ignore_ascii_case(client_id))
     }
 
     pub fn vault_by_name_or_id(&self, v: &str) -> Option<&Vault> {
@@ -722,26 +657,15 @@ impl World {
     /// Give `principal_id` the access a cache needs, the way a person would in the portal: an access policy with
     /// get/wrapKey/unwrapKey on an access-policy vault, or the Crypto Service Encryption User role at the vault
     /// scope on an RBAC vault. Returns a description of what was added.
-    pub fn grant(
-        &mut self,
-        vault: &str,
-        principal_id: &str,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<String, String> {
+    pub fn grant(&mut self, vault: &str, principal_id: &str, now: Timestamp, by: &str) -> Result<String, String> {
         let tenant = self.tenant_id.clone();
-        let v = self
-            .vault_by_name_or_id(vault)
-            .ok_or_else(|| format!("vault '{vault}' not found"))?;
+        let v = self.vault_by_name_or_id(vault).ok_or_else(|| format!("vault '{vault}' not found"))?;
         let vname = v.name.to_ascii_lowercase();
         if v.enable_rbac_authorization {
             let scope = v.id();
             let ra = RoleAssignment {
-                name: uuid::Uuid::new_v5(
-                    &uuid::Uuid::NAMESPACE_URL,
-                    format!("{scope}|{principal_id}").as_bytes(),
-                )
-                .to_string(),
+                name: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("{scope}|{principal_id}").as_bytes())
+                    .to_string(),
                 scope,
                 role_definition_guid: ROLE_CRYPTO_SERVICE_ENCRYPTION_USER.into(),
                 principal_id: principal_id.to_string(),
@@ -756,10 +680,7 @@ impl World {
             Ok(format!("role assignment {id}"))
         } else {
             let v = self.vaults.get_mut(&vname).expect("vault exists");
-            let entry = v
-                .access_policies
-                .iter_mut()
-                .find(|a| a.object_id.eq_ignore_ascii_case(principal_id));
+            let entry = v.access_policies.iter_mut().find(|a| a.object_id.eq_ignore_ascii_case(principal_id));
             let needed = ["get", "wrapKey", "unwrapKey"];
             match entry {
                 Some(a) => {
@@ -780,10 +701,7 @@ impl World {
                 }),
             }
             v.last_modified_at = now;
-            Ok(format!(
-                "access policy (keys: get, wrapKey, unwrapKey) on vault {}",
-                v.name
-            ))
+            Ok(format!("access policy (keys: get, wrapKey, unwrapKey) on vault {}", v.name))
         }
     }
 
@@ -791,9 +709,7 @@ impl World {
     pub fn roles_over(&self, principal_id: &str, id: &str) -> Vec<String> {
         self.role_assignments
             .values()
-            .filter(|r| {
-                r.principal_id.eq_ignore_ascii_case(principal_id) && scope_covers(&r.scope, id)
-            })
+            .filter(|r| r.principal_id.eq_ignore_ascii_case(principal_id) && scope_covers(&r.scope, id))
             .map(|r| r.role_definition_guid.to_ascii_lowercase())
             .collect()
     }
@@ -833,9 +749,7 @@ impl World {
 
     /// Can `principal_id` use keys of `vault` for encryption at rest (get + wrapKey + unwrapKey)?
     pub fn cmk_access(&self, vault: &Vault, principal_id: &str) -> bool {
-        ["get", "wrapKey", "unwrapKey"]
-            .iter()
-            .all(|p| self.key_permission(vault, principal_id, p))
+        ["get", "wrapKey", "unwrapKey"].iter().all(|p| self.key_permission(vault, principal_id, p))
     }
 
     /// Does any identity of the cache have CMK access to its key vault?
@@ -874,11 +788,7 @@ impl World {
         let timing = self.timing;
         let keys: Vec<String> = self.caches.keys().cloned().collect();
         for k in &keys {
-            let access = self
-                .caches
-                .get(k)
-                .map(|c| self.cache_has_key_access(c))
-                .unwrap_or(false);
+            let access = self.caches.get(k).map(|c| self.cache_has_key_access(c)).unwrap_or(false);
             if let Some(c) = self.caches.get_mut(k) {
                 c.timeline.observe(now, access, &timing);
             }
@@ -892,10 +802,7 @@ impl World {
             .collect();
         for k in &finished {
             if let Some(c) = self.caches.remove(k)
-                && let Some(sp) = c
-                    .identity
-                    .as_ref()
-                    .and_then(|i| i.system_principal_id.clone())
+                && let Some(sp) = c.identity.as_ref().and_then(|i| i.system_principal_id.clone())
             {
                 // A system-assigned identity dies with its resource.
                 self.principals.remove(&sp.to_ascii_lowercase());
@@ -912,10 +819,7 @@ impl World {
                     None => {
                         op.status = "Canceled".into();
                         op.end_time = Some(now);
-                        op.error = Some((
-                            "Canceled".into(),
-                            "The cache was deleted before creation completed.".into(),
-                        ));
+                        op.error = Some(("Canceled".into(), "The cache was deleted before creation completed.".into()));
                     }
                     Some(c) => match c.timeline.phase(now, &timing) {
                         Phase::Healthy => {
@@ -974,10 +878,7 @@ pub fn validate_cmk_key(key_url: &str, k: &KeyVersion, now: Timestamp) -> Result
     if k.kty != "RSA" && k.kty != "RSA-HSM" {
         return Err(KeyProblem {
             code: "InvalidKeyType",
-            message: format!(
-                "The key '{key_url}' has type '{}'. The encryption key must be an RSA key.",
-                k.kty
-            ),
+            message: format!("The key '{key_url}' has type '{}'. The encryption key must be an RSA key.", k.kty),
         });
     }
     let bits = modulus_bits(&k.material);
@@ -992,9 +893,7 @@ pub fn validate_cmk_key(key_url: &str, k: &KeyVersion, now: Timestamp) -> Result
     if !k.enabled {
         return Err(KeyProblem {
             code: "KeyDisabled",
-            message: format!(
-                "The key '{key_url}' is disabled. The encryption key must be enabled."
-            ),
+            message: format!("The key '{key_url}' is disabled. The encryption key must be enabled."),
         });
     }
     if let Some(nbf) = k.nbf
@@ -1008,21 +907,14 @@ pub fn validate_cmk_key(key_url: &str, k: &KeyVersion, now: Timestamp) -> Result
     if let Some(exp) = k.exp
         && now >= exp
     {
-        return Err(KeyProblem {
-            code: "KeyExpired",
-            message: format!("The key '{key_url}' expired at {exp}."),
-        });
+        return Err(KeyProblem { code: "KeyExpired", message: format!("The key '{key_url}' expired at {exp}.") });
     }
     Ok(())
 }
 
 /// Bits of a big-endian modulus without leading zero bytes: 8 × byte length (how Azure sizes RSA keys).
 pub fn modulus_bits(n: &[u8]) -> usize {
-    let trimmed = n
-        .iter()
-        .position(|b| *b != 0)
-        .map(|i| &n[i..])
-        .unwrap_or(&[]);
+    let trimmed = n.iter().position(|b| *b != 0).map(|i| &n[i..]).unwrap_or(&[]);
     trimmed.len() * 8
 }
 
@@ -1041,22 +933,15 @@ pub fn parse_key_url(s: &str) -> Option<KeyUrl> {
     }
     let host = u.host_str()?.to_ascii_lowercase();
     let (vault, suffix) = host.split_once('.')?;
-    if !(suffix == "vault.azure.net" || suffix == "vault.localhost" || suffix.starts_with("vault."))
-    {
+    if !(suffix == "vault.azure.net" || suffix == "vault.localhost" || suffix.starts_with("vault.")) {
         return None;
     }
     let segs: Vec<&str> = u.path_segments()?.filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
-        ["keys", name] => Some(KeyUrl {
-            vault: vault.into(),
-            name: name.to_string(),
-            version: None,
-        }),
-        ["keys", name, version] => Some(KeyUrl {
-            vault: vault.into(),
-            name: name.to_string(),
-            version: Some(version.to_string()),
-        }),
+        ["keys", name] => Some(KeyUrl { vault: vault.into(), name: name.to_string(), version: None }),
+        ["keys", name, version] => {
+            Some(KeyUrl { vault: vault.into(), name: name.to_string(), version: Some(version.to_string()) })
+        }
         _ => None,
     }
 }
@@ -1095,10 +980,7 @@ mod tests {
         assert_eq!(c.status(t10, &t).1, "WaitingForKey");
         assert_eq!(c.status(t10, &t).0, "Creating");
         c.observe(ts("2025-01-01T00:20:00Z"), true, &t);
-        assert_eq!(
-            c.status(ts("2025-01-01T00:24:59Z"), &t),
-            ("Creating", "Transitioning", "Cache is being created.")
-        );
+        assert_eq!(c.status(ts("2025-01-01T00:24:59Z"), &t), ("Creating", "Transitioning", "Cache is being created."));
         assert_eq!(c.status(ts("2025-01-01T00:25:00Z"), &t).0, "Succeeded");
         assert_eq!(c.status(ts("2025-01-01T00:25:00Z"), &t).1, "Healthy");
     }
@@ -1118,10 +1000,7 @@ mod tests {
         let t = timing();
         let mut c = tl(true);
         c.observe(c.created_at, true, &t);
-        assert_eq!(
-            c.phase(ts("2025-01-01T00:09:59Z"), &t),
-            Phase::Transitioning
-        );
+        assert_eq!(c.phase(ts("2025-01-01T00:09:59Z"), &t), Phase::Transitioning);
         assert_eq!(c.phase(ts("2025-01-01T00:10:00Z"), &t), Phase::Healthy);
         let p = tl(false);
         assert_eq!(p.phase(ts("2025-01-01T00:10:00Z"), &t), Phase::Healthy);
@@ -1129,11 +1008,7 @@ mod tests {
 
     fn kv(kty: &str, size: u32) -> KeyVersion {
         KeyVersion::from_seed(
-            &SeedKeyVersion {
-                kty: kty.into(),
-                size,
-                ..Default::default()
-            },
+            &SeedKeyVersion { kty: kty.into(), size, ..Default::default() },
             ts("2024-01-01T00:00:00Z"),
         )
     }
@@ -1143,40 +1018,18 @@ mod tests {
         let now = ts("2025-01-01T00:00:00Z");
         assert!(validate_cmk_key("u", &kv("RSA", 2048), now).is_ok());
         assert!(validate_cmk_key("u", &kv("RSA-HSM", 2048), now).is_ok());
-        assert_eq!(
-            validate_cmk_key("u", &kv("RSA", 4096), now)
-                .unwrap_err()
-                .code,
-            "InvalidKeySize"
-        );
-        assert_eq!(
-            validate_cmk_key("u", &kv("RSA", 3072), now)
-                .unwrap_err()
-                .code,
-            "InvalidKeySize"
-        );
-        assert_eq!(
-            validate_cmk_key("u", &kv("EC", 256), now).unwrap_err().code,
-            "InvalidKeyType"
-        );
+        assert_eq!(validate_cmk_key("u", &kv("RSA", 4096), now).unwrap_err().code, "InvalidKeySize");
+        assert_eq!(validate_cmk_key("u", &kv("RSA", 3072), now).unwrap_err().code, "InvalidKeySize");
+        assert_eq!(validate_cmk_key("u", &kv("EC", 256), now).unwrap_err().code, "InvalidKeyType");
         let mut d = kv("RSA", 2048);
         d.enabled = false;
-        assert_eq!(
-            validate_cmk_key("u", &d, now).unwrap_err().code,
-            "KeyDisabled"
-        );
+        assert_eq!(validate_cmk_key("u", &d, now).unwrap_err().code, "KeyDisabled");
         let mut e = kv("RSA", 2048);
         e.exp = Some(ts("2024-06-01T00:00:00Z"));
-        assert_eq!(
-            validate_cmk_key("u", &e, now).unwrap_err().code,
-            "KeyExpired"
-        );
+        assert_eq!(validate_cmk_key("u", &e, now).unwrap_err().code, "KeyExpired");
         let mut n = kv("RSA", 2048);
         n.nbf = Some(ts("2026-01-01T00:00:00Z"));
-        assert_eq!(
-            validate_cmk_key("u", &n, now).unwrap_err().code,
-            "KeyNotYetValid"
-        );
+        assert_eq!(validate_cmk_key("u", &n, now).unwrap_err().code, "KeyNotYetValid");
     }
 
     #[test]
@@ -1190,18 +1043,9 @@ mod tests {
     fn key_urls() {
         assert_eq!(
             parse_key_url("https://kv1.vault.azure.net/keys/k/0123").unwrap(),
-            KeyUrl {
-                vault: "kv1".into(),
-                name: "k".into(),
-                version: Some("0123".into())
-            }
+            KeyUrl { vault: "kv1".into(), name: "k".into(), version: Some("0123".into()) }
         );
-        assert_eq!(
-            parse_key_url("https://kv1.vault.localhost:8443/keys/k")
-                .unwrap()
-                .version,
-            None
-        );
+        assert_eq!(parse_key_url("https://kv1.vault.localhost:8443/keys/k").unwrap().version, None);
         assert!(parse_key_url("http://kv1.vault.azure.net/keys/k/1").is_none());
         assert!(parse_key_url("https://kv1.vault.azure.net/secrets/k/1").is_none());
         assert!(parse_key_url("garbage").is_none());
@@ -1210,10 +1054,7 @@ mod tests {
     #[test]
     fn scopes() {
         assert!(scope_covers("/", "/subscriptions/a"));
-        assert!(scope_covers(
-            "/subscriptions/A",
-            "/subscriptions/a/resourceGroups/x"
-        ));
+        assert!(scope_covers("/subscriptions/A", "/subscriptions/a/resourceGroups/x"));
         assert!(!scope_covers("/subscriptions/a", "/subscriptions/ab"));
     }
 
@@ -1251,9 +1092,6 @@ mod tests {
             },
         );
         assert!(!w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), q));
-        assert!(
-            w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), q),
-            "subscription-scope role covers the vault"
-        );
+        assert!(w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), q), "subscription-scope role covers the vault");
     }
 }

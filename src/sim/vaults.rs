@@ -7,9 +7,7 @@ use serde_json::{Value, json};
 use super::arm::{Ctx, Route, resource_not_found};
 use super::clock::arm_time;
 use super::http::{Out, Req};
-use super::state::{
-    AccessPolicy, KNOWN_ROLES, Permissions, RoleAssignment, Vault, World, scope_covers,
-};
+use super::state::{AccessPolicy, KNOWN_ROLES, Permissions, RoleAssignment, Vault, World, scope_covers};
 
 pub const PURGE_PROTECTION_FALSE: &str = "The property \"enablePurgeProtection\" cannot be set to false. Enabling the purge protection for a vault is an irreversible action.";
 pub const SOFT_DELETE_FALSE: &str = "The property \"enableSoftDelete\" cannot be set to false. Enabling the soft delete for a vault is an irreversible action.";
@@ -21,10 +19,7 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 return resource_not_found("Microsoft.KeyVault/vaults", name, rg);
             };
             match r.method {
-                Method::GET => Out::json(
-                    StatusCode::OK,
-                    vault_json(ctx, w.vaults.get(&v).expect("vault")),
-                ),
+                Method::GET => Out::json(StatusCode::OK, vault_json(ctx, w.vaults.get(&v).expect("vault"))),
                 Method::PATCH => {
                     let body = match r.json() {
                         Ok(b) => b,
@@ -40,12 +35,7 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 _ => method_not_allowed(&r.method),
             }
         }
-        Route::VaultAccessPolicy {
-            sub,
-            rg,
-            name,
-            kind,
-        } => {
+        Route::VaultAccessPolicy { sub, rg, name, kind } => {
             if r.method != Method::PUT {
                 return method_not_allowed(&r.method);
             }
@@ -92,11 +82,7 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 "/subscriptions/{sub}/resourcegroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
             );
             let Some(i) = w.identities.get(&id.to_ascii_lowercase()) else {
-                return resource_not_found(
-                    "Microsoft.ManagedIdentity/userAssignedIdentities",
-                    name,
-                    rg,
-                );
+                return resource_not_found("Microsoft.ManagedIdentity/userAssignedIdentities", name, rg);
             };
             let mut props = json!({"tenantId": i.tenant_id, "principalId": i.principal_id, "clientId": i.client_id});
             if ctx.api_version >= "2024-11-30" {
@@ -172,8 +158,7 @@ pub fn parse_principal_filter(f: &str) -> Option<String> {
 fn find_vault(w: &World, sub: &str, rg: &str, name: &str) -> Option<String> {
     let k = name.to_ascii_lowercase();
     let v = w.vaults.get(&k)?;
-    (v.subscription_id.eq_ignore_ascii_case(sub) && v.resource_group.eq_ignore_ascii_case(rg))
-        .then_some(k)
+    (v.subscription_id.eq_ignore_ascii_case(sub) && v.resource_group.eq_ignore_ascii_case(rg)).then_some(k)
 }
 
 pub fn vault_json(ctx: &Ctx, v: &Vault) -> Value {
@@ -219,9 +204,7 @@ fn as_bool(v: &Value, name: &str) -> Result<Option<bool>, String> {
     match v {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(*b)),
-        _ => Err(format!(
-            "Invalid value for property '{name}': expected a boolean."
-        )),
+        _ => Err(format!("Invalid value for property '{name}': expected a boolean.")),
     }
 }
 
@@ -247,24 +230,24 @@ pub fn apply_vault_patch(v: &mut Vault, body: &Value) -> Result<(), String> {
         Value::Null => None,
         x => match x.as_i64() {
             Some(d) if (7..=90).contains(&d) => Some(d),
-            _ => return Err(
-                "The property \"softDeleteRetentionInDays\" is invalid. It accepts >=7 and <=90."
-                    .into(),
-            ),
+            _ => return Err("The property \"softDeleteRetentionInDays\" is invalid. It accepts >=7 and <=90.".into()),
         },
     };
     let rbac = as_bool(&p["enableRbacAuthorization"], "enableRbacAuthorization")?;
     let dep = as_bool(&p["enabledForDeployment"], "enabledForDeployment")?;
     let disk = as_bool(&p["enabledForDiskEncryption"], "enabledForDiskEncryption")?;
-    let tmpl = as_bool(
-        &p["enabledForTemplateDeployment"],
-        "enabledForTemplateDeployment",
-    )?;
+    let tmpl = as_bool(&p["enabledForTemplateDeployment"], "enabledForTemplateDeployment")?;
     let sku = match &p["sku"] {
         Value::Null => None,
         s => match s["name"].as_str() {
-            Some(n) if n.eq_ignore_ascii_case("standard") || n.eq_ignore_ascii_case("premium") => Some(n.to_ascii_lowercase()),
-            _ => return Err("Invalid value for property 'sku.name': allowed values are 'standard' and 'premium'.".into()),
+            Some(n) if n.eq_ignore_ascii_case("standard") || n.eq_ignore_ascii_case("premium") => {
+                Some(n.to_ascii_lowercase())
+            }
+            _ => {
+                return Err(
+                    "Invalid value for property 'sku.name': allowed values are 'standard' and 'premium'.".into()
+                );
+            }
         },
     };
     let tenant = match &p["tenantId"] {
@@ -293,9 +276,7 @@ pub fn apply_vault_patch(v: &mut Vault, body: &Value) -> Result<(), String> {
             for (k, x) in m {
                 t.insert(
                     k.clone(),
-                    x.as_str()
-                        .ok_or("Invalid value for property 'tags': values must be strings.")?
-                        .to_string(),
+                    x.as_str().ok_or("Invalid value for property 'tags': values must be strings.")?.to_string(),
                 );
             }
             Some(t)
@@ -345,25 +326,19 @@ pub fn apply_vault_patch(v: &mut Vault, body: &Value) -> Result<(), String> {
 }
 
 pub fn parse_access_policies(v: &Value) -> Result<Vec<AccessPolicy>, String> {
-    let arr = v
-        .as_array()
-        .ok_or("The property 'accessPolicies' is required and must be an array.")?;
+    let arr = v.as_array().ok_or("The property 'accessPolicies' is required and must be an array.")?;
     if arr.len() > 1024 {
         return Err("A vault may have at most 1024 access policies.".into());
     }
     arr.iter()
         .map(|e| {
-            let tenant_id = e["tenantId"]
-                .as_str()
-                .ok_or("Access policy entries require 'tenantId'.")?;
-            let object_id = e["objectId"]
-                .as_str()
-                .ok_or("Access policy entries require 'objectId'.")?;
+            let tenant_id = e["tenantId"].as_str().ok_or("Access policy entries require 'tenantId'.")?;
+            let object_id = e["objectId"].as_str().ok_or("Access policy entries require 'objectId'.")?;
             if !e["permissions"].is_object() {
                 return Err("Access policy entries require 'permissions'.".to_string());
             }
-            let permissions: Permissions = serde_json::from_value(e["permissions"].clone())
-                .map_err(|x| format!("Invalid permissions: {x}"))?;
+            let permissions: Permissions =
+                serde_json::from_value(e["permissions"].clone()).map_err(|x| format!("Invalid permissions: {x}"))?;
             Ok(AccessPolicy {
                 tenant_id: tenant_id.to_string(),
                 object_id: object_id.to_string(),
@@ -413,11 +388,7 @@ pub fn update_access_policies(list: &mut Vec<AccessPolicy>, kind: &str, entries:
                 subtract(&mut p.secrets, &e.permissions.secrets);
                 subtract(&mut p.certificates, &e.permissions.certificates);
                 subtract(&mut p.storage, &e.permissions.storage);
-                if p.keys.is_empty()
-                    && p.secrets.is_empty()
-                    && p.certificates.is_empty()
-                    && p.storage.is_empty()
-                {
+                if p.keys.is_empty() && p.secrets.is_empty() && p.certificates.is_empty() && p.storage.is_empty() {
                     list.remove(i);
                 }
             }
@@ -455,9 +426,7 @@ pub fn role_guid(def_id: &str) -> Option<String> {
     {
         return None;
     }
-    uuid::Uuid::parse_str(segs[n - 1])
-        .ok()
-        .map(|u| u.to_string())
+    uuid::Uuid::parse_str(segs[n - 1]).ok().map(|u| u.to_string())
 }
 
 fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -> Out {
@@ -465,15 +434,10 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
         return Out::arm_error(
             StatusCode::BAD_REQUEST,
             "InvalidRoleAssignmentId",
-            format!(
-                "The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID."
-            ),
+            format!("The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID."),
         );
     }
-    let id = format!(
-        "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
-        scope.trim_end_matches('/')
-    );
+    let id = format!("{}/providers/Microsoft.Authorization/roleAssignments/{name}", scope.trim_end_matches('/'));
     let key = id.to_ascii_lowercase();
     match r.method {
         Method::GET => match w.role_assignments.get(&key) {
@@ -528,22 +492,13 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
                 return Out::arm_error(
                     StatusCode::BAD_REQUEST,
                     "InvalidPrincipalId",
-                    format!(
-                        "A valid principal ID must be provided for role assignment. '{principal}' is not valid."
-                    ),
+                    format!("A valid principal ID must be provided for role assignment. '{principal}' is not valid."),
                 );
             }
             let principal_type = match &p["principalType"] {
                 Value::Null => None,
                 Value::String(t)
-                    if [
-                        "User",
-                        "Group",
-                        "ServicePrincipal",
-                        "ForeignGroup",
-                        "Device",
-                    ]
-                    .contains(&t.as_str()) =>
+                    if ["User", "Group", "ServicePrincipal", "ForeignGroup", "Device"].contains(&t.as_str()) =>
                 {
                     Some(t.clone())
                 }
@@ -555,9 +510,7 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
                     );
                 }
             };
-            if principal_type.is_none()
-                && !w.principals.contains_key(&principal.to_ascii_lowercase())
-            {
+            if principal_type.is_none() && !w.principals.contains_key(&principal.to_ascii_lowercase()) {
                 return Out::arm_error(
                     StatusCode::BAD_REQUEST,
                     "PrincipalNotFound",
@@ -570,9 +523,7 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
             }
             let principal_type = principal_type.unwrap_or_else(|| "User".into());
             if let Some(existing) = w.role_assignments.get(&key) {
-                if !existing.principal_id.eq_ignore_ascii_case(principal)
-                    || existing.role_definition_guid != guid
-                {
+                if !existing.principal_id.eq_ignore_ascii_case(principal) || existing.role_definition_guid != guid {
                     return Out::arm_error(
                         StatusCode::BAD_REQUEST,
                         "RoleAssignmentUpdateNotPermitted",
@@ -584,10 +535,7 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
             if w.role_assignments.values().any(|ra| {
                 ra.principal_id.eq_ignore_ascii_case(principal)
                     && ra.role_definition_guid == guid
-                    && ra
-                        .scope
-                        .trim_end_matches('/')
-                        .eq_ignore_ascii_case(scope.trim_end_matches('/'))
+                    && ra.scope.trim_end_matches('/').eq_ignore_ascii_case(scope.trim_end_matches('/'))
             }) {
                 return Out::arm_error(
                     StatusCode::CONFLICT,
@@ -597,11 +545,7 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
             }
             let ra = RoleAssignment {
                 name: name.to_ascii_lowercase(),
-                scope: if scope.is_empty() {
-                    "/".into()
-                } else {
-                    scope.to_string()
-                },
+                scope: if scope.is_empty() { "/".into() } else { scope.to_string() },
                 role_definition_guid: guid,
                 principal_id: principal.to_string(),
                 principal_type,
@@ -652,58 +596,33 @@ mod tests {
     fn purge_protection_cannot_be_false() {
         let mut v = vault();
         assert_eq!(
-            apply_vault_patch(
-                &mut v,
-                &json!({"properties": {"enablePurgeProtection": false}})
-            )
-            .unwrap_err(),
+            apply_vault_patch(&mut v, &json!({"properties": {"enablePurgeProtection": false}})).unwrap_err(),
             PURGE_PROTECTION_FALSE
         );
-        apply_vault_patch(
-            &mut v,
-            &json!({"properties": {"enablePurgeProtection": true}}),
-        )
-        .unwrap();
+        apply_vault_patch(&mut v, &json!({"properties": {"enablePurgeProtection": true}})).unwrap();
         assert_eq!(v.enable_purge_protection, Some(true));
-        assert!(
-            apply_vault_patch(
-                &mut v,
-                &json!({"properties": {"enablePurgeProtection": false}})
-            )
-            .is_err()
-        );
+        assert!(apply_vault_patch(&mut v, &json!({"properties": {"enablePurgeProtection": false}})).is_err());
     }
 
     #[test]
     fn soft_delete_and_retention_rules() {
         let mut v = vault();
         assert_eq!(
-            apply_vault_patch(&mut v, &json!({"properties": {"enableSoftDelete": false}}))
-                .unwrap_err(),
+            apply_vault_patch(&mut v, &json!({"properties": {"enableSoftDelete": false}})).unwrap_err(),
             SOFT_DELETE_FALSE
         );
-        assert!(
-            apply_vault_patch(
-                &mut v,
-                &json!({"properties": {"softDeleteRetentionInDays": 6}})
-            )
-            .is_err()
-        );
-        assert!(
-            apply_vault_patch(
-                &mut v,
-                &json!({"properties": {"softDeleteRetentionInDays": 91}})
-            )
-            .is_err()
-        );
-        apply_vault_patch(
-            &mut v,
-            &json!({"properties": {"softDeleteRetentionInDays": 7}}),
-        )
-        .unwrap();
+        assert!(apply_vault_patch(&mut v, &json!({"properties": {"softDeleteRetentionInDays": 6}})).is_err());
+        assert!(apply_vault_patch(&mut v, &json!({"properties": {"softDeleteRetentionInDays": 91}})).is_err());
+        apply_vault_patch(&mut v, &json!({"properties": {"softDeleteRetentionInDays": 7}})).unwrap();
         assert_eq!(v.soft_delete_retention_in_days, 7);
         // a rejected patch changes nothing
-        assert!(apply_vault_patch(&mut v, &json!({"properties": {"enableRbacAuthorization": true, "softDeleteRetentionInDays": 1}})).is_err());
+        assert!(
+            apply_vault_patch(
+                &mut v,
+                &json!({"properties": {"enableRbacAuthorization": true, "softDeleteRetentionInDays": 1}})
+            )
+            .is_err()
+        );
         assert!(!v.enable_rbac_authorization);
     }
 
@@ -713,10 +632,7 @@ mod tests {
             tenant_id: "t".into(),
             object_id: "o".into(),
             application_id: None,
-            permissions: Permissions {
-                keys: keys.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
+            permissions: Permissions { keys: keys.iter().map(|s| s.to_string()).collect(), ..Default::default() },
         };
         let mut l = vec![];
         update_access_policies(&mut l, "add", &[e(&["get"])]);
@@ -735,11 +651,11 @@ mod tests {
             role_guid("/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/e147488a-f6f5-4113-8e2d-b22465e65bf6").as_deref(),
             Some("e147488a-f6f5-4113-8e2d-b22465e65bf6")
         );
-        assert!(role_guid("/providers/Microsoft.Authorization/roleDefinitions/e147488a-f6f5-4113-8e2d-b22465e65bf6").is_some());
-        assert!(role_guid("nonsense").is_none());
-        assert_eq!(
-            parse_principal_filter("principalId eq 'abc'").as_deref(),
-            Some("abc")
+        assert!(
+            role_guid("/providers/Microsoft.Authorization/roleDefinitions/e147488a-f6f5-4113-8e2d-b22465e65bf6")
+                .is_some()
         );
+        assert!(role_guid("nonsense").is_none());
+        assert_eq!(parse_principal_filter("principalId eq 'abc'").as_deref(), Some("abc"));
     }
 }

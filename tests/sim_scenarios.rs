@@ -1,0 +1,896 @@
+//! Scenario tests for the Azure simulator over real HTTPS.
+
+use std::time::Duration;
+
+use hpc_cache_operator::sim::{Seed, SimConfig, Simulator};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+const TENANT: &str = "11111111-2222-4333-8444-555555555555";
+const SUB: &str = "00000000-0000-4000-8000-000000000001";
+const OTHER_SUB: &str = "00000000-0000-4000-8000-000000000002";
+const OP_CLIENT: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const OP_OID: &str = "aaaaaaaa-0000-4000-8000-0000000000a1";
+const OP_SECRET: &str = "op-secret";
+const NOBODY_CLIENT: &str = "bbbbbbbb-0000-4000-8000-000000000001";
+const NOBODY_OID: &str = "bbbbbbbb-0000-4000-8000-0000000000b1";
+const UAI_PRINCIPAL: &str = "cccccccc-0000-4000-8000-0000000000c1";
+const V1: &str = "0123456789abcdef0123456789abcdef";
+const API: &str = "2024-03-01";
+const CRYPTO_SEU: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+
+fn seed() -> Seed {
+    let y = format!(
+        r#"
+tenantId: {TENANT}
+subscriptions:
+  - id: {SUB}
+    resourceGroups: [rg]
+  - id: {OTHER_SUB}
+    resourceGroups: [rg2]
+principals:
+  - {{clientId: {OP_CLIENT}, objectId: {OP_OID}, secret: {OP_SECRET}, operator: true}}
+  - {{clientId: {NOBODY_CLIENT}, objectId: {NOBODY_OID}, secret: nobody, armScopes: []}}
+identities:
+  - {{subscriptionId: {SUB}, resourceGroup: rg, name: uai1, location: westus, principalId: {UAI_PRINCIPAL}}}
+vaults:
+  - name: kv-ap
+    subscriptionId: {SUB}
+    resourceGroup: rg
+    location: westus
+    enablePurgeProtection: true
+    keys:
+      - {{name: k2048, versions: [{{version: {V1}}}]}}
+      - {{name: k4096, versions: [{{version: {V1}, size: 4096}}]}}
+      - {{name: kec, versions: [{{version: {V1}, kty: EC}}]}}
+      - {{name: kdis, versions: [{{version: {V1}, enabled: false}}]}}
+      - {{name: kexp, versions: [{{version: {V1}, exp: "2020-01-01T00:00:00Z"}}]}}
+  - name: kv-rbac
+    subscriptionId: {SUB}
+    resourceGroup: rg
+    location: westus
+    enableRbacAuthorization: true
+    enablePurgeProtection: true
+    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
+  - name: kv-east
+    subscriptionId: {SUB}
+    resourceGroup: rg
+    location: eastus
+    enablePurgeProtection: true
+    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
+  - name: kv-nopp
+    subscriptionId: {SUB}
+    resourceGroup: rg
+    location: westus
+    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
+  - name: kv-other
+    subscriptionId: {OTHER_SUB}
+    resourceGroup: rg2
+    location: westus
+    enablePurgeProtection: true
+    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
+"#
+    );
+    Seed::from_yaml(&y).expect("seed parses")
+}
+
+struct T {
+    sim: Simulator,
+    http: Client,
+    token: String,
+}
+
+fn client(sim: &Simulator) -> Client {
+    let cert = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], sim.base_url().port().unwrap()));
+    let mut b = Client::builder().tls_certs_only([cert]).no_proxy();
+    for v in ["kv-ap", "kv-rbac", "kv-east", "kv-nopp", "kv-other"] {
+        b = b.resolve(&format!("{v}.vault.localhost"), addr);
+    }
+    b.build().unwrap()
+}
+
+async fn start_with(cfg: SimConfig) -> T {
+    let sim = Simulator::start(SimConfig { seed: Some(seed()), ..cfg }).await.expect("sim starts");
+    let http = client(&sim);
+    let token = token(&http, &sim, OP_CLIENT, OP_SECRET, "https://management.azure.com/.default").await;
+    T { sim, http, token }
+}
+
+async fn start() -> T {
+    start_with(SimConfig::default()).await
+}
+
+async fn token(http: &Client, sim: &Simulator, client_id: &str, secret: &str, scope: &str) -> String {
+    let url = sim.base_url().join(&format!("{TENANT}/oauth2/v2.0/token")).unwrap();
+    let r = http
+        .post(url)
+        .form(&[
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("scope", scope),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Resp {
+    fn header(&self, h: &str) -> Option<&str> {
+        self.headers.get(h).and_then(|v| v.to_str().ok())
+    }
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+}
+
+impl T {
+    async fn call_with(&self, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let url = self.sim.base_url().join(path.trim_start_matches('/')).unwrap();
+        let mut rb = self.http.request(method, url);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Resp { status, headers, body }
+    }
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        self.call_with(Some(&self.token.clone()), method, path, body).await
+    }
+    async fn get_cache(&self, name: &str) -> Resp {
+        self.call(Method::GET, &cache_path(name), None).await
+    }
+    async fn admin(&self, method: Method, path: &str, body: Value) -> reqwest::Response {
+        self.http.request(method, self.sim.admin_url().join(path).unwrap()).json(&body).send().await.unwrap()
+    }
+}
+
+fn cache_path(name: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/caches/{name}?api-version={API}")
+}
+
+fn vault_id(sub: &str, rg: &str, v: &str) -> String {
+    format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{v}")
+}
+
+fn cache_body(identity: Value, vault: &str, key: &str, vault_sub: &str, vault_rg: &str) -> Value {
+    json!({
+        "location": "westus",
+        "sku": {"name": "Standard_2G"},
+        "identity": identity,
+        "properties": {
+            "cacheSizeGB": 3072,
+            "subnet": format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"),
+            "encryptionSettings": {"keyEncryptionKey": {
+                "keyUrl": format!("https://{vault}.vault.azure.net/keys/{key}/{V1}"),
+                "sourceVault": {"id": vault_id(vault_sub, vault_rg, vault)}
+            }}
+        }
+    })
+}
+
+fn system() -> Value {
+    json!({"type": "SystemAssigned"})
+}
+
+fn health(r: &Resp) -> (String, String) {
+    (
+        r.body["properties"]["provisioningState"].as_str().unwrap_or_default().to_string(),
+        r.body["properties"]["health"]["state"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+async fn poll_async(t: &T, url: &str) -> Value {
+    let r = t.http.get(url).bearer_auth(&t.token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn system_assigned_cmk_cache_waits_for_key_then_access_policy_makes_it_healthy() {
+    let t = start().await;
+    let r = t.call(Method::PUT, &cache_path("c1"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["properties"]["provisioningState"], "Creating");
+    assert_eq!(r.body["properties"]["health"]["state"], "WaitingForKey");
+    assert!(r.header("x-ms-request-id").is_some());
+    assert!(r.header("x-ms-ratelimit-remaining-subscription-writes").is_some());
+    let async_url = r.header("azure-asyncoperation").expect("Azure-AsyncOperation").to_string();
+    let location = r.header("location").expect("Location").to_string();
+    let base = t.sim.base_url().to_string();
+    assert!(async_url.starts_with(&base) && async_url.contains("/ascOperations/"), "{async_url}");
+    assert!(location.starts_with(&base) && location.contains("monitor=true"), "{location}");
+    assert_eq!(r.header("retry-after"), Some("10"));
+    // systemData.createdAt follows the simulated clock
+    let created: jiff::Timestamp = r.body["systemData"]["createdAt"].as_str().unwrap().parse().unwrap();
+    assert!((created.as_second() - t.sim.now().as_second()).abs() <= 2);
+    let principal = r.body["identity"]["principalId"].as_str().expect("system principal").to_string();
+    assert_eq!(r.body["identity"]["tenantId"], TENANT);
+
+    t.sim.advance(Duration::from_secs(30 * 60));
+    let g = t.get_cache("c1").await;
+    assert_eq!(health(&g), ("Creating".into(), "WaitingForKey".into()));
+    assert_eq!(poll_async(&t, &async_url).await["status"], "InProgress");
+    let loc = t.http.get(&location).bearer_auth(&t.token).send().await.unwrap();
+    assert_eq!(loc.status(), StatusCode::ACCEPTED);
+
+    // The Date header follows the simulated clock (30 minutes ahead of the wall clock).
+    let date = g.header("date").unwrap();
+    let parsed = jiff::fmt::rfc2822::parse(date).unwrap().timestamp();
+    assert!(parsed.as_second() - jiff::Timestamp::now().as_second() >= 29 * 60, "{date}");
+
+    // Grant access the way the operator would: add an access policy.
+    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": principal, "permissions": {"keys": ["get", "wrapKey", "unwrapKey"]}}]}});
+    let r = t
+        .call(
+            Method::PUT,
+            &format!("{}/accessPolicies/add?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")),
+            Some(ap),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let g = t.get_cache("c1").await;
+    assert_eq!(health(&g), ("Creating".into(), "Transitioning".into()));
+    t.sim.advance(Duration::from_secs(5 * 60));
+    let g = t.get_cache("c1").await;
+    assert_eq!(health(&g), ("Succeeded".into(), "Healthy".into()));
+    assert_eq!(poll_async(&t, &async_url).await["status"], "Succeeded");
+    let loc = t.http.get(&location).bearer_auth(&t.token).send().await.unwrap();
+    assert_eq!(loc.status(), StatusCode::OK);
+    let body: Value = loc.json().await.unwrap();
+    assert_eq!(body["name"], "c1");
+
+    // Only the needed permissions count: a policy with just "get" is not enough for another cache.
+    let r = t.call(Method::PUT, &cache_path("c2"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let p2 = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": p2, "permissions": {"keys": ["get"]}}]}});
+    t.call(
+        Method::PUT,
+        &format!("{}/accessPolicies/add?api-version=2023-07-01", vault_id(SUB, "rg", "kv-ap")),
+        Some(ap),
+    )
+    .await;
+    t.sim.advance(Duration::from_secs(10 * 60));
+    assert_eq!(health(&t.get_cache("c2").await).1, "WaitingForKey");
+    t.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn rbac_vault_role_assignment_makes_cache_healthy_and_role_assignments_behave() {
+    let t = start().await;
+    let r = t.call(Method::PUT, &cache_path("r1"), Some(cache_body(system(), "kv-rbac", "k2048", SUB, "rg"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    // An access policy does nothing on an RBAC vault.
+    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": principal, "permissions": {"keys": ["all"]}}]}});
+    t.call(
+        Method::PUT,
+        &format!("{}/accessPolicies/add?api-version=2025-05-01", vault_id(SUB, "rg", "kv-rbac")),
+        Some(ap),
+    )
+    .await;
+    t.sim.advance(Duration::from_secs(20 * 60));
+    assert_eq!(health(&t.get_cache("r1").await).1, "WaitingForKey");
+
+    let scope = vault_id(SUB, "rg", "kv-rbac");
+    let name = "5a3c1c8e-0000-4000-8000-000000000001";
+    let ra_path = format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version=2022-04-01");
+    let body = json!({"properties": {
+        "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{CRYPTO_SEU}"),
+        "principalId": principal, "principalType": "ServicePrincipal"}});
+    let r = t.call(Method::PUT, &ra_path, Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["type"], "Microsoft.Authorization/roleAssignments");
+    assert_eq!(r.body["properties"]["scope"], scope);
+    // identical re-PUT: idempotent
+    let r = t.call(Method::PUT, &ra_path, Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // same principal+role+scope under another name: conflict
+    let other = ra_path.replace("000000000001?", "000000000002?");
+    let r = t.call(Method::PUT, &other, Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.code(), "RoleAssignmentExists");
+    // list by principal
+    let r = t
+        .call(
+            Method::GET,
+            &format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter=principalId%20eq%20'{principal}'"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
+
+    assert_eq!(health(&t.get_cache("r1").await), ("Creating".into(), "Transitioning".into()));
+    t.sim.advance(Duration::from_secs(5 * 60));
+    assert_eq!(health(&t.get_cache("r1").await), ("Succeeded".into(), "Healthy".into()));
+
+    // unknown role and non-GUID names are refused
+    let bad = json!({"properties": {"roleDefinitionId": "/providers/Microsoft.Authorization/roleDefinitions/00000000-0000-0000-0000-000000000000", "principalId": principal}});
+    let r = t.call(Method::PUT, &ra_path.replace("000000000001?", "000000000003?"), Some(bad)).await;
+    assert_eq!(r.code(), "RoleDefinitionDoesNotExist");
+    let r = t.call(Method::PUT, &ra_path.replace(name, "not-a-guid"), Some(body)).await;
+    assert_eq!(r.code(), "InvalidRoleAssignmentId");
+    let r = t.call(Method::DELETE, &ra_path, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = t.call(Method::GET, &ra_path, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.code(), "RoleAssignmentNotFound");
+}
+
+#[tokio::test]
+async fn without_a_grant_the_cache_fails_after_the_authorization_window() {
+    let t = start().await;
+    let r = t.call(Method::PUT, &cache_path("f1"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let async_url = r.header("azure-asyncoperation").unwrap().to_string();
+    let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    t.sim.advance(Duration::from_secs(89 * 60));
+    assert_eq!(health(&t.get_cache("f1").await).1, "WaitingForKey");
+    t.sim.advance(Duration::from_secs(2 * 60));
+    assert_eq!(health(&t.get_cache("f1").await), ("Failed".into(), "Down".into()));
+    let op = poll_async(&t, &async_url).await;
+    assert_eq!(op["status"], "Failed");
+    assert!(op["error"]["code"].is_string() && op["error"]["message"].is_string());
+    // a late grant does not revive it
+    let g = t.admin(Method::POST, "grants", json!({"vaultName": "kv-ap", "principalId": principal})).await;
+    assert_eq!(g.status(), StatusCode::OK);
+    assert_eq!(health(&t.get_cache("f1").await).0, "Failed");
+}
+
+#[tokio::test]
+async fn user_assigned_identity_with_existing_access_goes_straight_to_transitioning() {
+    let t = start().await;
+    assert_eq!(
+        t.admin(Method::POST, "grants", json!({"vaultName": "kv-ap", "principalId": UAI_PRINCIPAL})).await.status(),
+        StatusCode::OK
+    );
+    let uai = format!(
+        "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai1"
+    );
+    let identity = json!({"type": "UserAssigned", "userAssignedIdentities": {uai.clone(): {}}});
+    let r = t.call(Method::PUT, &cache_path("u1"), Some(cache_body(identity, "kv-ap", "k2048", SUB, "rg"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["identity"]["userAssignedIdentities"][&uai]["principalId"], UAI_PRINCIPAL);
+    assert!(r.body["identity"]["userAssignedIdentities"][&uai]["clientId"].is_string());
+    assert_eq!(health(&r), ("Creating".into(), "Transitioning".into()));
+    t.sim.advance(Duration::from_secs(10 * 60));
+    assert_eq!(health(&t.get_cache("u1").await), ("Succeeded".into(), "Healthy".into()));
+
+    // immutable fields
+    let mut b = cache_body(
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai.clone(): {}}}),
+        "kv-ap",
+        "k2048",
+        SUB,
+        "rg",
+    );
+    b["sku"]["name"] = json!("Standard_4G");
+    let r = t.call(Method::PUT, &cache_path("u1"), Some(b.clone())).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "PropertyChangeNotAllowed"));
+    b["sku"]["name"] = json!("Standard_2G");
+    b["location"] = json!("eastus");
+    let r = t.call(Method::PUT, &cache_path("u1"), Some(b.clone())).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "InvalidResourceLocation"));
+    let r = t
+        .call(
+            Method::PATCH,
+            &cache_path("u1"),
+            Some(json!({"properties": {"encryptionSettings": null}, "identity": {"type": "SystemAssigned"}})),
+        )
+        .await;
+    assert_eq!(r.code(), "PropertyChangeNotAllowed");
+    // PATCH tags → 202 + LRO headers, Updating until done
+    let r = t.call(Method::PATCH, &cache_path("u1"), Some(json!({"tags": {"a": "b"}}))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(r.header("location").is_some() && r.header("azure-asyncoperation").is_some());
+    let g = t.get_cache("u1").await;
+    assert_eq!(g.body["properties"]["provisioningState"], "Updating");
+    assert_eq!(g.body["tags"]["a"], "b");
+    t.sim.advance(Duration::from_secs(60));
+    assert_eq!(t.get_cache("u1").await.body["properties"]["provisioningState"], "Succeeded");
+
+    // DELETE: 202 + headers, Deleting, then 404
+    let r = t.call(Method::DELETE, &cache_path("u1"), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let loc = r.header("location").unwrap().to_string();
+    assert_eq!(t.get_cache("u1").await.body["properties"]["provisioningState"], "Deleting");
+    assert_eq!(t.http.get(&loc).bearer_auth(&t.token).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    t.sim.advance(Duration::from_secs(3 * 60));
+    let g = t.get_cache("u1").await;
+    assert_eq!((g.status, g.code()), (StatusCode::NOT_FOUND, "ResourceNotFound"));
+    assert_eq!(t.http.get(&loc).bearer_auth(&t.token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(t.call(Method::DELETE, &cache_path("u1"), None).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn system_assigned_principal_dies_with_its_cache() {
+    let t = start().await;
+    let r = t.call(Method::PUT, &cache_path("d1"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    let ra = |n: &str| {
+        format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments/{n}?api-version=2022-04-01")
+    };
+    let body = json!({"properties": {"roleDefinitionId": format!("/providers/Microsoft.Authorization/roleDefinitions/{CRYPTO_SEU}"), "principalId": principal}});
+    let r = t.call(Method::PUT, &ra("6a3c1c8e-0000-4000-8000-000000000001"), Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "principal exists while the cache does: {}", r.body);
+    t.call(Method::DELETE, &ra("6a3c1c8e-0000-4000-8000-000000000001"), None).await;
+    t.call(Method::DELETE, &cache_path("d1"), None).await;
+    t.sim.advance(Duration::from_secs(5 * 60));
+    let r = t.call(Method::PUT, &ra("6a3c1c8e-0000-4000-8000-000000000002"), Some(body)).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "PrincipalNotFound"));
+}
+
+#[tokio::test]
+async fn bad_keys_and_vaults_are_refused_at_create() {
+    let t = start().await;
+    let cases = [
+        ("kv-ap", "k4096", SUB, "rg", "InvalidKeySize"),
+        ("kv-ap", "kec", SUB, "rg", "InvalidKeyType"),
+        ("kv-ap", "kdis", SUB, "rg", "KeyDisabled"),
+        ("kv-ap", "kexp", SUB, "rg", "KeyExpired"),
+        ("kv-ap", "nope", SUB, "rg", "KeyNotFound"),
+        ("kv-east", "k2048", SUB, "rg", "KeyVaultLocationMismatch"),
+        ("kv-nopp", "k2048", SUB, "rg", "KeyVaultPurgeProtectionNotEnabled"),
+        ("kv-other", "k2048", OTHER_SUB, "rg2", "KeyVaultSubscriptionMismatch"),
+    ];
+    for (i, (vault, key, vsub, vrg, code)) in cases.iter().enumerate() {
+        let r = t
+            .call(Method::PUT, &cache_path(&format!("bad{i}")), Some(cache_body(system(), vault, key, vsub, vrg)))
+            .await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, *code), "{vault}/{key}: {}", r.body);
+        assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(t.get_cache(&format!("bad{i}")).await.status, StatusCode::NOT_FOUND, "nothing created");
+    }
+}
+
+#[tokio::test]
+async fn retired_mode_refuses_create() {
+    let t = start_with(SimConfig { retired: true, ..SimConfig::default() }).await;
+    let r = t.call(Method::PUT, &cache_path("x"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.code(), "OperationNotAllowed");
+    assert_eq!(r.body["error"]["message"], "Unable to create HPC Cache due to product retirement");
+    assert_eq!(t.get_cache("x").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_requests_get_arm_style_4xx() {
+    let t = start().await;
+    let garbage = t
+        .http
+        .put(t.sim.base_url().join(cache_path("g").trim_start_matches('/')).unwrap())
+        .bearer_auth(&t.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    let v: Value = garbage.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "InvalidRequestContent");
+
+    let p = format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c");
+    let r = t.call(Method::GET, &p, None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "MissingApiVersionParameter"));
+    let r = t.call(Method::GET, &format!("{p}?api-version=2099-01-01"), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "NoRegisteredProviderFound"));
+    let r = t.call(Method::GET, &format!("{p}?api-version=banana"), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "InvalidApiVersionParameter"));
+    // the vault api-version is not a cache api-version
+    let r = t.call(Method::GET, &format!("{p}?api-version=2025-05-01"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = t.call(Method::GET, &cache_path("bad.name"), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "InvalidResourceName"));
+    let r = t
+        .call(
+            Method::GET,
+            &format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Foo/bars/x?api-version={API}"),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "InvalidResourceType"));
+    let r = t.call(Method::GET, "/nonsense/path", None).await;
+    assert!(r.status.is_client_error());
+    let r = t.call(Method::GET, &cache_path("c").replace("/rg/", "/nosuchrg/"), None).await;
+    assert_eq!(r.code(), "ResourceGroupNotFound");
+    let r = t.call(Method::GET, &cache_path("c").replace(SUB, "99999999-0000-4000-8000-000000000000"), None).await;
+    assert_eq!(r.code(), "SubscriptionNotFound");
+    // case-insensitive routing
+    let r = t
+        .call(
+            Method::GET,
+            &cache_path("c")
+                .replace("resourceGroups", "RESOURCEGROUPS")
+                .replace("Microsoft.StorageCache", "microsoft.storagecache"),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "ResourceNotFound"));
+    // PUT without required fields
+    let r = t.call(Method::PUT, &cache_path("e"), Some(json!({"sku": {"name": "Standard_2G"}}))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "LocationRequired"));
+    let r = t.call(Method::PUT, &cache_path("e"), Some(json!([1, 2]))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // auth: none, wrong audience, no rights
+    let r = t.call_with(None, Method::GET, &cache_path("c"), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "AuthenticationFailed"));
+    assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+    let r = t.call_with(Some("garbage"), Method::GET, &cache_path("c"), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken"));
+    let vault_token = token(&t.http, &t.sim, OP_CLIENT, OP_SECRET, "https://vault.azure.net/.default").await;
+    let r = t.call_with(Some(&vault_token), Method::GET, &cache_path("c"), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "InvalidAuthenticationTokenAudience"));
+    let nobody = token(&t.http, &t.sim, NOBODY_CLIENT, "nobody", "https://management.azure.com/.default").await;
+    let r = t.call_with(Some(&nobody), Method::GET, &cache_path("c"), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"));
+
+    // token endpoint errors
+    let url = t.sim.base_url().join(&format!("{TENANT}/oauth2/v2.0/token")).unwrap();
+    let r = t
+        .http
+        .post(url.clone())
+        .form(&[
+            ("client_id", OP_CLIENT),
+            ("client_secret", "wrong"),
+            ("scope", "https://management.azure.com/.default"),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_client");
+    assert!(v["error_description"].as_str().unwrap().starts_with("AADSTS"));
+    let r = t.http.post(url).body("%%%").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // vault rules
+    let vp = format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap"));
+    let r = t.call(Method::PATCH, &vp, Some(json!({"properties": {"enablePurgeProtection": false}}))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "BadRequest"));
+    assert_eq!(
+        r.body["error"]["message"],
+        "The property \"enablePurgeProtection\" cannot be set to false. Enabling the purge protection for a vault is an irreversible action."
+    );
+    let r = t.call(Method::PATCH, &vp, Some(json!({"properties": {"enableSoftDelete": false}}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = t.call(Method::PATCH, &vp, Some(json!({"properties": {"softDeleteRetentionInDays": 3}}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = t
+        .call(
+            Method::PATCH,
+            &vp,
+            Some(json!({"properties": {"enablePurgeProtection": true, "softDeleteRetentionInDays": 30}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["properties"]["softDeleteRetentionInDays"], 30);
+    let r = t
+        .call(
+            Method::PUT,
+            &format!("{}/accessPolicies/delete?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn key_vault_data_plane_challenge_permissions_and_keys() {
+    let t = start().await;
+    let key_url = t.sim.vault_uri("kv-ap").join(&format!("keys/k2048/{V1}?api-version=7.5")).unwrap();
+    // 1. challenge
+    let r = t.http.get(key_url.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let chal = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+    assert_eq!(
+        chal,
+        format!("Bearer authorization=\"{}{TENANT}\", resource=\"https://vault.azure.net\"", t.sim.base_url())
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "Unauthorized");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("AKV10000"));
+    // 2. an ARM token is the wrong audience
+    let r = t.http.get(key_url.clone()).bearer_auth(&t.token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // 3. a vault token without permission → 403
+    let vt = token(&t.http, &t.sim, OP_CLIENT, OP_SECRET, "https://vault.azure.net/.default").await;
+    let r = t.http.get(key_url.clone()).bearer_auth(&vt).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "Forbidden");
+    // 4. grant, then read
+    t.admin(Method::POST, "grants", json!({"vaultName": "kv-ap", "principalId": OP_OID})).await;
+    let r = t.http.get(key_url.clone()).bearer_auth(&vt).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["key"]["kid"], format!("{}keys/k2048/{V1}", t.sim.vault_uri("kv-ap")));
+    assert_eq!(v["key"]["kty"], "RSA");
+    use base64::Engine as _;
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v["key"]["n"].as_str().unwrap()).unwrap();
+    assert_eq!(n.len(), 256);
+    assert_ne!(n[0], 0);
+    assert_eq!(v["attributes"]["recoveryLevel"], "Recoverable");
+    // latest via /keys/{name} and /keys/{name}/
+    for p in ["keys/k2048?api-version=7.5", "keys/k2048/?api-version=7.5"] {
+        let r = t.http.get(t.sim.vault_uri("kv-ap").join(p).unwrap()).bearer_auth(&vt).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{p}");
+    }
+    let r = t
+        .http
+        .get(t.sim.vault_uri("kv-ap").join("keys/k4096?api-version=7.5").unwrap())
+        .bearer_auth(&vt)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v["key"]["n"].as_str().unwrap()).unwrap().len(),
+        512
+    );
+    let r = t
+        .http
+        .get(t.sim.vault_uri("kv-ap").join("keys/missing?api-version=7.5").unwrap())
+        .bearer_auth(&vt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "KeyNotFound");
+    let r = t.http.get(t.sim.vault_uri("kv-ap").join("keys/k2048").unwrap()).bearer_auth(&vt).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "api-version is required");
+    // versions needs "list": the grant gave get/wrapKey/unwrapKey only
+    let r = t
+        .http
+        .get(t.sim.vault_uri("kv-ap").join("keys/k2048/versions?api-version=7.5").unwrap())
+        .bearer_auth(&vt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": OP_OID, "permissions": {"keys": ["list"]}}]}});
+    t.call(
+        Method::PUT,
+        &format!("{}/accessPolicies/add?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")),
+        Some(ap),
+    )
+    .await;
+    let r = t
+        .http
+        .get(t.sim.vault_uri("kv-ap").join("keys/k2048/versions?api-version=7.5").unwrap())
+        .bearer_auth(&vt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["value"][0]["kid"], format!("{}keys/k2048/{V1}", t.sim.vault_uri("kv-ap")));
+    // RBAC vault: access policies don't count, the role does
+    let r = t
+        .http
+        .get(t.sim.vault_uri("kv-rbac").join("keys/k2048?api-version=7.5").unwrap())
+        .bearer_auth(&vt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["innererror"]["code"], "ForbiddenByRbac");
+}
+
+#[tokio::test]
+async fn throttling_and_injected_faults() {
+    let t = start_with(SimConfig { throttling: true, ..SimConfig::default() }).await;
+    let vp = format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap"));
+    let first = t.call(Method::GET, &vp, None).await;
+    let remaining: u64 = first.header("x-ms-ratelimit-remaining-subscription-reads").unwrap().parse().unwrap();
+    assert!(remaining < 250);
+    let mut throttled = None;
+    for _ in 0..300 {
+        let r = t.call(Method::GET, &vp, None).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            throttled = Some(r);
+            break;
+        }
+    }
+    let r = throttled.expect("throttled within 300 reads");
+    assert_eq!(r.code(), "SubscriptionRequestsThrottled");
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    // writes have their own bucket
+    let w = t.call(Method::PATCH, &vp, Some(json!({"tags": {"x": "y"}}))).await;
+    assert_eq!(w.status, StatusCode::OK);
+
+    // injected faults on a fresh simulator without throttling
+    let t = start().await;
+    let add = t
+        .admin(
+            Method::POST,
+            "faults",
+            json!([{"route": "GET /subscriptions/.*/vaults/", "kind": "throttle", "retryAfterSeconds": 7, "count": 1},
+                                            {"route": "PATCH", "kind": "error", "status": 503, "count": 1}]),
+        )
+        .await;
+    assert_eq!(add.status(), StatusCode::OK);
+    let r = t.call(Method::GET, &vp, None).await;
+    assert_eq!((r.status, r.header("retry-after")), (StatusCode::TOO_MANY_REQUESTS, Some("7")));
+    assert_eq!(t.call(Method::GET, &vp, None).await.status, StatusCode::OK, "count exhausted");
+    assert_eq!(t.call(Method::PATCH, &vp, Some(json!({}))).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    t.admin(Method::POST, "faults", json!({"route": "/vaults/kv-ap", "kind": "drop", "count": 1})).await;
+    let url = t.sim.base_url().join(vp.trim_start_matches('/')).unwrap();
+    let dropped = async { t.http.get(url).bearer_auth(&t.token).send().await?.text().await }.await;
+    assert!(dropped.is_err(), "connection dropped");
+    t.admin(Method::POST, "faults", json!({"route": "/vaults/kv-ap", "kind": "latency", "latencyMs": 300, "count": 1}))
+        .await;
+    let start = std::time::Instant::now();
+    assert_eq!(t.call(Method::GET, &vp, None).await.status, StatusCode::OK);
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    let bad = t.admin(Method::POST, "faults", json!({"route": "x", "kind": "explode"})).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        t.http.delete(t.sim.admin_url().join("faults").unwrap()).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn refuses_non_loopback_listen_addresses() {
+    let cfg = SimConfig { listen: "0.0.0.0:0".parse().unwrap(), ..SimConfig::default() };
+    let e = Simulator::start(cfg).await.err().expect("refused");
+    assert!(e.to_string().contains("loopback"), "{e}");
+    let cfg = SimConfig { admin_listen: "0.0.0.0:0".parse().unwrap(), ..SimConfig::default() };
+    assert!(Simulator::start(cfg).await.is_err());
+}
+
+#[tokio::test]
+async fn admin_api_clock_requests_seed_and_env_file() {
+    let t = start().await;
+    let before = t.sim.now();
+    let r = t.admin(Method::POST, "clock/advance", json!({"minutes": 90})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    let now: jiff::Timestamp = v["now"].as_str().unwrap().parse().unwrap();
+    assert!(now.as_second() - before.as_second() >= 90 * 60);
+    let r = t.admin(Method::POST, "clock/advance", json!({"seconds": 30})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(t.admin(Method::POST, "clock/advance", json!({"minutes": "x"})).await.status(), StatusCode::BAD_REQUEST);
+
+    let seed = "vaults:\n  - {name: kv-new, subscriptionId: 00000000-0000-4000-8000-000000000001, resourceGroup: rg, enablePurgeProtection: true}\n";
+    let r = t.http.post(t.sim.admin_url().join("seed").unwrap()).body(seed).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = t.call(Method::GET, &format!("{}?api-version=2023-07-01", vault_id(SUB, "rg", "kv-new")), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["properties"]["vaultUri"], t.sim.vault_uri("kv-new").to_string());
+    let r = t.http.post(t.sim.admin_url().join("seed").unwrap()).body("vaults: 3").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let log = t.http.get(t.sim.admin_url().join("requests").unwrap()).send().await.unwrap().text().await.unwrap();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["method"], "GET");
+    assert_eq!(last["status"], 200);
+    assert_eq!(last["principal"], OP_OID);
+    assert!(last["path"].as_str().unwrap().ends_with("/vaults/kv-new"));
+    assert_eq!(t.sim.requests().len(), lines.len());
+    let st = t.http.get(t.sim.admin_url().join("state").unwrap()).send().await.unwrap();
+    assert_eq!(st.status(), StatusCode::OK);
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("sim.env");
+    t.sim.write_env_file(&env).unwrap();
+    let text = std::fs::read_to_string(&env).unwrap();
+    let kv: std::collections::HashMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string())))
+        .collect();
+    assert_eq!(kv["AZURE_TENANT_ID"], TENANT);
+    assert_eq!(kv["AZURE_CLIENT_ID"], OP_CLIENT);
+    assert_eq!(kv["AZURE_CLIENT_SECRET"], OP_SECRET);
+    assert_eq!(kv["AZURE_AUTHORITY_HOST"], t.sim.base_url().to_string());
+    assert_eq!(kv["HPCC_ARM_ENDPOINT"], t.sim.base_url().to_string());
+    assert_eq!(kv["HPCC_SIM_ADMIN"], t.sim.admin_url().to_string());
+    assert_eq!(kv["HPCC_RESOLVE_TO_LOOPBACK"], "true");
+    assert_eq!(kv["HPCC_KEYVAULT_DNS_SUFFIX"], "vault.localhost");
+    let ca = std::path::Path::new(&kv["HPCC_CA_FILE"]);
+    assert!(ca.is_absolute());
+    assert_eq!(std::fs::read_to_string(ca).unwrap(), t.sim.ca_pem());
+    assert!(t.sim.env().iter().any(|(k, _)| k == "HPCC_CA_FILE"));
+}
+
+#[tokio::test]
+async fn plain_http_mode_serves_without_tls() {
+    let sim =
+        Simulator::start(SimConfig { plain_http: true, seed: Some(seed()), ..SimConfig::default() }).await.unwrap();
+    assert_eq!(sim.base_url().scheme(), "http");
+    assert!(sim.ca_pem().is_empty());
+    let http = Client::new();
+    let v: Value = http
+        .get(sim.base_url().join(&format!("{TENANT}/v2.0/.well-known/openid-configuration")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["token_endpoint"].as_str().unwrap().ends_with("/oauth2/v2.0/token"));
+    assert!(!sim.env().iter().any(|(k, _)| k == "HPCC_CA_FILE"));
+}
+
+/// The real azure_identity client-secret credential against the simulator's token endpoint over TLS.
+#[tokio::test]
+async fn azure_identity_client_secret_credential_gets_a_token_that_arm_accepts() {
+    use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+    use azure_core::credentials::{Secret, TokenCredential};
+    use azure_core::http::{ClientOptions, Transport};
+    use std::sync::Arc;
+
+    let t = start().await;
+    let mut custom = CustomConfiguration::default();
+    custom.authority_host = t.sim.base_url().to_string();
+    let options = azure_identity::ClientSecretCredentialOptions {
+        client_options: ClientOptions {
+            transport: Some(Transport::new(Arc::new(client(&t.sim)))),
+            cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
+            ..Default::default()
+        },
+    };
+    let cred = azure_identity::ClientSecretCredential::new(
+        TENANT,
+        OP_CLIENT.to_string(),
+        Secret::new(OP_SECRET.to_string()),
+        Some(options),
+    )
+    .expect("credential");
+    let tok = cred.get_token(&["https://management.azure.com/.default"], None).await.expect("token from the simulator");
+    let r = t
+        .call_with(
+            Some(tok.token.secret()),
+            Method::GET,
+            &format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["name"], "kv-ap");
+    let last = t.sim.requests().last().cloned().unwrap();
+    assert_eq!(last.principal.as_deref(), Some(OP_OID));
+
+    // a wrong secret surfaces as an authentication error through the same code path
+    let mut custom = CustomConfiguration::default();
+    custom.authority_host = t.sim.base_url().to_string();
+    let options = azure_identity::ClientSecretCredentialOptions {
+        client_options: ClientOptions {
+            transport: Some(Transport::new(Arc::new(client(&t.sim)))),
+            cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
+            ..Default::default()
+        },
+    };
+    let bad = azure_identity::ClientSecretCredential::new(
+        TENANT,
+        OP_CLIENT.to_string(),
+        Secret::new("nope".to_string()),
+        Some(options),
+    )
+    .unwrap();
+    assert!(bad.get_token(&["https://management.azure.com/.default"], None).await.is_err());
+}

@@ -1,0 +1,128 @@
+//! The Helm chart against a real kube-apiserver: its rendered manifests pass a server-side dry run, it installs,
+//! and the operator's service account gets exactly the access it needs.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use support::TestCluster;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The chart directory, with its `crds/` copied from the top-level `crds/` once per test binary (`make chart-crds`).
+fn chart() -> &'static str {
+    static SYNCED: OnceLock<()> = OnceLock::new();
+    SYNCED.get_or_init(|| {
+        let status = Command::new("make").args(["-s", "-C", REPO, "chart-crds"]).status().unwrap();
+        assert!(status.success(), "make chart-crds failed");
+    });
+    concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hpc-cache-operator")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn dry_run_apply(cluster: &TestCluster, manifests: &str) -> String {
+    let mut child = cluster
+        .kubectl()
+        .args(["apply", "--dry-run=server", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(manifests.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "server-side dry run refused:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn rendered_manifests_pass_a_server_side_dry_run() {
+    let cluster = TestCluster::shared();
+    let ns = cluster.namespace("render").await;
+    let watched = cluster.namespace("watched").await;
+    let variants: [&[&str]; 3] = [
+        &[],
+        &["--set", "azure.credentials.mode=secret", "--set", "azure.credentials.secretName=azure-sp"],
+        &["--set", &format!("watchNamespaces={{{watched}}}"), "--set", "azure.credentials.clientId=0000-client"],
+    ];
+    for extra in variants {
+        let rendered = run(cluster.helm().args(["template", "hpcc", chart(), "--namespace", &ns]).args(extra));
+        let applied = dry_run_apply(cluster, &rendered);
+        for kind in ["deployment.apps/", "serviceaccount/", "role.rbac.authorization.k8s.io/hpcc-"] {
+            assert!(applied.contains(kind), "{kind} missing from {extra:?}:\n{applied}");
+        }
+        let cluster_wide = applied.contains("clusterrole.rbac.authorization.k8s.io/");
+        assert_eq!(cluster_wide, extra.iter().all(|a| !a.starts_with("watchNamespaces")), "{applied}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_credentials_mode_is_refused_at_render_time() {
+    let cluster = TestCluster::shared();
+    let out = cluster
+        .helm()
+        .args(["template", "hpcc", chart(), "--set", "azure.credentials.mode=password"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("azure.credentials.mode"), "{out:?}");
+}
+
+fn can_i(cluster: &TestCluster, sa: &str, args: &[&str]) -> bool {
+    let out = cluster.kubectl().args(["auth", "can-i", "--as", sa]).args(args).output().unwrap();
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i {args:?}: {other} {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+#[tokio::test]
+async fn helm_install_deploys_the_operator_with_least_privilege() {
+    let cluster = TestCluster::shared();
+    let ns = cluster.namespace("install").await;
+    let release = format!("hpcc-{}", ns.rsplit('-').next().unwrap());
+    run(cluster.helm().args(["install", &release, chart(), "--namespace", &ns]));
+
+    let status = run(cluster.helm().args(["status", &release, "--namespace", &ns, "-o", "json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["info"]["status"], "deployed", "{status}");
+
+    let name = format!("{release}-hpc-cache-operator");
+    run(cluster.kubectl().args(["get", "-n", &ns, "deployment", &name]));
+    run(cluster.kubectl().args(["get", "-n", &ns, "serviceaccount", &name]));
+    run(cluster.kubectl().args(["get", "clusterrole", &name]));
+    // The chart ships the CRD (copied from crds/ by `make chart-crds`).
+    run(cluster.kubectl().args(["get", "crd", "hpccaches.hpccache.io"]));
+
+    let sa = format!("system:serviceaccount:{ns}:{name}");
+    for allowed in [
+        &["watch", "hpccaches.hpccache.io", "-A"][..],
+        &["patch", "hpccaches.hpccache.io", "--subresource=status", "-n", "anywhere"],
+        &["update", "hpccaches.hpccache.io", "--subresource=finalizers", "-n", "anywhere"],
+        &["create", "events.events.k8s.io", "-n", "anywhere"],
+        &["update", "leases.coordination.k8s.io", "-n", &ns],
+    ] {
+        assert!(can_i(cluster, &sa, allowed), "the operator cannot {allowed:?}");
+    }
+    for denied in [
+        &["get", "secrets", "-n", &ns][..],
+        &["delete", "hpccaches.hpccache.io", "-n", "anywhere"],
+        &["create", "hpccaches.hpccache.io", "-n", "anywhere"],
+        &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["create", "pods", "-n", &ns],
+    ] {
+        assert!(!can_i(cluster, &sa, denied), "the operator may {denied:?}, more than it needs");
+    }
+
+    run(cluster.helm().args(["uninstall", &release, "--namespace", &ns]));
+    let gone = cluster.kubectl().args(["get", "clusterrole", &name]).output().unwrap();
+    assert!(!gone.status.success(), "clusterrole {name} left behind by helm uninstall");
+}

@@ -39,10 +39,7 @@ impl Challenge {
         }
         let params = parse_params(rest);
         let get = |names: &[&str]| {
-            params
-                .iter()
-                .find(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n)))
-                .map(|(_, v)| v.clone())
+            params.iter().find(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n))).map(|(_, v)| v.clone())
         };
         let c = Challenge {
             authorization: get(&["authorization", "authorization_uri"]),
@@ -64,9 +61,7 @@ impl Challenge {
     /// Tenant id from the authority URL (its first path segment).
     pub fn tenant_id(&self) -> Option<String> {
         let u = Url::parse(self.authorization.as_deref()?).ok()?;
-        u.path_segments()?
-            .find(|s| !s.is_empty())
-            .map(str::to_string)
+        u.path_segments()?.find(|s| !s.is_empty()).map(str::to_string)
     }
 
     /// Check that a token for this challenge may be sent to `host`: the host must be a Key Vault host of the cloud
@@ -74,17 +69,9 @@ impl Challenge {
     /// domain of the host (the rule the Azure SDKs apply).
     pub fn verify(&self, host: &str, cloud: &CloudConfig) -> Result<(), String> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let suffix = format!(
-            ".{}",
-            cloud
-                .keyvault_dns_suffix
-                .trim_start_matches('.')
-                .to_ascii_lowercase()
-        );
+        let suffix = format!(".{}", cloud.keyvault_dns_suffix.trim_start_matches('.').to_ascii_lowercase());
         if !host.ends_with(&suffix) || host.len() == suffix.len() {
-            return Err(format!(
-                "refusing to authenticate to {host}: not a Key Vault host (*{suffix})"
-            ));
+            return Err(format!("refusing to authenticate to {host}: not a Key Vault host (*{suffix})"));
         }
         let scope = self.token_scope().ok_or("challenge names no resource")?;
         let resource = scope.trim_end_matches("/.default");
@@ -92,17 +79,12 @@ impl Challenge {
             .ok()
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .ok_or_else(|| format!("challenge resource {resource:?} is not a URL"))?;
-        let audience_host = Url::parse(&cloud.keyvault_audience)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
-        if audience_host.as_deref() == Some(resource_host.as_str())
-            || host.ends_with(&format!(".{resource_host}"))
-        {
+        let audience_host =
+            Url::parse(&cloud.keyvault_audience).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        if audience_host.as_deref() == Some(resource_host.as_str()) || host.ends_with(&format!(".{resource_host}")) {
             Ok(())
         } else {
-            Err(format!(
-                "challenge resource {resource} does not match the Key Vault host {host}"
-            ))
+            Err(format!("challenge resource {resource} does not match the Key Vault host {host}"))
         }
     }
 }
@@ -175,36 +157,23 @@ mod tests {
     #[test]
     fn parses_recorded_challenge() {
         let c = Challenge::parse(RECORDED).unwrap();
-        assert_eq!(
-            c.authorization.as_deref(),
-            Some("https://login.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47")
-        );
+        assert_eq!(c.authorization.as_deref(), Some("https://login.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47"));
         assert_eq!(c.resource.as_deref(), Some("https://vault.azure.net"));
-        assert_eq!(
-            c.token_scope().as_deref(),
-            Some("https://vault.azure.net/.default")
-        );
-        assert_eq!(
-            c.tenant_id().as_deref(),
-            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
-        );
+        assert_eq!(c.token_scope().as_deref(), Some("https://vault.azure.net/.default"));
+        assert_eq!(c.tenant_id().as_deref(), Some("72f988bf-86f1-41af-91ab-2d7cd011db47"));
     }
 
     #[test]
     fn parses_variants() {
         let c = Challenge::parse(r#"bearer authorization_uri="https://login.microsoftonline.com/t1",scope="https://vault.azure.net/.default""#)
             .unwrap();
-        assert_eq!(
-            c.token_scope().as_deref(),
-            Some("https://vault.azure.net/.default")
-        );
+        assert_eq!(c.token_scope().as_deref(), Some("https://vault.azure.net/.default"));
         assert_eq!(c.tenant_id().as_deref(), Some("t1"));
-        let c = Challenge::parse(r#"PoP nonce="abc", Bearer authorization=https://login.windows.net/t2, resource=https://vault.azure.net/"#)
-            .unwrap();
-        assert_eq!(
-            c.token_scope().as_deref(),
-            Some("https://vault.azure.net/.default")
-        );
+        let c = Challenge::parse(
+            r#"PoP nonce="abc", Bearer authorization=https://login.windows.net/t2, resource=https://vault.azure.net/"#,
+        )
+        .unwrap();
+        assert_eq!(c.token_scope().as_deref(), Some("https://vault.azure.net/.default"));
         assert_eq!(c.tenant_id().as_deref(), Some("t2"));
         assert!(Challenge::parse("Basic realm=\"x\"").is_none());
         assert!(Challenge::parse("Bearer authorization=\"https://login.windows.net/t\"").is_none());
@@ -222,12 +191,12 @@ mod tests {
         assert!(c.verify("kv.vault.azure.net.evil.com", &cloud).is_err());
         assert!(c.verify("kvvault.azure.net", &cloud).is_err());
         // A Key Vault host asking for some other audience is refused.
-        let arm = Challenge::parse(r#"Bearer authorization="https://login.windows.net/t", resource="https://management.azure.com""#).unwrap();
+        let arm = Challenge::parse(
+            r#"Bearer authorization="https://login.windows.net/t", resource="https://management.azure.com""#,
+        )
+        .unwrap();
         assert!(arm.verify("kv.vault.azure.net", &cloud).is_err());
         // Sovereign cloud: the public suffix is not accepted.
-        assert!(
-            c.verify("kv.vault.azure.net", &CloudConfig::china())
-                .is_err()
-        );
+        assert!(c.verify("kv.vault.azure.net", &CloudConfig::china()).is_err());
     }
 }

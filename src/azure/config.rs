@@ -91,11 +91,7 @@ pub enum CredentialChoice {
 impl std::str::FromStr for CredentialChoice {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        let norm: String = s
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let norm: String = s.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
         Ok(match norm.as_str() {
             "" | "auto" | "default" => Self::Auto,
             "workload" | "workloadidentity" => Self::WorkloadIdentity,
@@ -159,10 +155,7 @@ impl std::fmt::Debug for AzureConfig {
             .field("write_burst", &self.write_burst)
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
-            .field(
-                "client_secret",
-                &self.client_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
             .field("federated_token_file", &self.federated_token_file)
             .finish_non_exhaustive()
     }
@@ -207,19 +200,11 @@ impl AzureConfig {
     /// `HPCC_ARM_WRITE_BURST`, and `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`,
     /// `AZURE_FEDERATED_TOKEN_FILE`.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let var = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let var = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let mut cfg = Self::default();
         let cloud_name = var("AZURE_CLOUD").unwrap_or_else(|| "AzurePublicCloud".into());
         let custom;
-        cfg.cloud = match cloud_name
-            .to_ascii_lowercase()
-            .replace(['-', '_', ' '], "")
-            .as_str()
-        {
+        cfg.cloud = match cloud_name.to_ascii_lowercase().replace(['-', '_', ' '], "").as_str() {
             "azurepubliccloud" | "azurecloud" | "public" => {
                 custom = false;
                 CloudConfig::public()
@@ -285,9 +270,7 @@ impl AzureConfig {
         }
         cfg.tenant_id = var("AZURE_TENANT_ID");
         cfg.client_id = var("AZURE_CLIENT_ID");
-        cfg.client_secret = get("AZURE_CLIENT_SECRET")
-            .filter(|s| !s.is_empty())
-            .map(Secret::new);
+        cfg.client_secret = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty()).map(Secret::new);
         cfg.federated_token_file = var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from);
         Ok(cfg)
     }
@@ -319,10 +302,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
@@ -341,16 +321,10 @@ mod tests {
     #[test]
     fn sovereign_clouds() {
         let c = AzureConfig::from_vars(vars(&[("AZURE_CLOUD", "AzureUSGovernment")])).unwrap();
-        assert_eq!(
-            c.cloud.arm_endpoint.as_str(),
-            "https://management.usgovcloudapi.net/"
-        );
+        assert_eq!(c.cloud.arm_endpoint.as_str(), "https://management.usgovcloudapi.net/");
         assert_eq!(c.cloud.keyvault_dns_suffix, "vault.usgovcloudapi.net");
         let c = AzureConfig::from_vars(vars(&[("AZURE_CLOUD", "AzureChinaCloud")])).unwrap();
-        assert_eq!(
-            c.cloud.authority_host.as_str(),
-            "https://login.chinacloudapi.cn/"
-        );
+        assert_eq!(c.cloud.authority_host.as_str(), "https://login.chinacloudapi.cn/");
         assert_eq!(c.cloud.keyvault_audience, "https://vault.azure.cn");
         assert!(AzureConfig::from_vars(vars(&[("AZURE_CLOUD", "Mars")])).is_err());
         assert!(AzureConfig::from_vars(vars(&[("AZURE_CLOUD", "custom")])).is_err());
@@ -361,10 +335,7 @@ mod tests {
         let c = AzureConfig::from_vars(vars(&[
             ("AZURE_CLOUD", "custom"),
             ("HPCC_ARM_ENDPOINT", "https://management.azure.com:8443"),
-            (
-                "AZURE_AUTHORITY_HOST",
-                "https://login.microsoftonline.com:8443",
-            ),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com:8443"),
             ("HPCC_KEYVAULT_DNS_SUFFIX", ".Vault.Azure.Net"),
             ("HPCC_CA_FILE", "/tmp/ca.pem"),
             ("HPCC_RESOLVE_TO_LOOPBACK", "true"),
@@ -374,20 +345,11 @@ mod tests {
             ("AZURE_CLIENT_SECRET", "s3cret"),
         ]))
         .unwrap();
-        assert_eq!(
-            c.cloud.arm_endpoint.as_str(),
-            "https://management.azure.com:8443/"
-        );
-        assert_eq!(
-            c.cloud.authority_host.as_str(),
-            "https://login.microsoftonline.com:8443/"
-        );
+        assert_eq!(c.cloud.arm_endpoint.as_str(), "https://management.azure.com:8443/");
+        assert_eq!(c.cloud.authority_host.as_str(), "https://login.microsoftonline.com:8443/");
         assert_eq!(c.cloud.arm_audience, "https://management.azure.com");
         assert_eq!(c.cloud.keyvault_dns_suffix, "vault.azure.net");
-        assert_eq!(
-            c.ca_file.as_deref(),
-            Some(std::path::Path::new("/tmp/ca.pem"))
-        );
+        assert_eq!(c.ca_file.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
         assert!(c.resolve_to_loopback);
         assert_eq!(c.credential, CredentialChoice::ClientSecret);
         assert_eq!(c.client_secret.as_ref().unwrap().secret(), "s3cret");

@@ -7,12 +7,7 @@ use std::time::Duration;
 pub enum AzureError {
     /// Azure answered with an error status (body parsed from ARM `CloudError` or Key Vault `KeyVaultError`).
     #[error("Azure returned {status} {code}: {message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Api { status: u16, code: String, message: String, retry_after: Option<Duration> },
     /// Throttled (429) beyond what the client will wait for inside one call; try again after `retry_after`.
     #[error("throttled by Azure; retry after {}s", retry_after.as_secs_f64())]
     Throttled { retry_after: Duration },
@@ -59,8 +54,7 @@ impl AzureError {
         match self {
             AzureError::Throttled { .. } | AzureError::Transport(_) => true,
             AzureError::Api { status, code, .. } => {
-                retryable_status(*status)
-                    || TRANSIENT_CODES.iter().any(|c| c.eq_ignore_ascii_case(code))
+                retryable_status(*status) || TRANSIENT_CODES.iter().any(|c| c.eq_ignore_ascii_case(code))
             }
             AzureError::Auth(_) | AzureError::Decode(_) => false,
         }
@@ -87,19 +81,10 @@ impl AzureError {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
             let reason = http_reason(status).to_string();
-            let message = if text.is_empty() {
-                reason.clone()
-            } else {
-                truncate(text, 500)
-            };
+            let message = if text.is_empty() { reason.clone() } else { truncate(text, 500) };
             (reason.replace(' ', ""), message)
         });
-        AzureError::Api {
-            status,
-            code,
-            message,
-            retry_after,
-        }
+        AzureError::Api { status, code, message, retry_after }
     }
 }
 
@@ -112,27 +97,12 @@ fn parse_error_body(body: &[u8]) -> Option<(String, String)> {
     let err = v.get("error")?;
     // Entra token errors are `{"error": "invalid_client", "error_description": ...}`.
     if let Some(code) = err.as_str() {
-        let msg = v
-            .get("error_description")
-            .and_then(|m| m.as_str())
-            .unwrap_or_default();
+        let msg = v.get("error_description").and_then(|m| m.as_str()).unwrap_or_default();
         return Some((code.to_string(), msg.to_string()));
     }
-    let code = err
-        .get("code")
-        .and_then(|c| c.as_str())
-        .unwrap_or("Unknown")
-        .to_string();
-    let mut message = err
-        .get("message")
-        .and_then(|m| m.as_str())
-        .unwrap_or_default()
-        .to_string();
-    if let Some(inner) = err
-        .get("innererror")
-        .and_then(|i| i.get("code"))
-        .and_then(|c| c.as_str())
-    {
+    let code = err.get("code").and_then(|c| c.as_str()).unwrap_or("Unknown").to_string();
+    let mut message = err.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string();
+    if let Some(inner) = err.get("innererror").and_then(|i| i.get("code")).and_then(|c| c.as_str()) {
         message = format!("{message} (innererror: {inner})");
     }
     Some((code, message))
@@ -150,10 +120,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 fn http_reason(status: u16) -> &'static str {
-    reqwest::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Unknown")
+    reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Unknown")
 }
 
 #[cfg(test)]
@@ -189,19 +156,14 @@ mod tests {
         let e = AzureError::from_response(502, b"<html>bad gateway</html>", None);
         assert_eq!(e.code(), Some("BadGateway"));
         assert!(e.is_retryable());
-        let e = AzureError::from_response(
-            400,
-            br#"{"error":"invalid_client","error_description":"AADSTS7000215"}"#,
-            None,
-        );
+        let e =
+            AzureError::from_response(400, br#"{"error":"invalid_client","error_description":"AADSTS7000215"}"#, None);
         assert_eq!(e.code(), Some("invalid_client"));
     }
 
     #[test]
     fn retryability() {
-        let throttled = AzureError::Throttled {
-            retry_after: Duration::from_secs(30),
-        };
+        let throttled = AzureError::Throttled { retry_after: Duration::from_secs(30) };
         assert!(throttled.is_retryable());
         assert_eq!(throttled.retry_after(), Some(Duration::from_secs(30)));
         assert_eq!(throttled.status(), Some(429));

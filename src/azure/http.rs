@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_identity::{
-    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
-    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
 };
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -57,8 +57,7 @@ pub(crate) struct Resp {
 
 impl Resp {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, AzureError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| AzureError::Decode(format!("status {}: {e}", self.status)))
+        serde_json::from_slice(&self.body).map_err(|e| AzureError::Decode(format!("status {}: {e}", self.status)))
     }
 
     pub fn error(&self) -> AzureError {
@@ -69,10 +68,7 @@ impl Resp {
 /// Token source: one azure_identity credential, or (Auto without env hints) the first of several that works.
 enum Cred {
     One(Arc<dyn TokenCredential>),
-    Chain {
-        sources: Vec<(&'static str, Arc<dyn TokenCredential>)>,
-        chosen: AtomicUsize,
-    },
+    Chain { sources: Vec<(&'static str, Arc<dyn TokenCredential>)>, chosen: AtomicUsize },
 }
 
 pub(crate) struct Inner {
@@ -83,15 +79,20 @@ pub(crate) struct Inner {
     limiter: SubscriptionLimiter,
     /// Key Vault challenges by `host:port`.
     challenges: Mutex<HashMap<String, Challenge>>,
+    /// Tokens by scope with their expiry (unix seconds). azure_identity caches too; this layer lets the observer
+    /// count real token requests only.
+    tokens: Mutex<HashMap<String, (Secret, i64)>>,
 }
+
+/// Fetch a new token when the cached one expires within this many seconds.
+const TOKEN_REFRESH_MARGIN_SECS: i64 = 300;
 
 struct LoopbackResolver;
 
 impl reqwest::dns::Resolve for LoopbackResolver {
     fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         // Port 0 is replaced by the URL's port (or the scheme default).
-        let addrs: reqwest::dns::Addrs =
-            Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
         Box::pin(async move { Ok(addrs) })
     }
 }
@@ -103,15 +104,10 @@ pub(crate) fn build_http_client(cfg: &AzureConfig) -> anyhow::Result<reqwest::Cl
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("hpc-cache-operator/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &cfg.ca_file {
-        let pem =
-            std::fs::read(path).with_context(|| format!("reading CA file {}", path.display()))?;
+        let pem = std::fs::read(path).with_context(|| format!("reading CA file {}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("parsing CA file {}", path.display()))?;
-        anyhow::ensure!(
-            !certs.is_empty(),
-            "CA file {} holds no certificate",
-            path.display()
-        );
+        anyhow::ensure!(!certs.is_empty(), "CA file {} holds no certificate", path.display());
         b = b.tls_certs_merge(certs);
     }
     if cfg.resolve_to_loopback {
@@ -122,77 +118,48 @@ pub(crate) fn build_http_client(cfg: &AzureConfig) -> anyhow::Result<reqwest::Cl
 
 fn build_credential(cfg: &AzureConfig, http: &reqwest::Client) -> anyhow::Result<Cred> {
     let client_options = || {
-        let mut o = azure_core::http::ClientOptions::default();
-        o.transport = Some(azure_core::http::Transport::new(Arc::new(http.clone())));
         let mut custom = azure_core::cloud::CustomConfiguration::default();
-        custom.authority_host = cfg
-            .cloud
-            .authority_host
-            .as_str()
-            .trim_end_matches('/')
-            .to_string();
-        o.cloud = Some(Arc::new(custom.into()));
-        // Token calls retry a little on their own; the operator requeues anyway.
-        o.retry = azure_core::http::RetryOptions::exponential(
-            azure_core::http::ExponentialRetryOptions {
+        custom.authority_host = cfg.cloud.authority_host.as_str().trim_end_matches('/').to_string();
+        azure_core::http::ClientOptions {
+            transport: Some(azure_core::http::Transport::new(Arc::new(http.clone()))),
+            cloud: Some(Arc::new(custom.into())),
+            // Token calls retry a little on their own; the operator requeues anyway.
+            retry: azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
                 max_retries: 2,
                 ..Default::default()
-            },
-        );
-        o
+            }),
+            ..Default::default()
+        }
     };
-    let tenant = || {
-        cfg.tenant_id
-            .clone()
-            .context("AZURE_TENANT_ID is required for this credential")
-    };
-    let client = || {
-        cfg.client_id
-            .clone()
-            .context("AZURE_CLIENT_ID is required for this credential")
-    };
+    let tenant = || cfg.tenant_id.clone().context("AZURE_TENANT_ID is required for this credential");
+    let client = || cfg.client_id.clone().context("AZURE_CLIENT_ID is required for this credential");
     let workload = || -> anyhow::Result<Arc<dyn TokenCredential>> {
-        let file = cfg
-            .federated_token_file
-            .clone()
-            .context("AZURE_FEDERATED_TOKEN_FILE is required for workload identity")?;
-        Ok(WorkloadIdentityCredential::new(Some(
-            WorkloadIdentityCredentialOptions {
-                credential_options: ClientAssertionCredentialOptions {
-                    client_options: client_options(),
-                },
-                client_id: Some(client()?),
-                tenant_id: Some(tenant()?),
-                token_file_path: Some(file),
-                ..Default::default()
-            },
-        ))?)
+        let file =
+            cfg.federated_token_file.clone().context("AZURE_FEDERATED_TOKEN_FILE is required for workload identity")?;
+        Ok(WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+            credential_options: ClientAssertionCredentialOptions { client_options: client_options() },
+            client_id: Some(client()?),
+            tenant_id: Some(tenant()?),
+            token_file_path: Some(file),
+        }))?)
     };
     let secret = || -> anyhow::Result<Arc<dyn TokenCredential>> {
-        let s: Secret = cfg
-            .client_secret
-            .clone()
-            .context("AZURE_CLIENT_SECRET is required for the client-secret credential")?;
+        let s: Secret =
+            cfg.client_secret.clone().context("AZURE_CLIENT_SECRET is required for the client-secret credential")?;
         Ok(ClientSecretCredential::new(
             &tenant()?,
             client()?,
             s,
-            Some(ClientSecretCredentialOptions {
-                client_options: client_options(),
-            }),
+            Some(ClientSecretCredentialOptions { client_options: client_options() }),
         )?)
     };
     let managed = || -> anyhow::Result<Arc<dyn TokenCredential>> {
-        Ok(ManagedIdentityCredential::new(Some(
-            ManagedIdentityCredentialOptions {
-                user_assigned_id: cfg.client_id.clone().map(UserAssignedId::ClientId),
-                client_options: client_options(),
-                ..Default::default()
-            },
-        ))?)
+        Ok(ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+            user_assigned_id: cfg.client_id.clone().map(UserAssignedId::ClientId),
+            client_options: client_options(),
+        }))?)
     };
-    let developer =
-        || -> anyhow::Result<Arc<dyn TokenCredential>> { Ok(DeveloperToolsCredential::new(None)?) };
+    let developer = || -> anyhow::Result<Arc<dyn TokenCredential>> { Ok(DeveloperToolsCredential::new(None)?) };
     Ok(match cfg.credential {
         CredentialChoice::WorkloadIdentity => Cred::One(workload()?),
         CredentialChoice::ClientSecret => Cred::One(secret()?),
@@ -207,10 +174,7 @@ fn build_credential(cfg: &AzureConfig, http: &reqwest::Client) -> anyhow::Result
                 Err(e) => tracing::debug!(error = %e, "managed identity unavailable"),
             }
             sources.push(("DeveloperToolsCredential", developer()?));
-            Cred::Chain {
-                sources,
-                chosen: AtomicUsize::new(usize::MAX),
-            }
+            Cred::Chain { sources, chosen: AtomicUsize::new(usize::MAX) }
         }
     })
 }
@@ -221,9 +185,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// HTTP dates (`Date`, `Retry-After`) are RFC 9110 IMF-fixdate, which RFC 2822 parsing accepts.
 pub(crate) fn parse_http_date(s: &str) -> Option<jiff::Timestamp> {
-    jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(s.trim())
-        .ok()
+    jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(s.trim()).ok()
 }
 
 /// `Retry-After` (seconds or HTTP date, relative to `date` or now), or Azure's `retry-after-ms` /
@@ -247,18 +209,12 @@ pub(crate) fn parse_retry_after(h: &HeaderMap, date: Option<jiff::Timestamp>) ->
     let at = parse_http_date(v)?;
     let now = date.unwrap_or_else(jiff::Timestamp::now);
     let d = at.duration_since(now);
-    Some(if d.is_negative() {
-        Duration::ZERO
-    } else {
-        d.unsigned_abs()
-    })
+    Some(if d.is_negative() { Duration::ZERO } else { d.unsigned_abs() })
 }
 
 /// Exponential backoff with full jitter in the upper half: base·2^attempt·[0.5, 1), capped.
 pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(MAX_BACKOFF);
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(MAX_BACKOFF);
     let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
     exp.mul_f64(jitter)
 }
@@ -278,23 +234,15 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn origin(u: &Url) -> (String, Option<String>, Option<u16>) {
-    (
-        u.scheme().to_string(),
-        u.host_str().map(str::to_ascii_lowercase),
-        u.port_or_known_default(),
-    )
+    (u.scheme().to_string(), u.host_str().map(str::to_ascii_lowercase), u.port_or_known_default())
 }
 
 impl Inner {
     pub fn new(cfg: AzureConfig, observer: Option<Arc<dyn CallObserver>>) -> anyhow::Result<Self> {
         let http = build_http_client(&cfg)?;
         let cred = build_credential(&cfg, &http)?;
-        let limiter = SubscriptionLimiter::new(
-            cfg.reads_per_second,
-            cfg.read_burst,
-            cfg.writes_per_second,
-            cfg.write_burst,
-        );
+        let limiter =
+            SubscriptionLimiter::new(cfg.reads_per_second, cfg.read_burst, cfg.writes_per_second, cfg.write_burst);
         Ok(Self {
             cfg,
             http,
@@ -302,6 +250,7 @@ impl Inner {
             observer,
             limiter,
             challenges: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -313,6 +262,12 @@ impl Inner {
 
     /// A bearer token for `scope` (cached and refreshed by azure_identity).
     pub async fn token(&self, scope: &str) -> Result<Secret, AzureError> {
+        let now = jiff::Timestamp::now().as_second();
+        if let Some((t, exp)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(scope)
+            && *exp - now > TOKEN_REFRESH_MARGIN_SECS
+        {
+            return Ok(t.clone());
+        }
         let start = Instant::now();
         let result = match &self.cred {
             Cred::One(c) => c.get_token(&[scope], None).await.map_err(|e| e.to_string()),
@@ -339,19 +294,19 @@ impl Inner {
             }
         };
         self.observe("token", result.as_ref().ok().map(|_| 200), start.elapsed());
-        result
-            .map(|t| t.token)
-            .map_err(|e| AzureError::Auth(format!("token for {scope}: {e}")))
+        let t = result.map_err(|e| AzureError::Auth(format!("token for {scope}: {e}")))?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(scope.to_string(), (t.token.clone(), t.expires_on.unix_timestamp()));
+        Ok(t.token)
     }
 
     /// A `nextLink` may only point where the first request went (so tokens never leave for another host).
     pub fn same_origin_link(&self, link: &str, base: &Url) -> Result<Url, AzureError> {
-        let u = Url::parse(link)
-            .map_err(|e| AzureError::Decode(format!("bad nextLink {link:?}: {e}")))?;
+        let u = Url::parse(link).map_err(|e| AzureError::Decode(format!("bad nextLink {link:?}: {e}")))?;
         if origin(&u) != origin(base) {
-            return Err(AzureError::Decode(format!(
-                "refusing nextLink to another origin: {link}"
-            )));
+            return Err(AzureError::Decode(format!("refusing nextLink to another origin: {link}")));
         }
         Ok(u)
     }
@@ -360,10 +315,7 @@ impl Inner {
     /// except a 429 that could not be waited out, which becomes [`AzureError::Throttled`].
     pub async fn send(&self, req: Req) -> Result<Resp, AzureError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
-        let bucket = req
-            .limit
-            .as_ref()
-            .map(|(sub, access)| (self.limiter.bucket(sub, *access), *access));
+        let bucket = req.limit.as_ref().map(|(sub, access)| (self.limiter.bucket(sub, *access), *access));
         let body = req.body;
         let mut slept = Duration::ZERO;
         let mut attempt: u32 = 0;
@@ -388,9 +340,7 @@ impl Inner {
                 rb = rb.header(reqwest::header::AUTHORIZATION, v);
             }
             if let Some(b) = &body {
-                rb = rb
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(b.clone());
+                rb = rb.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.clone());
             }
             let start = Instant::now();
             let sent = rb.send().await;
@@ -423,57 +373,30 @@ impl Inner {
                     if let Some((b, access)) = &bucket {
                         let name = match (access, &req.method) {
                             (Access::Read, _) => "x-ms-ratelimit-remaining-subscription-reads",
-                            (_, m) if *m == Method::DELETE => {
-                                "x-ms-ratelimit-remaining-subscription-deletes"
-                            }
+                            (_, m) if *m == Method::DELETE => "x-ms-ratelimit-remaining-subscription-deletes",
                             _ => "x-ms-ratelimit-remaining-subscription-writes",
                         };
-                        if let Some(n) =
-                            header_str(&headers, name).and_then(|v| v.parse::<u64>().ok())
-                        {
+                        if let Some(n) = header_str(&headers, name).and_then(|v| v.parse::<u64>().ok()) {
                             b.observe_remaining(n);
                         }
                     }
                     let date = header_str(&headers, "date").and_then(parse_http_date);
                     let retry_after = parse_retry_after(&headers, date);
-                    let resp = Resp {
-                        status,
-                        headers,
-                        body,
-                        date,
-                        retry_after,
-                    };
+                    let resp = Resp { status, headers, body, date, retry_after };
                     if !retryable_status(status) {
                         return Ok(resp);
                     }
                     // 429 means the request was not processed: always safe to resend.
                     let may_retry = status == 429 || req.idempotent;
-                    let delay =
-                        retry_after.unwrap_or_else(|| backoff(self.cfg.retry_base_delay, attempt));
-                    if !may_retry
-                        || attempt >= self.cfg.max_retries
-                        || slept + delay > self.cfg.max_retry_wait
-                    {
-                        tracing::debug!(
-                            op = req.op,
-                            status,
-                            attempt,
-                            "giving up on retryable status"
-                        );
+                    let delay = retry_after.unwrap_or_else(|| backoff(self.cfg.retry_base_delay, attempt));
+                    if !may_retry || attempt >= self.cfg.max_retries || slept + delay > self.cfg.max_retry_wait {
+                        tracing::debug!(op = req.op, status, attempt, "giving up on retryable status");
                         if status == 429 {
                             return Err(AzureError::Throttled { retry_after: delay });
                         }
-                        return Ok(Resp {
-                            retry_after: Some(delay),
-                            ..resp
-                        });
+                        return Ok(Resp { retry_after: Some(delay), ..resp });
                     }
-                    tracing::debug!(
-                        op = req.op,
-                        status,
-                        delay_ms = delay.as_millis() as u64,
-                        "retrying"
-                    );
+                    tracing::debug!(op = req.op, status, delay_ms = delay.as_millis() as u64, "retrying");
                     tokio::time::sleep(delay).await;
                     slept += delay;
                 }
@@ -485,11 +408,7 @@ impl Inner {
                         || attempt >= self.cfg.max_retries
                         || slept + delay > self.cfg.max_retry_wait
                     {
-                        return Err(AzureError::Transport(format!(
-                            "{} {}: {msg}",
-                            req.method,
-                            req.url.path()
-                        )));
+                        return Err(AzureError::Transport(format!("{} {}: {msg}", req.method, req.url.path())));
                     }
                     tokio::time::sleep(delay).await;
                     slept += delay;
@@ -512,35 +431,16 @@ impl Inner {
     /// with a token for the challenge's resource.
     pub async fn send_keyvault(&self, op: &'static str, url: Url) -> Result<Resp, AzureError> {
         let host = url.host_str().unwrap_or_default().to_string();
-        let suffix = format!(
-            ".{}",
-            self.cfg.cloud.keyvault_dns_suffix.trim_start_matches('.')
-        );
-        if !host
-            .to_ascii_lowercase()
-            .ends_with(&suffix.to_ascii_lowercase())
-            || url.scheme() != "https"
-        {
+        let suffix = format!(".{}", self.cfg.cloud.keyvault_dns_suffix.trim_start_matches('.'));
+        if !host.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()) || url.scheme() != "https" {
             return Err(AzureError::Auth(format!(
                 "refusing to call {host}: Key Vault hosts must be https://*{suffix}"
             )));
         }
         let key = Self::challenge_key(&url);
-        let cached = self
-            .challenges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        let req = |auth| Req {
-            op,
-            method: Method::GET,
-            url: url.clone(),
-            body: None,
-            auth,
-            limit: None,
-            idempotent: true,
-        };
+        let cached = self.challenges.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let req =
+            |auth| Req { op, method: Method::GET, url: url.clone(), body: None, auth, limit: None, idempotent: true };
         let first_auth = match cached.as_ref().and_then(Challenge::token_scope) {
             Some(scope) => Auth::Scope(scope),
             None => Auth::None,
@@ -549,14 +449,10 @@ impl Inner {
         if resp.status != 401 {
             return Ok(resp);
         }
-        let Some(challenge) =
-            header_str(&resp.headers, "www-authenticate").and_then(Challenge::parse)
-        else {
+        let Some(challenge) = header_str(&resp.headers, "www-authenticate").and_then(Challenge::parse) else {
             return Ok(resp);
         };
-        challenge
-            .verify(&host, &self.cfg.cloud)
-            .map_err(AzureError::Auth)?;
+        challenge.verify(&host, &self.cfg.cloud).map_err(AzureError::Auth)?;
         if cached.as_ref() == Some(&challenge) {
             // We sent a token for exactly this challenge and it was refused.
             return Ok(resp);
@@ -566,13 +462,8 @@ impl Inner {
         {
             tracing::debug!(challenge_tenant = %t, "Key Vault challenge names another tenant than the credential's");
         }
-        let scope = challenge
-            .token_scope()
-            .ok_or_else(|| AzureError::Auth("challenge without resource".into()))?;
-        self.challenges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, challenge);
+        let scope = challenge.token_scope().ok_or_else(|| AzureError::Auth("challenge without resource".into()))?;
+        self.challenges.lock().unwrap_or_else(|e| e.into_inner()).insert(key, challenge);
         self.send(req(Auth::Scope(scope))).await
     }
 }
@@ -588,24 +479,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("17"));
         assert_eq!(parse_retry_after(&h, None), Some(Duration::from_secs(17)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Sun, 06 Nov 1994 08:50:07 GMT"),
-        );
-        assert_eq!(
-            parse_retry_after(&h, Some(d)),
-            Some(Duration::from_secs(30))
-        );
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:07 GMT"),
-        );
+        h.insert("retry-after", HeaderValue::from_static("Sun, 06 Nov 1994 08:50:07 GMT"));
+        assert_eq!(parse_retry_after(&h, Some(d)), Some(Duration::from_secs(30)));
+        h.insert("retry-after", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:07 GMT"));
         assert_eq!(parse_retry_after(&h, Some(d)), Some(Duration::ZERO));
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(
-            parse_retry_after(&h, Some(d)),
-            Some(Duration::from_millis(250))
-        );
+        assert_eq!(parse_retry_after(&h, Some(d)), Some(Duration::from_millis(250)));
         assert_eq!(parse_retry_after(&HeaderMap::new(), None), None);
         let mut bad = HeaderMap::new();
         bad.insert("retry-after", HeaderValue::from_static("soon"));

@@ -52,20 +52,11 @@ impl ResourceId {
 
     /// `/subscriptions/{subscription}/resourceGroups/{resource_group}`.
     pub fn resource_group_scope(subscription: &str, resource_group: &str) -> Self {
-        Self {
-            resource_group: Some(resource_group.to_string()),
-            ..Self::subscription_scope(subscription)
-        }
+        Self { resource_group: Some(resource_group.to_string()), ..Self::subscription_scope(subscription) }
     }
 
     /// A top-level resource in a resource group.
-    pub fn new(
-        subscription: &str,
-        resource_group: &str,
-        namespace: &str,
-        resource_type: &str,
-        name: &str,
-    ) -> Self {
+    pub fn new(subscription: &str, resource_group: &str, namespace: &str, resource_type: &str, name: &str) -> Self {
         Self {
             namespace: Some(namespace.to_string()),
             segments: vec![(resource_type.to_string(), name.to_string())],
@@ -75,47 +66,25 @@ impl ResourceId {
 
     /// `…/providers/Microsoft.StorageCache/caches/{name}`.
     pub fn cache(subscription: &str, resource_group: &str, name: &str) -> Self {
-        Self::new(
-            subscription,
-            resource_group,
-            "Microsoft.StorageCache",
-            "caches",
-            name,
-        )
+        Self::new(subscription, resource_group, "Microsoft.StorageCache", "caches", name)
     }
 
     /// `…/providers/Microsoft.KeyVault/vaults/{name}`.
     pub fn vault(subscription: &str, resource_group: &str, name: &str) -> Self {
-        Self::new(
-            subscription,
-            resource_group,
-            "Microsoft.KeyVault",
-            "vaults",
-            name,
-        )
+        Self::new(subscription, resource_group, "Microsoft.KeyVault", "vaults", name)
     }
 
     /// `…/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}`.
     pub fn user_assigned_identity(subscription: &str, resource_group: &str, name: &str) -> Self {
-        Self::new(
-            subscription,
-            resource_group,
-            "Microsoft.ManagedIdentity",
-            "userAssignedIdentities",
-            name,
-        )
+        Self::new(subscription, resource_group, "Microsoft.ManagedIdentity", "userAssignedIdentities", name)
     }
 
     /// A child of this resource (`{self}/{child_type}/{child_name}`). Panics on a subscription or resource-group
     /// scope, which have no provider namespace.
     pub fn child(&self, child_type: &str, child_name: &str) -> Self {
-        assert!(
-            self.namespace.is_some(),
-            "child() needs a provider resource id"
-        );
+        assert!(self.namespace.is_some(), "child() needs a provider resource id");
         let mut c = self.clone();
-        c.segments
-            .push((child_type.to_string(), child_name.to_string()));
+        c.segments.push((child_type.to_string(), child_name.to_string()));
         c
     }
 
@@ -151,9 +120,7 @@ impl ResourceId {
 
     /// The first child `(type, name)` if any.
     pub fn child_segment(&self) -> Option<(&str, &str)> {
-        self.children()
-            .first()
-            .map(|(t, n)| (t.as_str(), n.as_str()))
+        self.children().first().map(|(t, n)| (t.as_str(), n.as_str()))
     }
 
     /// The name of the deepest resource (subnet name for a subnet id; resource group name for a resource-group
@@ -187,9 +154,7 @@ impl ResourceId {
 
     /// The id of the enclosing resource group, if any.
     pub fn resource_group_id(&self) -> Option<ResourceId> {
-        self.resource_group
-            .as_deref()
-            .map(|rg| Self::resource_group_scope(&self.subscription, rg))
+        self.resource_group.as_deref().map(|rg| Self::resource_group_scope(&self.subscription, rg))
     }
 
     /// The parent resource (drops the last child); `None` for a top-level resource or a scope.
@@ -227,22 +192,14 @@ impl FromStr for ResourceId {
     type Err = ParseResourceIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseResourceIdError {
-            id: s.to_string(),
-            reason,
-        };
-        let rest = s
-            .strip_prefix('/')
-            .ok_or_else(|| err("must start with '/'"))?;
+        let err = |reason| ParseResourceIdError { id: s.to_string(), reason };
+        let rest = s.strip_prefix('/').ok_or_else(|| err("must start with '/'"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let parts: Vec<&str> = rest.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
             return Err(err("empty path segment"));
         }
-        if parts
-            .iter()
-            .any(|p| p.chars().any(|c| c.is_whitespace() || c == '?' || c == '#'))
-        {
+        if parts.iter().any(|p| p.chars().any(|c| c.is_whitespace() || c == '?' || c == '#')) {
             return Err(err("whitespace, '?' or '#' in a segment"));
         }
         let mut it = parts.into_iter();
@@ -256,9 +213,7 @@ impl FromStr for ResourceId {
         if let Some(k) = next
             && k.eq_ignore_ascii_case("resourceGroups")
         {
-            let rg = it
-                .next()
-                .ok_or_else(|| err("missing resource group name"))?;
+            let rg = it.next().ok_or_else(|| err("missing resource group name"))?;
             id.resource_group = Some(rg.to_string());
             next = it.next();
         }
@@ -269,16 +224,14 @@ impl FromStr for ResourceId {
         }
         let ns = it.next().ok_or_else(|| err("missing provider namespace"))?;
         if !ns.contains('.') {
-            return Err(err(
-                "provider namespace must look like 'Microsoft.Something'",
-            ));
+            return Err(err("provider namespace must look like 'Microsoft.Something'"));
         }
         id.namespace = Some(ns.to_string());
         let rest: Vec<&str> = it.collect();
         if rest.is_empty() {
             return Err(err("missing resource type and name"));
         }
-        if rest.len() % 2 != 0 {
+        if !rest.len().is_multiple_of(2) {
             return Err(err("resource type without a name"));
         }
         for pair in rest.chunks(2) {
@@ -359,9 +312,7 @@ mod tests {
         assert_eq!(h(&a), h(&b));
         assert_eq!(
             a.to_string(),
-            format!(
-                "/subscriptions/{SUB}/resourceGroups/HPC-RG/providers/microsoft.keyvault/VAULTS/KV-Cmk"
-            )
+            format!("/subscriptions/{SUB}/resourceGroups/HPC-RG/providers/microsoft.keyvault/VAULTS/KV-Cmk")
         );
         // Display then parse round-trips.
         assert_eq!(a.to_string().parse::<ResourceId>().unwrap(), a);
@@ -377,18 +328,13 @@ mod tests {
         assert_eq!(id.name(), Some("vnet1"));
         assert_eq!(id.child_segment(), Some(("subnets", "cache")));
         assert_eq!(id.leaf_name(), "cache");
-        assert_eq!(
-            id.full_type().unwrap(),
-            "Microsoft.Network/virtualNetworks/subnets"
-        );
+        assert_eq!(id.full_type().unwrap(), "Microsoft.Network/virtualNetworks/subnets");
         assert!(id.is_type("Microsoft.Network", "virtualNetworks/subnets"));
         assert!(!id.is_type("Microsoft.Network", "virtualNetworks"));
         let parent = id.parent().unwrap();
         assert_eq!(
             parent.to_string(),
-            format!(
-                "/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet1"
-            )
+            format!("/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet1")
         );
         assert_eq!(parent.child("subnets", "cache"), id);
     }
@@ -398,23 +344,11 @@ mod tests {
         let s: ResourceId = format!("/subscriptions/{SUB}").parse().unwrap();
         assert_eq!(s.resource_group(), None);
         assert_eq!(s.name(), None);
-        let rg: ResourceId = format!("/subscriptions/{SUB}/resourcegroups/rg1")
-            .parse()
-            .unwrap();
-        assert_eq!(
-            rg.to_string(),
-            format!("/subscriptions/{SUB}/resourceGroups/rg1")
-        );
-        assert_eq!(
-            ResourceId::cache(SUB, "rg1", "c")
-                .resource_group_id()
-                .unwrap(),
-            rg
-        );
+        let rg: ResourceId = format!("/subscriptions/{SUB}/resourcegroups/rg1").parse().unwrap();
+        assert_eq!(rg.to_string(), format!("/subscriptions/{SUB}/resourceGroups/rg1"));
+        assert_eq!(ResourceId::cache(SUB, "rg1", "c").resource_group_id().unwrap(), rg);
         let subscription_level: ResourceId =
-            format!("/subscriptions/{SUB}/providers/Microsoft.StorageCache/caches/x")
-                .parse()
-                .unwrap();
+            format!("/subscriptions/{SUB}/providers/Microsoft.StorageCache/caches/x").parse().unwrap();
         assert_eq!(subscription_level.resource_group(), None);
         assert_eq!(subscription_level.name(), Some("x"));
     }
@@ -446,12 +380,7 @@ mod tests {
     fn serde_as_string() {
         let id = ResourceId::cache(SUB, "rg", "c");
         let j = serde_json::to_string(&id).unwrap();
-        assert_eq!(
-            j,
-            format!(
-                "\"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c\""
-            )
-        );
+        assert_eq!(j, format!("\"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c\""));
         let back: ResourceId = serde_json::from_str(&j).unwrap();
         assert_eq!(back, id);
         assert!(serde_json::from_str::<ResourceId>("\"/nope\"").is_err());

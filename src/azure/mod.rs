@@ -63,20 +63,12 @@ pub struct Observed<T> {
 
 impl<T> Observed<T> {
     fn from_resp(value: T, resp: &Resp) -> Self {
-        Self {
-            value,
-            date: resp.date,
-            retry_after: resp.retry_after,
-        }
+        Self { value, date: resp.date, retry_after: resp.retry_after }
     }
 
     /// Keep the timing, change the value.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Observed<U> {
-        Observed {
-            value: f(self.value),
-            date: self.date,
-            retry_after: self.retry_after,
-        }
+        Observed { value: f(self.value), date: self.date, retry_after: self.retry_after }
     }
 }
 
@@ -91,11 +83,7 @@ pub enum DeleteOutcome {
 
 /// The deterministic role-assignment name for (scope, principal, role): UUID v5, case-insensitive in its inputs, so
 /// a retried or repeated grant targets the same assignment and can never create a duplicate.
-pub fn role_assignment_name(
-    scope: &ResourceId,
-    principal_id: &str,
-    role_definition_guid: &str,
-) -> uuid::Uuid {
+pub fn role_assignment_name(scope: &ResourceId, principal_id: &str, role_definition_guid: &str) -> uuid::Uuid {
     let key = format!(
         "hpc-cache-operator/role-assignment|{}|{}|{}",
         scope.to_string().to_ascii_lowercase(),
@@ -121,13 +109,8 @@ impl std::fmt::Debug for Azure {
 
 impl Azure {
     /// Build the HTTP client and the credential. Does not contact Azure.
-    pub async fn new(
-        cfg: AzureConfig,
-        observer: Option<Arc<dyn CallObserver>>,
-    ) -> anyhow::Result<Azure> {
-        Ok(Azure {
-            inner: Arc::new(http::Inner::new(cfg, observer)?),
-        })
+    pub async fn new(cfg: AzureConfig, observer: Option<Arc<dyn CallObserver>>) -> anyhow::Result<Azure> {
+        Ok(Azure { inner: Arc::new(http::Inner::new(cfg, observer)?) })
     }
 
     /// The configuration in use.
@@ -149,11 +132,7 @@ impl Azure {
     }
 
     fn arm(&self, op: &'static str, method: Method, url: Url, subscription: &str) -> Req {
-        let access = if method == Method::GET {
-            Access::Read
-        } else {
-            Access::Write
-        };
+        let access = if method == Method::GET { Access::Read } else { Access::Write };
         let idempotent = method != Method::PATCH && method != Method::POST;
         Req {
             op,
@@ -172,12 +151,7 @@ impl Azure {
         id: &ResourceId,
         api_version: &str,
     ) -> Result<Observed<Option<T>>, AzureError> {
-        let req = self.arm(
-            op,
-            Method::GET,
-            self.arm_url(&id.to_string(), api_version),
-            id.subscription(),
-        );
+        let req = self.arm(op, Method::GET, self.arm_url(&id.to_string(), api_version), id.subscription());
         let resp = self.inner.send(req).await?;
         match resp.status {
             200 => Ok(Observed::from_resp(Some(resp.json()?), &resp)),
@@ -190,8 +164,7 @@ impl Azure {
 
     /// GET a cache; `None` when it does not exist.
     pub async fn get_cache(&self, id: &ResourceId) -> Result<Observed<Option<Cache>>, AzureError> {
-        self.get_optional("caches.get", id, CACHES_API_VERSION)
-            .await
+        self.get_optional("caches.get", id, CACHES_API_VERSION).await
     }
 
     /// List the caches of a subscription or resource group (one paged read), following `nextLink`.
@@ -204,10 +177,7 @@ impl Azure {
             Some(rg) => ResourceId::resource_group_scope(subscription, rg),
             None => ResourceId::subscription_scope(subscription),
         };
-        let first = self.arm_url(
-            &format!("{scope}/providers/Microsoft.StorageCache/caches"),
-            CACHES_API_VERSION,
-        );
+        let first = self.arm_url(&format!("{scope}/providers/Microsoft.StorageCache/caches"), CACHES_API_VERSION);
         let mut url = Some(first);
         let mut all = Vec::new();
         let mut last: Option<Resp> = None;
@@ -215,24 +185,16 @@ impl Azure {
         while let Some(u) = url.take() {
             pages += 1;
             if pages > 1000 {
-                return Err(AzureError::Decode(
-                    "more than 1000 pages of caches; nextLink loop?".into(),
-                ));
+                return Err(AzureError::Decode("more than 1000 pages of caches; nextLink loop?".into()));
             }
-            let resp = self
-                .inner
-                .send(self.arm("caches.list", Method::GET, u, subscription))
-                .await?;
+            let resp = self.inner.send(self.arm("caches.list", Method::GET, u, subscription)).await?;
             if resp.status != 200 {
                 return Err(resp.error());
             }
             let page: models::Page<Cache> = resp.json()?;
             all.extend(page.value);
             if let Some(next) = page.next_link.filter(|n| !n.is_empty()) {
-                url = Some(
-                    self.inner
-                        .same_origin_link(&next, &self.inner.cfg.cloud.arm_endpoint)?,
-                );
+                url = Some(self.inner.same_origin_link(&next, &self.inner.cfg.cloud.arm_endpoint)?);
             }
             last = Some(resp);
         }
@@ -242,17 +204,9 @@ impl Azure {
 
     /// PUT a cache (create or update). Returns Azure's 200/201 body; after a 202 without body, re-reads the cache.
     /// Never waits for the long-running operation: re-observe with [`Azure::get_cache`].
-    pub async fn put_cache(
-        &self,
-        id: &ResourceId,
-        cache: &Cache,
-    ) -> Result<Observed<Cache>, AzureError> {
-        let mut req = self.arm(
-            "caches.put",
-            Method::PUT,
-            self.arm_url(&id.to_string(), CACHES_API_VERSION),
-            id.subscription(),
-        );
+    pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Observed<Cache>, AzureError> {
+        let mut req =
+            self.arm("caches.put", Method::PUT, self.arm_url(&id.to_string(), CACHES_API_VERSION), id.subscription());
         req.body = Some(serde_json::to_vec(cache).map_err(|e| AzureError::Decode(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
@@ -261,15 +215,10 @@ impl Azure {
                 let retry_after = resp.retry_after;
                 let got = self.get_cache(id).await?;
                 match got.value {
-                    Some(c) => Ok(Observed {
-                        value: c,
-                        date: got.date,
-                        retry_after: retry_after.or(got.retry_after),
-                    }),
-                    None => Err(AzureError::Decode(format!(
-                        "cache {id} accepted ({}) but not found on GET",
-                        resp.status
-                    ))),
+                    Some(c) => Ok(Observed { value: c, date: got.date, retry_after: retry_after.or(got.retry_after) }),
+                    None => {
+                        Err(AzureError::Decode(format!("cache {id} accepted ({}) but not found on GET", resp.status)))
+                    }
                 }
             }
             _ => Err(resp.error()),
@@ -278,11 +227,7 @@ impl Azure {
 
     /// PATCH a cache with a JSON merge body (e.g. a new `encryptionSettings`). Non-blocking; not retried on 5xx
     /// (a PATCH is not guaranteed idempotent), only on 429.
-    pub async fn patch_cache(
-        &self,
-        id: &ResourceId,
-        patch: &serde_json::Value,
-    ) -> Result<Observed<()>, AzureError> {
+    pub async fn patch_cache(&self, id: &ResourceId, patch: &serde_json::Value) -> Result<Observed<()>, AzureError> {
         let mut req = self.arm(
             "caches.patch",
             Method::PATCH,
@@ -298,10 +243,7 @@ impl Azure {
     }
 
     /// DELETE a cache. Non-blocking: `Accepted` while Azure works on it, `Gone` once it no longer exists.
-    pub async fn delete_cache(
-        &self,
-        id: &ResourceId,
-    ) -> Result<Observed<DeleteOutcome>, AzureError> {
+    pub async fn delete_cache(&self, id: &ResourceId) -> Result<Observed<DeleteOutcome>, AzureError> {
         let req = self.arm(
             "caches.delete",
             Method::DELETE,
@@ -320,15 +262,11 @@ impl Azure {
 
     /// GET a Key Vault (management plane); `None` when it does not exist.
     pub async fn get_vault(&self, id: &ResourceId) -> Result<Observed<Option<Vault>>, AzureError> {
-        self.get_optional("vaults.get", id, VAULTS_API_VERSION)
-            .await
+        self.get_optional("vaults.get", id, VAULTS_API_VERSION).await
     }
 
     /// PATCH `enableSoftDelete: true, enablePurgeProtection: true` (both irreversible; `false` is never sent).
-    pub async fn enable_vault_protection(
-        &self,
-        id: &ResourceId,
-    ) -> Result<Observed<Vault>, AzureError> {
+    pub async fn enable_vault_protection(&self, id: &ResourceId) -> Result<Observed<Vault>, AzureError> {
         let mut req = self.arm(
             "vaults.patch",
             Method::PATCH,
@@ -355,10 +293,7 @@ impl Azure {
         object_id: &str,
         key_permissions: &[&str],
     ) -> Result<(), AzureError> {
-        let url = self.arm_url(
-            &format!("{vault}/accessPolicies/{kind}"),
-            VAULTS_API_VERSION,
-        );
+        let url = self.arm_url(&format!("{vault}/accessPolicies/{kind}"), VAULTS_API_VERSION);
         let mut req = self.arm(op, Method::PUT, url, vault.subscription());
         let body = json!({"properties": {"accessPolicies": [{
             "tenantId": tenant_id,
@@ -381,15 +316,7 @@ impl Azure {
         object_id: &str,
         key_permissions: &[&str],
     ) -> Result<(), AzureError> {
-        self.update_access_policy(
-            "accessPolicies.add",
-            "add",
-            vault,
-            tenant_id,
-            object_id,
-            key_permissions,
-        )
-        .await
+        self.update_access_policy("accessPolicies.add", "add", vault, tenant_id, object_id, key_permissions).await
     }
 
     /// `PUT …/vaults/{v}/accessPolicies/remove` for the CMK key permissions of `object_id`.
@@ -400,14 +327,7 @@ impl Azure {
         object_id: &str,
     ) -> Result<(), AzureError> {
         match self
-            .update_access_policy(
-                "accessPolicies.remove",
-                "remove",
-                vault,
-                tenant_id,
-                object_id,
-                &CMK_KEY_PERMISSIONS,
-            )
+            .update_access_policy("accessPolicies.remove", "remove", vault, tenant_id, object_id, &CMK_KEY_PERMISSIONS)
             .await
         {
             // A vault that no longer exists holds no policy.
@@ -418,12 +338,7 @@ impl Azure {
 
     // ------------------------------------------------------------------------------------------------ RBAC
 
-    fn role_assignment_url(
-        &self,
-        scope: &ResourceId,
-        principal_id: &str,
-        role_definition_guid: &str,
-    ) -> Url {
+    fn role_assignment_url(&self, scope: &ResourceId, principal_id: &str, role_definition_guid: &str) -> Url {
         let name = role_assignment_name(scope, principal_id, role_definition_guid);
         self.arm_url(
             &format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"),
@@ -440,12 +355,7 @@ impl Azure {
         role_definition_guid: &str,
     ) -> Result<(), AzureError> {
         let url = self.role_assignment_url(scope, principal_id, role_definition_guid);
-        let mut req = self.arm(
-            "roleAssignments.put",
-            Method::PUT,
-            url,
-            scope.subscription(),
-        );
+        let mut req = self.arm("roleAssignments.put", Method::PUT, url, scope.subscription());
         let body = json!({"properties": {
             "roleDefinitionId": format!(
                 "/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{}",
@@ -461,13 +371,7 @@ impl Azure {
             200 | 201 => Ok(()),
             409 => {
                 let e = resp.error();
-                if e.code()
-                    .is_some_and(|c| c.eq_ignore_ascii_case("RoleAssignmentExists"))
-                {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
+                if e.code().is_some_and(|c| c.eq_ignore_ascii_case("RoleAssignmentExists")) { Ok(()) } else { Err(e) }
             }
             _ => Err(resp.error()),
         }
@@ -481,15 +385,8 @@ impl Azure {
         role_definition_guid: &str,
     ) -> Result<(), AzureError> {
         let url = self.role_assignment_url(scope, principal_id, role_definition_guid);
-        let resp = self
-            .inner
-            .send(self.arm(
-                "roleAssignments.delete",
-                Method::DELETE,
-                url,
-                scope.subscription(),
-            ))
-            .await?;
+        let resp =
+            self.inner.send(self.arm("roleAssignments.delete", Method::DELETE, url, scope.subscription())).await?;
         match resp.status {
             200 | 202 | 204 | 404 => Ok(()),
             _ => Err(resp.error()),
@@ -503,35 +400,27 @@ impl Azure {
         &self,
         id: &ResourceId,
     ) -> Result<Option<UserAssignedIdentity>, AzureError> {
-        Ok(self
-            .get_optional("identities.get", id, IDENTITIES_API_VERSION)
-            .await?
-            .value)
+        Ok(self.get_optional("identities.get", id, IDENTITIES_API_VERSION).await?.value)
     }
 
     // ------------------------------------------------------------------------------------------------ keys
 
     fn key_url(vault_uri: &Url, segments: &[&str]) -> Result<Url, AzureError> {
         if vault_uri.scheme() != "https" {
-            return Err(AzureError::Auth(format!(
-                "refusing non-https Key Vault URI {vault_uri}"
-            )));
+            return Err(AzureError::Auth(format!("refusing non-https Key Vault URI {vault_uri}")));
         }
         let mut u = vault_uri.clone();
         u.set_query(None);
         u.set_fragment(None);
         {
-            let mut p = u
-                .path_segments_mut()
-                .map_err(|_| AzureError::Decode(format!("bad vault URI {vault_uri}")))?;
+            let mut p = u.path_segments_mut().map_err(|_| AzureError::Decode(format!("bad vault URI {vault_uri}")))?;
             p.clear();
             p.push("keys");
             for s in segments {
                 p.push(s);
             }
         }
-        u.query_pairs_mut()
-            .append_pair("api-version", KEYVAULT_API_VERSION);
+        u.query_pairs_mut().append_pair("api-version", KEYVAULT_API_VERSION);
         Ok(u)
     }
 
@@ -557,20 +446,14 @@ impl Azure {
     }
 
     /// List the versions of a key (`GET /keys/{name}/versions`, all pages); `None` when the key does not exist.
-    pub async fn list_key_versions(
-        &self,
-        vault_uri: &Url,
-        name: &str,
-    ) -> Result<Option<Vec<KeyItem>>, AzureError> {
+    pub async fn list_key_versions(&self, vault_uri: &Url, name: &str) -> Result<Option<Vec<KeyItem>>, AzureError> {
         let mut url = Some(Self::key_url(vault_uri, &[name, "versions"])?);
         let mut all = Vec::new();
         let mut pages = 0;
         while let Some(u) = url.take() {
             pages += 1;
             if pages > 1000 {
-                return Err(AzureError::Decode(
-                    "more than 1000 pages of key versions".into(),
-                ));
+                return Err(AzureError::Decode("more than 1000 pages of key versions".into()));
             }
             let resp = self.inner.send_keyvault("keys.versions", u).await?;
             match resp.status {

@@ -93,10 +93,7 @@ impl Cache {
 
     /// `properties.health.state`.
     pub fn health_state(&self) -> Option<&str> {
-        self.properties
-            .health
-            .as_ref()
-            .and_then(|h| h.state.as_deref())
+        self.properties.health.as_ref().and_then(|h| h.state.as_deref())
     }
 
     /// `systemData.createdAt`.
@@ -106,10 +103,7 @@ impl Cache {
 
     /// `properties.encryptionSettings.keyEncryptionKey`.
     pub fn key_encryption_key(&self) -> Option<&KeyVaultKeyReference> {
-        self.properties
-            .encryption_settings
-            .as_ref()
-            .and_then(|e| e.key_encryption_key.as_ref())
+        self.properties.encryption_settings.as_ref().and_then(|e| e.key_encryption_key.as_ref())
     }
 }
 
@@ -151,11 +145,7 @@ pub struct CacheSku {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheProperties {
-    #[serde(
-        default,
-        rename = "cacheSizeGB",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "cacheSizeGB", skip_serializing_if = "Option::is_none")]
     pub cache_size_gb: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
@@ -249,12 +239,7 @@ impl Vault {
     /// True when `object_id` (in `tenant_id`, if given) has every permission in `key_permissions` on keys through
     /// access policies (case-insensitive; `all` grants everything). Ignores RBAC: check
     /// `properties.enable_rbac_authorization` first.
-    pub fn access_policy_grants(
-        &self,
-        tenant_id: Option<&str>,
-        object_id: &str,
-        key_permissions: &[&str],
-    ) -> bool {
+    pub fn access_policy_grants(&self, tenant_id: Option<&str>, object_id: &str, key_permissions: &[&str]) -> bool {
         let granted: Vec<&str> = self
             .properties
             .access_policies
@@ -263,17 +248,14 @@ impl Vault {
             .filter(|p| tenant_id.is_none_or(|t| p.tenant_id.eq_ignore_ascii_case(t)))
             .flat_map(|p| p.permissions.keys.iter().map(String::as_str))
             .collect();
-        key_permissions.iter().all(|want| {
-            granted
-                .iter()
-                .any(|g| g.eq_ignore_ascii_case(want) || g.eq_ignore_ascii_case("all"))
-        })
+        key_permissions
+            .iter()
+            .all(|want| granted.iter().any(|g| g.eq_ignore_ascii_case(want) || g.eq_ignore_ascii_case("all")))
     }
 
     /// `enableSoftDelete` (default true when absent, per the spec) and `enablePurgeProtection` are both on.
     pub fn is_protected(&self) -> bool {
-        self.properties.enable_soft_delete.unwrap_or(true)
-            && self.properties.enable_purge_protection == Some(true)
+        self.properties.enable_soft_delete.unwrap_or(true) && self.properties.enable_purge_protection == Some(true)
     }
 }
 
@@ -456,9 +438,7 @@ impl JsonWebKey {
         let n = self.n.as_deref()?;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(n.trim_end_matches('='))
-            .or_else(|_| {
-                base64::engine::general_purpose::STANDARD_NO_PAD.decode(n.trim_end_matches('='))
-            })
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(n.trim_end_matches('=')))
             .ok()?;
         let first = bytes.iter().position(|b| *b != 0)?;
         let significant = &bytes[first..];
@@ -543,20 +523,14 @@ impl KeyUrl {
         let segs: Vec<&str> = u.path_segments()?.filter(|s| !s.is_empty()).collect();
         let (name, version) = match segs.as_slice() {
             [k, name] if k.eq_ignore_ascii_case("keys") => (name.to_string(), None),
-            [k, name, ver] if k.eq_ignore_ascii_case("keys") => {
-                (name.to_string(), Some(ver.to_string()))
-            }
+            [k, name, ver] if k.eq_ignore_ascii_case("keys") => (name.to_string(), Some(ver.to_string())),
             _ => return None,
         };
         let mut vault_uri = u.clone();
         vault_uri.set_path("/");
         vault_uri.set_query(None);
         vault_uri.set_fragment(None);
-        Some(Self {
-            vault_uri,
-            name,
-            version,
-        })
+        Some(Self { vault_uri, name, version })
     }
 }
 
@@ -566,11 +540,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(rel: &str) -> serde_json::Value {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/azure-specs")
-            .join(rel);
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/azure-specs").join(rel);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_str(&text).unwrap()
     }
 
@@ -589,15 +560,8 @@ mod tests {
         assert_eq!(cache.health_state(), Some("Transitioning"));
         assert_eq!(cache.sku.as_ref().unwrap().name, "Standard_2G");
         let kek = cache.key_encryption_key().unwrap();
-        assert_eq!(
-            kek.key_url,
-            "https://keyvault-cmk.vault.azure.net/keys/key2048/test"
-        );
-        assert!(
-            kek.source_vault
-                .id
-                .ends_with("/providers/Microsoft.KeyVault/vaults/keyvault-cmk")
-        );
+        assert_eq!(kek.key_url, "https://keyvault-cmk.vault.azure.net/keys/key2048/test");
+        assert!(kek.source_vault.id.ends_with("/providers/Microsoft.KeyVault/vaults/keyvault-cmk"));
         let created = cache.created_at().expect("systemData.createdAt");
         assert!(created > "2000-01-01T00:00:00Z".parse().unwrap());
         // Round trip keeps what we model.
@@ -622,18 +586,30 @@ mod tests {
     #[test]
     fn cache_put_body_is_minimal_camel_case() {
         let mut uai = BTreeMap::new();
-        uai.insert("/subscriptions/s/resourceGroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i".to_string(), UserAssignedIdentityValue::default());
+        uai.insert(
+            "/subscriptions/s/resourceGroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i"
+                .to_string(),
+            UserAssignedIdentityValue::default(),
+        );
         let cache = Cache {
             location: Some("eastus".into()),
-            identity: Some(CacheIdentity { r#type: identity_type::USER_ASSIGNED.into(), user_assigned_identities: uai, ..Default::default() }),
+            identity: Some(CacheIdentity {
+                r#type: identity_type::USER_ASSIGNED.into(),
+                user_assigned_identities: uai,
+                ..Default::default()
+            }),
             sku: Some(CacheSku { name: "Standard_2G".into() }),
             properties: CacheProperties {
                 cache_size_gb: Some(3072),
-                subnet: Some("/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v/subnets/s".into()),
+                subnet: Some(
+                    "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v/subnets/s".into(),
+                ),
                 encryption_settings: Some(CacheEncryptionSettings {
                     key_encryption_key: Some(KeyVaultKeyReference {
                         key_url: "https://kv.vault.azure.net/keys/k/v".into(),
-                        source_vault: SourceVault { id: "/subscriptions/s/resourceGroups/r/providers/Microsoft.KeyVault/vaults/kv".into() },
+                        source_vault: SourceVault {
+                            id: "/subscriptions/s/resourceGroups/r/providers/Microsoft.KeyVault/vaults/kv".into(),
+                        },
                     }),
                     rotation_to_latest_key_version_enabled: Some(false),
                 }),
@@ -665,27 +641,15 @@ mod tests {
         let ex = fixture("keyvault-mgmt/getVault.json");
         let v: Vault = serde_json::from_value(body(&ex, "200")).unwrap();
         assert_eq!(v.name.as_deref(), Some("sample-vault"));
-        assert_eq!(
-            v.properties.vault_uri.as_deref(),
-            Some("https://sample-vault.vault.azure.net")
-        );
-        assert_eq!(
-            v.properties.tenant_id.as_deref(),
-            Some("00000000-0000-0000-0000-000000000000")
-        );
-        assert!(v.access_policy_grants(
-            None,
-            "00000000-0000-0000-0000-000000000000",
-            &["get", "wrapkey", "unwrapKey"]
-        ));
+        assert_eq!(v.properties.vault_uri.as_deref(), Some("https://sample-vault.vault.azure.net"));
+        assert_eq!(v.properties.tenant_id.as_deref(), Some("00000000-0000-0000-0000-000000000000"));
+        assert!(v.access_policy_grants(None, "00000000-0000-0000-0000-000000000000", &["get", "wrapkey", "unwrapKey"]));
         assert!(!v.access_policy_grants(None, "11111111-0000-0000-0000-000000000000", &["get"]));
         let ex = fixture("keyvault-mgmt/updateVault.json");
         let _: Vault = serde_json::from_value(body(&ex, "200")).unwrap();
         let ex = fixture("keyvault-mgmt/updateAccessPoliciesAdd.json");
-        let entries: Vec<AccessPolicyEntry> = serde_json::from_value(
-            ex["parameters"]["parameters"]["properties"]["accessPolicies"].clone(),
-        )
-        .unwrap();
+        let entries: Vec<AccessPolicyEntry> =
+            serde_json::from_value(ex["parameters"]["parameters"]["properties"]["accessPolicies"].clone()).unwrap();
         assert!(!entries.is_empty());
     }
 
@@ -713,11 +677,7 @@ mod tests {
     fn role_assignment_example() {
         let ex = fixture("authorization/RoleAssignments_CreateForResource.json");
         let ra: RoleAssignment = serde_json::from_value(body(&ex, "201")).unwrap();
-        assert!(
-            ra.properties
-                .role_definition_id
-                .contains("/roleDefinitions/")
-        );
+        assert!(ra.properties.role_definition_id.contains("/roleDefinitions/"));
         assert!(!ra.properties.principal_id.is_empty());
     }
 
@@ -741,11 +701,7 @@ mod tests {
     #[test]
     fn rsa_bits_counts_significant_bits() {
         let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let key = |n: String, kty: &str| JsonWebKey {
-            kty: Some(kty.into()),
-            n: Some(n),
-            ..Default::default()
-        };
+        let key = |n: String, kty: &str| JsonWebKey { kty: Some(kty.into()), n: Some(n), ..Default::default() };
         let mut n = vec![0x80u8];
         n.extend(vec![1u8; 255]);
         assert_eq!(key(enc(&n), "RSA").rsa_bits(), Some(2048));
@@ -775,16 +731,11 @@ mod tests {
 
     #[test]
     fn key_url_parsing() {
-        let k = KeyUrl::parse(
-            "https://kv-cmk.vault.azure.net/keys/cache-key/0123456789abcdef0123456789abcdef",
-        )
-        .unwrap();
+        let k =
+            KeyUrl::parse("https://kv-cmk.vault.azure.net/keys/cache-key/0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(k.vault_uri.as_str(), "https://kv-cmk.vault.azure.net/");
         assert_eq!(k.name, "cache-key");
-        assert_eq!(
-            k.version.as_deref(),
-            Some("0123456789abcdef0123456789abcdef")
-        );
+        assert_eq!(k.version.as_deref(), Some("0123456789abcdef0123456789abcdef"));
         let k = KeyUrl::parse("https://kv.vault.azure.net:8443/keys/k").unwrap();
         assert_eq!(k.vault_uri.as_str(), "https://kv.vault.azure.net:8443/");
         assert_eq!(k.version, None);
@@ -794,10 +745,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_ignored() {
-        let c: Cache = serde_json::from_str(
-            r#"{"properties":{"provisioningState":"Creating","somethingNew":1},"extra":true}"#,
-        )
-        .unwrap();
+        let c: Cache =
+            serde_json::from_str(r#"{"properties":{"provisioningState":"Creating","somethingNew":1},"extra":true}"#)
+                .unwrap();
         assert_eq!(c.provisioning_state(), Some("Creating"));
     }
 }

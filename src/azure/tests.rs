@@ -1,1 +1,666 @@
-//! Unit tests against local stubs.
+//! Client behaviour against a scripted local HTTPS stub on 127.0.0.1 (test CA, loopback resolution, the real
+//! azure_identity client-secret flow for tokens).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use serde_json::{Value, json};
+
+use super::*;
+
+const SUB: &str = "00000000-0000-0000-0000-000000000001";
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    host: String,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Seen {
+    fn auth(&self) -> Option<&str> {
+        self.headers.get("authorization").and_then(|v| v.to_str().ok())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+type Responder = Arc<dyn Fn(&Seen, usize) -> Response + Send + Sync>;
+
+/// A scripted HTTPS server. The token endpoint is built in; everything else goes to `responder(request, n)` where
+/// `n` counts non-token requests so far.
+struct Stub {
+    port: u16,
+    ca_file: tempfile::NamedTempFile,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+impl Stub {
+    async fn start(responder: impl Fn(&Seen, usize) -> Response + Send + Sync + 'static) -> Stub {
+        let responder: Responder = Arc::new(responder);
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "azure unit-test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![
+            "management.azure.com".to_string(),
+            "login.microsoftonline.com".to_string(),
+            "*.vault.azure.net".to_string(),
+            "evil.example.com".to_string(),
+        ])
+        .unwrap();
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut ca_file, ca_cert.pem().as_bytes()).unwrap();
+
+        let chain = vec![
+            rustls::pki_types::CertificateDer::from(leaf_cert.der().to_vec()),
+            rustls::pki_types::CertificateDer::from(ca_cert.der().to_vec()),
+        ];
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let mut server =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server));
+
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let counter = Arc::new(AtomicUsize::new(0));
+        let app = {
+            let seen = seen.clone();
+            axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let seen = seen.clone();
+                let responder = responder.clone();
+                let counter = counter.clone();
+                async move {
+                    let host = headers
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                        .or_else(|| uri.authority().map(|a| a.to_string()))
+                        .unwrap_or_default();
+                    let s = Seen {
+                        method,
+                        host: host.split(':').next().unwrap_or_default().to_string(),
+                        path: uri.path().to_string(),
+                        query: uri.query().unwrap_or_default().to_string(),
+                        headers,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    };
+                    seen.lock().unwrap().push(s.clone());
+                    if s.path.ends_with("/oauth2/v2.0/token") {
+                        let form: HashMap<String, String> =
+                            url::form_urlencoded::parse(s.body.as_bytes()).into_owned().collect();
+                        let scope = form.get("scope").cloned().unwrap_or_default();
+                        if form.get("client_secret").map(String::as_str) != Some("test-secret") {
+                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"})))
+                                .into_response();
+                        }
+                        let tok = if scope.contains("vault") { "tok-kv" } else { "tok-arm" };
+                        return axum::Json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": tok}))
+                            .into_response();
+                    }
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    responder(&s, n)
+                }
+            })
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(listener, tls).unwrap().handle(handle.clone());
+        tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        Stub { port, ca_file, seen, handle }
+    }
+
+    fn config(&self) -> AzureConfig {
+        let port = self.port;
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("HPCC_ARM_ENDPOINT", format!("https://management.azure.com:{port}")),
+            ("AZURE_AUTHORITY_HOST", format!("https://login.microsoftonline.com:{port}")),
+            ("HPCC_CA_FILE", self.ca_file.path().display().to_string()),
+            ("HPCC_RESOLVE_TO_LOOPBACK", "true".into()),
+            ("HPCC_CREDENTIAL", "client-secret".into()),
+            ("AZURE_TENANT_ID", TENANT.into()),
+            ("AZURE_CLIENT_ID", "11111111-1111-1111-1111-111111111111".into()),
+            ("AZURE_CLIENT_SECRET", "test-secret".into()),
+        ]);
+        let mut cfg = AzureConfig::from_vars(|k| vars.get(k).cloned()).unwrap();
+        cfg.retry_base_delay = Duration::from_millis(10);
+        cfg.max_retry_wait = Duration::from_secs(5);
+        cfg
+    }
+
+    async fn client(&self) -> Azure {
+        Azure::new(self.config(), None).await.unwrap()
+    }
+
+    fn vault_uri(&self, name: &str) -> Url {
+        Url::parse(&format!("https://{name}.vault.azure.net:{}/", self.port)).unwrap()
+    }
+
+    /// Non-token requests.
+    fn calls(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().iter().filter(|s| !s.path.ends_with("/oauth2/v2.0/token")).cloned().collect()
+    }
+
+    fn token_calls(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().iter().filter(|s| s.path.ends_with("/oauth2/v2.0/token")).cloned().collect()
+    }
+}
+
+fn json_resp(status: u16, body: Value) -> Response {
+    let mut r = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    r.headers_mut().insert("date", "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+    r.headers_mut().insert("x-ms-request-id", "req-1".parse().unwrap());
+    r
+}
+
+fn with_header(mut r: Response, k: &'static str, v: &str) -> Response {
+    r.headers_mut().insert(k, v.parse().unwrap());
+    r
+}
+
+fn arm_error(status: u16, code: &str) -> Response {
+    json_resp(status, json!({"error": {"code": code, "message": format!("{code} happened")}}))
+}
+
+fn cache_id() -> ResourceId {
+    ResourceId::cache(SUB, "rg", "c1")
+}
+
+fn cache_body(state: &str) -> Value {
+    json!({
+        "id": cache_id().to_string(), "name": "c1", "type": "Microsoft.StorageCache/Cache", "location": "eastus",
+        "systemData": {"createdAt": "2024-05-01T10:00:00Z"},
+        "identity": {"type": "SystemAssigned", "principalId": "p-1", "tenantId": TENANT},
+        "properties": {"provisioningState": state, "health": {"state": "WaitingForKey"}}
+    })
+}
+
+#[tokio::test]
+async fn get_cache_found_and_missing() {
+    let stub = Stub::start(|s, _| {
+        if s.path.ends_with("/caches/c1") {
+            json_resp(200, cache_body("Creating"))
+        } else {
+            arm_error(404, "ResourceNotFound")
+        }
+    })
+    .await;
+    let az = stub.client().await;
+    let got = az.get_cache(&cache_id()).await.unwrap();
+    let cache = got.value.unwrap();
+    assert_eq!(cache.provisioning_state(), Some("Creating"));
+    assert_eq!(cache.health_state(), Some("WaitingForKey"));
+    assert_eq!(cache.identity.unwrap().principal_id.as_deref(), Some("p-1"));
+    assert_eq!(got.date, Some("1994-11-06T08:49:37Z".parse().unwrap()));
+    let missing = az.get_cache(&ResourceId::cache(SUB, "rg", "nope")).await.unwrap();
+    assert!(missing.value.is_none());
+
+    let calls = stub.calls();
+    assert_eq!(calls.len(), 2);
+    let c = &calls[0];
+    assert_eq!(c.method, Method::GET);
+    assert_eq!(c.host, "management.azure.com");
+    assert_eq!(c.path, format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c1"));
+    assert_eq!(c.query, format!("api-version={CACHES_API_VERSION}"));
+    assert_eq!(c.auth(), Some("Bearer tok-arm"));
+    assert!(uuid::Uuid::parse_str(c.headers["x-ms-client-request-id"].to_str().unwrap()).is_ok());
+    // One token request for both calls (azure_identity caches it), for the ARM scope.
+    let tokens = stub.token_calls();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].path, format!("/{TENANT}/oauth2/v2.0/token"));
+    assert!(tokens[0].body.contains("scope=https%3A%2F%2Fmanagement.azure.com%2F.default"));
+}
+
+#[tokio::test]
+async fn retries_429_honouring_retry_after() {
+    let stub = Stub::start(|_, n| {
+        if n == 0 {
+            with_header(arm_error(429, "SubscriptionRequestsThrottled"), "retry-after", "1")
+        } else {
+            json_resp(200, cache_body("Succeeded"))
+        }
+    })
+    .await;
+    let az = stub.client().await;
+    let start = std::time::Instant::now();
+    let got = az.get_cache(&cache_id()).await.unwrap();
+    assert!(got.value.is_some());
+    assert!(start.elapsed() >= Duration::from_secs(1), "waited {:?}", start.elapsed());
+    assert_eq!(stub.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn long_retry_after_is_returned_not_slept() {
+    let stub =
+        Stub::start(|_, _| with_header(arm_error(429, "SubscriptionRequestsThrottled"), "retry-after", "120")).await;
+    let az = stub.client().await;
+    let start = std::time::Instant::now();
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(3));
+    match err {
+        AzureError::Throttled { retry_after } => assert_eq!(retry_after, Duration::from_secs(120)),
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+    assert_eq!(stub.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn persistent_429_becomes_throttled_after_max_retries() {
+    let stub = Stub::start(|_, _| arm_error(429, "SubscriptionRequestsThrottled")).await;
+    let az = stub.client().await;
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Throttled { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(stub.calls().len(), 3, "1 try + max_retries (2)");
+}
+
+#[tokio::test]
+async fn server_errors_retried_for_idempotent_calls_only() {
+    let stub = Stub::start(|_, _| arm_error(503, "ServiceUnavailable")).await;
+    let az = stub.client().await;
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert_eq!(err.status(), Some(503));
+    assert_eq!(err.code(), Some("ServiceUnavailable"));
+    assert!(err.is_retryable());
+    assert_eq!(stub.calls().len(), 3);
+
+    let err = az.patch_cache(&cache_id(), &json!({"tags": {"a": "b"}})).await.unwrap_err();
+    assert_eq!(err.status(), Some(503));
+    assert_eq!(stub.calls().len(), 4, "a cache PATCH is not resent after a 5xx");
+
+    // Vault protection PATCH is idempotent and is retried.
+    let _ = az.enable_vault_protection(&ResourceId::vault(SUB, "rg", "kv")).await.unwrap_err();
+    assert_eq!(stub.calls().len(), 7);
+}
+
+#[tokio::test]
+async fn transport_errors_are_reported() {
+    // Nothing listens on this port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let stub = Stub::start(|_, _| json_resp(200, json!({}))).await;
+    let mut cfg = stub.config();
+    cfg.cloud.arm_endpoint = Url::parse(&format!("https://management.azure.com:{port}/")).unwrap();
+    let az = Azure::new(cfg, None).await.unwrap();
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Transport(_)), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn put_cache_returns_body_or_rereads_after_202() {
+    let stub = Stub::start(|s, _| match (s.method.clone(), s.path.ends_with("/c1")) {
+        (Method::PUT, true) => with_header(
+            json_resp(201, cache_body("Creating")),
+            "azure-asyncoperation",
+            "https://management.azure.com/op",
+        ),
+        (Method::PUT, false) => with_header(json_resp(202, json!({})), "retry-after", "10"),
+        (Method::GET, _) => json_resp(200, cache_body("Creating")),
+        _ => arm_error(400, "BadRequest"),
+    })
+    .await;
+    let az = stub.client().await;
+    let desired = Cache { location: Some("eastus".into()), ..Default::default() };
+    let got = az.put_cache(&cache_id(), &desired).await.unwrap();
+    assert_eq!(got.value.provisioning_state(), Some("Creating"));
+    assert_eq!(got.value.created_at(), Some("2024-05-01T10:00:00Z".parse().unwrap()));
+    let put = &stub.calls()[0];
+    assert_eq!(put.json(), json!({"location": "eastus", "properties": {}}));
+    assert_eq!(put.headers["content-type"], "application/json");
+
+    let other = ResourceId::cache(SUB, "rg", "c2");
+    let got = az.put_cache(&other, &desired).await.unwrap();
+    assert_eq!(got.value.provisioning_state(), Some("Creating"));
+    assert_eq!(got.retry_after, Some(Duration::from_secs(10)));
+    let calls = stub.calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[2].method, Method::GET);
+}
+
+#[tokio::test]
+async fn put_cache_surfaces_retirement_conflict() {
+    let stub = Stub::start(|_, _| {
+        json_resp(409, json!({"error": {"code": "OperationNotAllowed", "message": "Unable to create HPC Cache due to product retirement"}}))
+    })
+    .await;
+    let az = stub.client().await;
+    let err = az.put_cache(&cache_id(), &Cache::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some("OperationNotAllowed"));
+    assert!(!err.is_retryable());
+    assert_eq!(stub.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn delete_outcomes() {
+    let stub = Stub::start(|_, n| match n {
+        0 => with_header(json_resp(202, json!({})), "location", "https://management.azure.com/op"),
+        1 => StatusCode::NO_CONTENT.into_response(),
+        2 => arm_error(404, "ResourceNotFound"),
+        _ => json_resp(200, json!({})),
+    })
+    .await;
+    let az = stub.client().await;
+    assert_eq!(az.delete_cache(&cache_id()).await.unwrap().value, DeleteOutcome::Accepted);
+    assert_eq!(az.delete_cache(&cache_id()).await.unwrap().value, DeleteOutcome::Gone);
+    assert_eq!(az.delete_cache(&cache_id()).await.unwrap().value, DeleteOutcome::Gone);
+    assert_eq!(az.delete_cache(&cache_id()).await.unwrap().value, DeleteOutcome::Gone);
+    assert!(stub.calls().iter().all(|c| c.method == Method::DELETE));
+}
+
+#[tokio::test]
+async fn list_follows_next_link_on_same_origin_only() {
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = port.clone();
+    let stub = Stub::start(move |s, _| {
+        let port = *p2.lock().unwrap();
+        if s.query.contains("page=2") {
+            json_resp(200, json!({"value": [cache_body("Succeeded")]}))
+        } else if s.path.contains("/resourceGroups/evil/") {
+            json_resp(200, json!({"value": [], "nextLink": format!("https://evil.example.com:{port}/x")}))
+        } else {
+            let next = format!("https://management.azure.com:{port}{}?api-version={CACHES_API_VERSION}&page=2", s.path);
+            json_resp(200, json!({"value": [cache_body("Creating")], "nextLink": next}))
+        }
+    })
+    .await;
+    *port.lock().unwrap() = stub.port;
+    let az = stub.client().await;
+    let all = az.list_caches(SUB, Some("rg")).await.unwrap();
+    assert_eq!(all.value.len(), 2);
+    let calls = stub.calls();
+    assert_eq!(
+        calls[0].path,
+        format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/caches")
+    );
+    assert!(calls[1].query.contains("page=2"));
+    let sub_wide = az.list_caches(SUB, None).await.unwrap();
+    assert_eq!(sub_wide.value.len(), 2);
+    assert_eq!(stub.calls()[2].path, format!("/subscriptions/{SUB}/providers/Microsoft.StorageCache/caches"));
+    let err = az.list_caches(SUB, Some("evil")).await.unwrap_err();
+    assert!(matches!(err, AzureError::Decode(_)), "{err:?}");
+    assert!(!stub.calls().iter().any(|c| c.host == "evil.example.com"));
+}
+
+#[tokio::test]
+async fn vault_protection_and_access_policies() {
+    let stub = Stub::start(|s, _| {
+        if s.path.contains("/accessPolicies/") {
+            json_resp(200, json!({"properties": s.json()["properties"].clone()}))
+        } else {
+            json_resp(
+                200,
+                json!({"name": "kv", "properties": {"enableSoftDelete": true, "enablePurgeProtection": true}}),
+            )
+        }
+    })
+    .await;
+    let az = stub.client().await;
+    let kv = ResourceId::vault(SUB, "rg", "kv");
+    let v = az.enable_vault_protection(&kv).await.unwrap();
+    assert!(v.value.is_protected());
+    az.add_access_policy(&kv, TENANT, "obj-1", &CMK_KEY_PERMISSIONS).await.unwrap();
+    az.remove_access_policy(&kv, TENANT, "obj-1").await.unwrap();
+    let calls = stub.calls();
+    assert_eq!(calls[0].method, Method::PATCH);
+    assert_eq!(calls[0].query, format!("api-version={VAULTS_API_VERSION}"));
+    assert_eq!(calls[0].json(), json!({"properties": {"enableSoftDelete": true, "enablePurgeProtection": true}}));
+    assert!(!calls[0].body.contains("false"));
+    assert_eq!(calls[1].method, Method::PUT);
+    assert_eq!(calls[1].path, format!("{kv}/accessPolicies/add"));
+    assert_eq!(
+        calls[1].json(),
+        json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": "obj-1", "permissions": {"keys": ["get", "wrapKey", "unwrapKey"]}}]}})
+    );
+    assert_eq!(calls[2].path, format!("{kv}/accessPolicies/remove"));
+}
+
+#[tokio::test]
+async fn role_assignments_are_deterministic_and_idempotent() {
+    let stub = Stub::start(|s, n| match (s.method.clone(), n) {
+        (Method::PUT, 0) => json_resp(201, json!({"name": "x", "properties": s.json()["properties"].clone()})),
+        (Method::PUT, 1) => arm_error(409, "RoleAssignmentExists"),
+        (Method::PUT, _) => arm_error(409, "Conflict"),
+        (Method::DELETE, 3) => StatusCode::NO_CONTENT.into_response(),
+        (Method::DELETE, _) => arm_error(404, "RoleAssignmentNotFound"),
+        _ => arm_error(400, "BadRequest"),
+    })
+    .await;
+    let az = stub.client().await;
+    let kv = ResourceId::vault(SUB, "rg", "kv");
+    az.put_role_assignment(&kv, "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await.unwrap();
+    az.put_role_assignment(&kv, "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await.unwrap();
+    let err = az.put_role_assignment(&kv, "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await.unwrap_err();
+    assert_eq!(err.code(), Some("Conflict"));
+    az.delete_role_assignment(&kv, "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await.unwrap();
+    az.delete_role_assignment(&kv, "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await.unwrap();
+
+    let calls = stub.calls();
+    let name = role_assignment_name(&kv, "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER);
+    let path = format!("{kv}/providers/Microsoft.Authorization/roleAssignments/{name}");
+    assert!(calls.iter().all(|c| c.path == path), "{:?}", calls.iter().map(|c| &c.path).collect::<Vec<_>>());
+    assert_eq!(calls[0].query, format!("api-version={ROLE_ASSIGNMENTS_API_VERSION}"));
+    assert_eq!(
+        calls[0].json(),
+        json!({"properties": {
+            "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER}"),
+            "principalId": "p-1",
+            "principalType": "ServicePrincipal"
+        }})
+    );
+}
+
+#[test]
+fn role_assignment_name_is_deterministic() {
+    let kv = ResourceId::vault(SUB, "rg", "kv");
+    let a = role_assignment_name(&kv, "P-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER);
+    let upper: ResourceId = kv.to_string().to_uppercase().parse().unwrap();
+    assert_eq!(a, role_assignment_name(&upper, "p-1", &KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER.to_uppercase()));
+    assert_eq!(a.get_version_num(), 5);
+    assert_ne!(a, role_assignment_name(&kv, "p-2", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER));
+    assert_ne!(
+        a,
+        role_assignment_name(&ResourceId::vault(SUB, "rg", "kv2"), "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER)
+    );
+    assert_ne!(a, role_assignment_name(&kv, "p-1", "12338af0-0e69-4776-bea7-57ae8d297424"));
+    // Stable across releases: a changed formula would orphan existing assignments.
+    assert_eq!(a.to_string(), role_assignment_name(&kv, "p-1", KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).to_string());
+}
+
+#[tokio::test]
+async fn identity_get() {
+    let stub = Stub::start(|s, _| {
+        if s.path.ends_with("/id1") {
+            json_resp(
+                200,
+                json!({"name": "id1", "properties": {"principalId": "pp", "clientId": "cc", "tenantId": TENANT}}),
+            )
+        } else {
+            arm_error(404, "ResourceNotFound")
+        }
+    })
+    .await;
+    let az = stub.client().await;
+    let id =
+        az.get_user_assigned_identity(&ResourceId::user_assigned_identity(SUB, "rg", "id1")).await.unwrap().unwrap();
+    assert_eq!(id.properties.principal_id.as_deref(), Some("pp"));
+    assert!(
+        az.get_user_assigned_identity(&ResourceId::user_assigned_identity(SUB, "rg", "x")).await.unwrap().is_none()
+    );
+    assert_eq!(stub.calls()[0].query, format!("api-version={IDENTITIES_API_VERSION}"));
+}
+
+fn kv_challenge(resource: &str) -> Response {
+    let mut r = json_resp(
+        401,
+        json!({"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}}),
+    );
+    r.headers_mut().insert(
+        "www-authenticate",
+        format!(r#"Bearer authorization="https://login.windows.net/{TENANT}", resource="{resource}""#).parse().unwrap(),
+    );
+    r
+}
+
+fn key_body() -> Value {
+    let n = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [0xc1u8; 256]);
+    json!({"key": {"kid": "https://kv.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef", "kty": "RSA", "n": n, "e": "AQAB", "key_ops": ["wrapKey", "unwrapKey"]},
+           "attributes": {"enabled": true, "created": 1, "updated": 1}})
+}
+
+#[tokio::test]
+async fn key_vault_challenge_flow() {
+    let stub = Stub::start(|s, _| match s.auth() {
+        None => kv_challenge("https://vault.azure.net"),
+        Some("Bearer tok-kv") if s.path.ends_with("/missing") => json_resp(
+            404,
+            json!({"error": {"code": "KeyNotFound", "message": "A key with (name/id) missing was not found"}}),
+        ),
+        Some("Bearer tok-kv") if s.path.ends_with("/versions") => json_resp(
+            200,
+            json!({"value": [{"kid": "https://kv.vault.azure.net/keys/k/v1", "attributes": {"enabled": true}}]}),
+        ),
+        Some("Bearer tok-kv") => json_resp(200, key_body()),
+        Some(_) => json_resp(403, json!({"error": {"code": "Forbidden", "message": "wrong audience"}})),
+    })
+    .await;
+    let az = stub.client().await;
+    let kv = stub.vault_uri("kv");
+    let key = az.get_key(&kv, "k", Some("0123456789abcdef0123456789abcdef")).await.unwrap().unwrap();
+    assert_eq!(key.rsa_bits(), Some(2048));
+    assert_eq!(key.version(), Some("0123456789abcdef0123456789abcdef"));
+    let calls = stub.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].auth(), None, "first call goes without a token");
+    assert_eq!(calls[1].auth(), Some("Bearer tok-kv"));
+    assert_eq!(calls[1].host, "kv.vault.azure.net");
+    assert_eq!(calls[1].path, "/keys/k/0123456789abcdef0123456789abcdef");
+    assert_eq!(calls[1].query, format!("api-version={KEYVAULT_API_VERSION}"));
+    assert!(stub.token_calls().iter().any(|t| t.body.contains("scope=https%3A%2F%2Fvault.azure.net%2F.default")));
+
+    // The challenge is cached per host: later calls authenticate at once.
+    assert!(az.get_key(&kv, "missing", None).await.unwrap().is_none());
+    let versions = az.list_key_versions(&kv, "k").await.unwrap().unwrap();
+    assert_eq!(versions[0].version(), Some("v1"));
+    let calls = stub.calls();
+    assert_eq!(calls.len(), 4);
+    assert_eq!(calls[2].path, "/keys/missing");
+    assert!(calls[2..].iter().all(|c| c.auth() == Some("Bearer tok-kv")));
+}
+
+#[tokio::test]
+async fn key_vault_refuses_foreign_hosts_and_audiences() {
+    let stub = Stub::start(|s, _| {
+        if s.host.starts_with("other") {
+            kv_challenge("https://management.azure.com")
+        } else {
+            kv_challenge("https://vault.azure.net")
+        }
+    })
+    .await;
+    let az = stub.client().await;
+    // Not a Key Vault host: refused before any request.
+    let evil = Url::parse(&format!("https://evil.example.com:{}/", stub.port)).unwrap();
+    let err = az.get_key(&evil, "k", None).await.unwrap_err();
+    assert!(matches!(err, AzureError::Auth(_)), "{err:?}");
+    assert!(stub.calls().is_empty());
+    // A vault host whose challenge asks for another audience gets no token.
+    let err = az.get_key(&stub.vault_uri("other"), "k", None).await.unwrap_err();
+    assert!(matches!(err, AzureError::Auth(_)), "{err:?}");
+    assert_eq!(stub.calls().len(), 1);
+    assert!(stub.token_calls().is_empty());
+    // http:// is refused.
+    let plain = Url::parse("http://kv.vault.azure.net/").unwrap();
+    assert!(matches!(az.get_key(&plain, "k", None).await.unwrap_err(), AzureError::Auth(_)));
+    // A token that is refused is reported, not retried forever.
+    let err = az.get_key(&stub.vault_uri("kv"), "k", None).await.unwrap_err();
+    assert_eq!(err.status(), Some(401));
+    assert_eq!(stub.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn bad_secret_is_an_auth_error() {
+    let stub = Stub::start(|_, _| json_resp(200, json!({}))).await;
+    let mut cfg = stub.config();
+    cfg.client_secret = Some(azure_core::credentials::Secret::new("wrong"));
+    let az = Azure::new(cfg, None).await.unwrap();
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Auth(_)), "{err:?}");
+    assert!(!err.to_string().contains("wrong"));
+    assert!(stub.calls().is_empty());
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(&'static str, Option<u16>)>>);
+
+impl CallObserver for Recorder {
+    fn observe(&self, operation: &'static str, status: Option<u16>, _elapsed: Duration) {
+        self.0.lock().unwrap().push((operation, status));
+    }
+}
+
+#[tokio::test]
+async fn observer_sees_every_attempt() {
+    let stub = Stub::start(|_, n| {
+        if n == 0 { arm_error(500, "InternalServerError") } else { json_resp(200, cache_body("Succeeded")) }
+    })
+    .await;
+    let rec = Arc::new(Recorder::default());
+    let az = Azure::new(stub.config(), Some(rec.clone())).await.unwrap();
+    az.get_cache(&cache_id()).await.unwrap();
+    let seen = rec.0.lock().unwrap().clone();
+    assert_eq!(seen, vec![("token", Some(200)), ("caches.get", Some(500)), ("caches.get", Some(200))]);
+}
+
+#[tokio::test]
+async fn client_side_rate_limit_spaces_writes() {
+    let stub = Stub::start(|_, _| json_resp(200, json!({"name": "kv", "properties": {}}))).await;
+    let mut cfg = stub.config();
+    cfg.writes_per_second = 10.0;
+    cfg.write_burst = 2;
+    let az = Azure::new(cfg, None).await.unwrap();
+    let kv = ResourceId::vault(SUB, "rg", "kv");
+    let start = std::time::Instant::now();
+    for _ in 0..5 {
+        az.enable_vault_protection(&kv).await.unwrap();
+    }
+    // 2 free, then 3 at 100 ms each.
+    assert!(start.elapsed() >= Duration::from_millis(290), "{:?}", start.elapsed());
+    // Reads in another subscription are not held up by that bucket.
+    let start = std::time::Instant::now();
+    let _ = az.get_vault(&ResourceId::vault("other-sub", "rg", "kv")).await.unwrap();
+    assert!(start.elapsed() < Duration::from_millis(250));
+}

@@ -223,17 +223,16 @@ fn versions(r: &Req, vault: &Vault, key: &Key, base: &str) -> Out {
         .take(max)
         .map(|kv| json!({"kid": format!("{base}keys/{}/{}", key.name, kv.version), "attributes": attributes(vault, kv), "tags": kv.tags}))
         .collect();
-    let next = if skip + max < key.versions.len() {
-        Value::String(format!(
+    let mut body = json!({"value": items});
+    if skip + max < key.versions.len() {
+        body["nextLink"] = Value::String(format!(
             "{base}keys/{}/versions?api-version={}&$skiptoken={}&maxresults={max}",
             key.name,
             r.param("api-version").unwrap_or("7.5"),
             skip + max
-        ))
-    } else {
-        Value::Null
-    };
-    Out::json(StatusCode::OK, json!({"value": items, "nextLink": next}))
+        ));
+    }
+    Out::json(StatusCode::OK, body)
 }
 
 #[cfg(test)]

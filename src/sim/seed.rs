@@ -25,6 +25,10 @@ pub struct Seed {
     /// Access that already exists: one access policy or role assignment per entry, by the vault's model.
     #[serde(default)]
     pub grants: Vec<SeedGrant>,
+    /// Extra role definition GUIDs role assignments may use (built-in Key Vault, Owner, Contributor, Reader and
+    /// User Access Administrator roles are always known).
+    #[serde(default)]
+    pub role_definitions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

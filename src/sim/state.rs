@@ -475,6 +475,8 @@ pub struct World {
     pub caches: BTreeMap<String, Cache>,
     /// by lower-case operation id
     pub operations: BTreeMap<String, Operation>,
+    /// Role definition GUIDs known besides [`KNOWN_ROLES`] (lower-case).
+    pub extra_roles: BTreeSet<String>,
     pub timing: Timing,
 }
 
@@ -490,6 +492,7 @@ impl World {
             role_assignments: BTreeMap::new(),
             caches: BTreeMap::new(),
             operations: BTreeMap::new(),
+            extra_roles: BTreeSet::new(),
             timing,
         };
         w.subscriptions.entry(DEFAULT_SUBSCRIPTION.to_string()).or_default().insert("rg".to_string());
@@ -615,6 +618,9 @@ impl World {
             };
             self.vaults.insert(v.name.to_ascii_lowercase(), vault);
         }
+        for r in &seed.role_definitions {
+            self.extra_roles.insert(r.to_ascii_lowercase());
+        }
         for g in &seed.grants {
             self.grant(&g.vault, &g.principal_id, now, "seed")?;
         }
@@ -703,6 +709,10 @@ impl World {
             v.last_modified_at = now;
             Ok(format!("access policy (keys: get, wrapKey, unwrapKey) on vault {}", v.name))
         }
+    }
+
+    pub fn role_known(&self, guid: &str) -> bool {
+        KNOWN_ROLES.contains(&guid) || self.extra_roles.contains(&guid.to_ascii_lowercase())
     }
 
     /// Roles a principal holds over `id` (role guid list), from role assignments at `id` or above.

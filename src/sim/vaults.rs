@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::arm::{Ctx, Route, resource_not_found};
 use super::clock::arm_time;
 use super::http::{Out, Req};
-use super::state::{AccessPolicy, KNOWN_ROLES, Permissions, RoleAssignment, Vault, World, scope_covers};
+use super::state::{AccessPolicy, Permissions, RoleAssignment, Vault, World, scope_covers};
 
 pub const PURGE_PROTECTION_FALSE: &str = "The property \"enablePurgeProtection\" cannot be set to false. Enabling the purge protection for a vault is an irreversible action.";
 pub const SOFT_DELETE_FALSE: &str = "The property \"enableSoftDelete\" cannot be set to false. Enabling the soft delete for a vault is an irreversible action.";
@@ -179,9 +179,10 @@ pub fn vault_json(ctx: &Ctx, v: &Vault) -> Value {
     if let Some(pp) = v.enable_purge_protection {
         props["enablePurgeProtection"] = json!(pp);
     }
-    if let Some(n) = &v.network_acls {
-        props["networkAcls"] = n.clone();
-    }
+    props["networkAcls"] = v.network_acls.clone().unwrap_or_else(
+        || json!({"bypass": "AzureServices", "defaultAction": "Allow", "ipRules": [], "virtualNetworkRules": []}),
+    );
+    props["privateEndpointConnections"] = json!([]);
     json!({
         "id": v.id(),
         "name": v.name,
@@ -398,7 +399,7 @@ pub fn update_access_policies(list: &mut Vec<AccessPolicy>, kind: &str, entries:
 }
 
 pub fn role_assignment_json(ra: &RoleAssignment) -> Value {
-    json!({
+    let mut v = json!({
         "id": ra.id(),
         "name": ra.name,
         "type": "Microsoft.Authorization/roleAssignments",
@@ -407,13 +408,16 @@ pub fn role_assignment_json(ra: &RoleAssignment) -> Value {
             "principalId": ra.principal_id,
             "principalType": ra.principal_type,
             "scope": ra.scope,
-            "description": ra.description,
             "createdOn": arm_time(ra.created_on),
             "updatedOn": arm_time(ra.updated_on),
             "createdBy": ra.created_by,
             "updatedBy": ra.created_by,
         }
-    })
+    });
+    if let Some(d) = &ra.description {
+        v["properties"]["description"] = json!(d);
+    }
+    v
 }
 
 /// The role GUID at the end of a role definition id (subscription-scoped or tenant-level form).
@@ -481,7 +485,7 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
                     format!("The role definition ID '{def}' is not valid."),
                 );
             };
-            if !KNOWN_ROLES.contains(&guid.as_str()) {
+            if !w.role_known(&guid) {
                 return Out::arm_error(
                     StatusCode::BAD_REQUEST,
                     "RoleDefinitionDoesNotExist",

@@ -3,10 +3,13 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use hpc_cache_operator::azure::{AzureConfig, CredentialChoice};
+use serde::Deserialize;
 use support::TestCluster;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -50,7 +53,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
     let variants: [&[&str]; 3] = [
         &[],
         &["--set", "azure.credentials.mode=secret", "--set", "azure.credentials.secretName=azure-sp"],
-        &["--set", &format!("watchNamespaces={{{watched}}}"), "--set", "azure.credentials.clientId=0000-client"],
+        &["--set", &format!("watchNamespace={watched}"), "--set", "azure.credentials.clientId=0000-client"],
     ];
     for extra in variants {
         let rendered = run(cluster.helm().args(["template", "hpcc", chart(), "--namespace", &ns]).args(extra));
@@ -59,7 +62,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
             assert!(applied.contains(kind), "{kind} missing from {extra:?}:\n{applied}");
         }
         let cluster_wide = applied.contains("clusterrole.rbac.authorization.k8s.io/");
-        assert_eq!(cluster_wide, extra.iter().all(|a| !a.starts_with("watchNamespaces")), "{applied}");
+        assert_eq!(cluster_wide, extra.iter().all(|a| !a.starts_with("watchNamespace")), "{applied}");
     }
 }
 
@@ -125,4 +128,59 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
     run(cluster.helm().args(["uninstall", &release, "--namespace", &ns]));
     let gone = cluster.kubectl().args(["get", "clusterrole", &name]).output().unwrap();
     assert!(!gone.status.success(), "clusterrole {name} left behind by helm uninstall");
+}
+
+/// The Deployment's environment, literal values only (`valueFrom` entries map to a placeholder).
+fn deployment_env(rendered: &str) -> BTreeMap<String, String> {
+    for doc in serde_yaml_ng::Deserializer::from_str(rendered) {
+        let doc = serde_json::Value::deserialize(doc).unwrap();
+        if doc["kind"] == "Deployment" {
+            let env = doc["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+            return env
+                .iter()
+                .map(|e| {
+                    let value = e["value"].as_str().unwrap_or("from-valueFrom");
+                    (e["name"].as_str().unwrap().to_string(), value.to_string())
+                })
+                .collect();
+        }
+    }
+    panic!("no Deployment rendered:\n{rendered}");
+}
+
+#[tokio::test]
+async fn the_rendered_environment_is_what_the_operator_reads() {
+    let cluster = TestCluster::shared();
+    let help = run(Command::new(env!("CARGO_BIN_EXE_hpc-cache-operator")).args(["run", "--help"]));
+    // Read outside clap: the log filter (main.rs) and the Azure settings (AzureConfig::from_vars).
+    let read_elsewhere =
+        ["HPCC_LOG", "AZURE_CLOUD", "HPCC_CREDENTIAL", "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"];
+    let modes: [(&[&str], CredentialChoice); 3] = [
+        (&[], CredentialChoice::WorkloadIdentity),
+        (
+            &["--set", "azure.credentials.mode=secret", "--set", "azure.credentials.secretName=sp"],
+            CredentialChoice::ClientSecret,
+        ),
+        (
+            &["--set", "azure.credentials.mode=managedIdentity", "--set", "azure.credentials.clientId=c"],
+            CredentialChoice::ManagedIdentity,
+        ),
+    ];
+    for (extra, credential) in modes {
+        let rendered = run(cluster
+            .helm()
+            .args(["template", "hpcc", chart(), "--set", "watchNamespace=research", "--set", "labelSelector=shard=a"])
+            .args(extra));
+        let env = deployment_env(&rendered);
+        for name in env.keys() {
+            assert!(
+                help.contains(&format!("[env: {name}=")) || read_elsewhere.contains(&name.as_str()),
+                "the chart sets {name}, which the operator does not read"
+            );
+        }
+        assert_eq!(env["HPCC_NAMESPACE"], "research");
+        let config = AzureConfig::from_vars(|k| env.get(k).cloned())
+            .unwrap_or_else(|e| panic!("the operator refuses the chart's Azure settings {extra:?}: {e:#}"));
+        assert_eq!(config.credential, credential, "{extra:?}");
+    }
 }

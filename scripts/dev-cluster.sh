@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local control plane for development, kept running in the background under .dev/cluster (gitignored).
 #
-#   scripts/dev-cluster.sh up     # start (or find running) and print `export KUBECONFIG=...`
+#   scripts/dev-cluster.sh up     # start (or find running); prints `export KUBECONFIG=...` and `export PATH=...`
+#   eval "$(scripts/dev-cluster.sh up)"   # ...and use it in this shell
 #   scripts/dev-cluster.sh down   # stop it and delete its data
 #
 # Same flags as the test harness: both go through scripts/control-plane.sh.
@@ -16,6 +17,8 @@ case ${1:-} in
     server=$(. "$(dirname "$kubeconfig")/env" && echo "$SERVER")
     echo "control plane at $server (logs: $(dirname "$kubeconfig")/*.log); stop it with: make dev-cluster-down" >&2
     echo "export KUBECONFIG=$kubeconfig"
+    # kubectl and helm of the pinned versions, first on PATH
+    echo "export PATH=${HPCC_TEST_BIN_DIR:-$("$here/test-deps.sh")}:\$PATH"
     ;;
   down)
     if [ -d "$dir" ]; then

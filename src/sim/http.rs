@@ -38,7 +38,7 @@ impl Req {
     }
     /// Path segments without empty ones (ARM ignores a trailing slash).
     pub fn segments(&self) -> Vec<String> {
-        self.path.split('/').filter(|s| !s.is_empty()).map(|s| percent_decode(s)).collect()
+        self.path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
     }
     pub fn json(&self) -> Result<Value, String> {
         if self.body.is_empty() {

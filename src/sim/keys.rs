@@ -157,8 +157,7 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
 
 fn forbidden(vault: &Vault, oid: &str, perm: &str) -> Out {
     if vault.enable_rbac_authorization {
-        let action =
-            if perm == "list" { "Microsoft.KeyVault/vaults/keys/read" } else { "Microsoft.KeyVault/vaults/keys/read" };
+        let action = "Microsoft.KeyVault/vaults/keys/read";
         kv_error(
             StatusCode::FORBIDDEN,
             "Forbidden",

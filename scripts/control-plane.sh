@@ -12,6 +12,7 @@
 #   HPCC_TEST_BIN_DIR   where kube-apiserver/etcd/kubectl live (default: the output of scripts/test-deps.sh)
 #   CP_OWNER_PID        when set, a watchdog stops the control plane as soon as that process exits (tests use it,
 #                       so nothing outlives a test binary, even one that panics or is killed)
+#   CP_CLEANUP=1        the watchdog also deletes DIR (logs, ~120 MB of etcd data) once the owner has exited
 #   CP_READY_TIMEOUT    seconds to wait for /readyz (default 120)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,8 +33,7 @@ alive() { # true when every pid in DIR/pids is running
 stop() { # SIGKILL: the data is throwaway, and a graceful apiserver shutdown takes seconds
   [ -f "$dir/pids" ] || return 0
   local pids pid i left
-  # the watchdog runs this very function: never signal ourselves
-  pids=$(cat "$dir/pids" "$dir/watchdog.pid" 2>/dev/null | tr ' ' '\n' | grep -vx "$$" || true)
+  pids=$(cat "$dir/pids" "$dir/watchdog.pid" 2>/dev/null || true)
   for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
   for i in $(seq 50); do
     left=""
@@ -109,10 +109,12 @@ start_once() {
   return 1
 }
 
-watchdog() { # stop the control plane when the owner process goes away
+watchdog() { # stop the control plane when the owner process (or the apiserver) goes away
   local owner=$1
-  setsid bash -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; exec "$3" stop "$4"' \
-    watchdog "$owner" "$(cut -d' ' -f2 "$dir/pids")" "$here/control-plane.sh" "$dir" </dev/null >/dev/null 2>&1 &
+  setsid bash -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
+    rm -f "$4/watchdog.pid"; "$3" stop "$4"; if [ "$5" = 1 ] && ! kill -0 "$1" 2>/dev/null; then rm -rf "$4"; fi' \
+    watchdog "$owner" "$(cut -d' ' -f2 "$dir/pids")" "$here/control-plane.sh" "$dir" "${CP_CLEANUP:-0}" \
+    </dev/null >/dev/null 2>&1 &
   echo $! > "$dir/watchdog.pid"
 }
 

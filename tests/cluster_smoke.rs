@@ -114,6 +114,7 @@ async fn the_watchdog_stops_a_cluster_whose_owner_died() {
         .arg(dir.path())
         .env("HPCC_TEST_BIN_DIR", TestCluster::bin_dir())
         .env("CP_OWNER_PID", owner.id().to_string())
+        .env("CP_CLEANUP", "1")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -133,4 +134,9 @@ async fn the_watchdog_stops_a_cluster_whose_owner_died() {
             .unwrap();
     }
     assert!(stopped, "{server} still listening 10s after its owner died");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.path().exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!dir.path().exists(), "the watchdog left {} behind", dir.path().display());
 }

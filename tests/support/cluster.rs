@@ -74,6 +74,8 @@ impl TestCluster {
             .arg(dir.path())
             .env("HPCC_TEST_BIN_DIR", bin)
             .env("CP_OWNER_PID", std::process::id().to_string())
+            // the shared cluster's TempDir is never dropped: the watchdog deletes it after the test process exits
+            .env("CP_CLEANUP", if std::env::var_os("HPCC_KEEP_CONTROL_PLANE").is_some() { "0" } else { "1" })
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("running scripts/control-plane.sh: {e}"))?;

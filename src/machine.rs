@@ -645,7 +645,8 @@ impl<'a> Draft<'a> {
         if state != azure_state::SUCCEEDED {
             let (phase, reason) = match self.status.phase {
                 Some(Phase::Updating) => (Phase::Updating, "Updating"),
-                Some(Phase::Authorizing) => (Phase::Authorizing, "KeyAccessPropagating"),
+                // The grant is made; Azure is picking up the key.
+                Some(Phase::Authorizing | Phase::WaitingForKey) => (Phase::Authorizing, "KeyAccessPropagating"),
                 _ => (Phase::Creating, "Creating"),
             };
             let msg = format!("Azure reports provisioningState {state}, health {}", or_unknown(health));
@@ -658,12 +659,10 @@ impl<'a> Draft<'a> {
             self.cond(C::KeyAuthorized, S::True, "KeyAuthorized", "the cache's identity can use the key");
         }
         if let Some(update) = self.key_drift(cache) {
-            match update {
-                Ok(key_url) => {
-                    self.progressing(Phase::Updating, "Updating", "applying the key settings from the spec");
-                    self.action = Action::UpdateCache { key_url };
-                }
-                Err(()) => {} // invalid new key: already reported, keep the cache as it is
+            // An invalid new key (Err) is already reported; the cache keeps its current key.
+            if let Ok(key_url) = update {
+                self.progressing(Phase::Updating, "Updating", "applying the key settings from the spec");
+                self.action = Action::UpdateCache { key_url };
             }
             return;
         }
@@ -698,10 +697,11 @@ impl<'a> Draft<'a> {
         let left = deadline.map(|d| d.duration_since(self.input.observed.now));
         let left_text = left.map_or("unknown time".to_string(), format_left);
         let deadline_text = deadline.map_or("unknown".to_string(), |d| d.to_string());
-        // Look again well before the deadline: at most a quarter of the time left, never less than a second.
+        // Look again well before the deadline: at most a quarter of the time left (floor: a second, or the poll).
         if let Some(left) = left {
             let quarter = Duration::try_from(left / 4).unwrap_or_default();
-            self.requeue_after = self.input.timing.poll.min(quarter).max(Duration::from_secs(1));
+            let floor = self.input.timing.poll.min(Duration::from_secs(1));
+            self.requeue_after = self.input.timing.poll.min(quarter).max(floor);
         }
         let Some(principal) = principal else {
             self.progressing(
@@ -748,7 +748,8 @@ impl<'a> Draft<'a> {
         let msg = format!("granting {principal} access to the key ({left_text} left before {deadline_text})");
         self.status.grant = Some(grant.clone());
         self.cond(C::KeyAuthorized, S::False, "Granting", &msg);
-        self.progressing(Phase::Authorizing, "Authorizing", &msg);
+        // The phase says what Azure reports until the grant is made; then Authorizing until Azure picks it up.
+        self.progressing(Phase::WaitingForKey, "Granting", &msg);
         self.action = Action::Grant(grant);
     }
 

@@ -51,8 +51,8 @@ struct RunArgs {
     #[arg(long, env = "HPCC_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
     /// Seconds between looks at a cache in a transitional phase.
-    #[arg(long, env = "HPCC_POLL_SECONDS", default_value_t = 15)]
-    poll_seconds: u64,
+    #[arg(long, env = "HPCC_POLL_SECONDS", default_value_t = 15.0)]
+    poll_seconds: f64,
     /// Seconds between looks at a Ready or Stalled cache.
     #[arg(long, env = "HPCC_RESYNC_SECONDS", default_value_t = 600)]
     resync_seconds: u64,
@@ -72,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("HPCC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format {
-        LogFormat::Text => fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init()
+        }
         LogFormat::Json => fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
     }
     // kube and reqwest both use rustls; pin the process-wide provider to aws-lc-rs once.
@@ -96,7 +99,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         label_selector: args.selector,
         concurrency: args.concurrency,
         timing: machine::Timing {
-            poll: Duration::from_secs(args.poll_seconds.max(1)),
+            poll: Duration::from_secs_f64(args.poll_seconds.max(0.05)),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
         },
         facts_ttl: Duration::from_secs(args.facts_ttl_seconds),

@@ -16,6 +16,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Desired state of an Azure HPC Cache encrypted with a customer-managed key.
+// clippy reads the repeated `type_ = "string"` inside separate printcolumn(...) groups as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "hpccache.io",

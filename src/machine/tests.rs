@@ -274,7 +274,7 @@ fn waiting_for_key_automatic_grants_system_principal() {
     let mut c = Case::new();
     c.observed.cache = Some(cache("Creating", "WaitingForKey"));
     let d = c.run();
-    assert_eq!(d.status.phase, Some(Phase::Authorizing));
+    assert_eq!(d.status.phase, Some(Phase::WaitingForKey));
     assert_eq!(d.action, Action::Grant(grant("sa-principal", true)));
     assert_eq!(d.status.principal_id.as_deref(), Some("sa-principal"));
     // Once recorded, no second grant: wait for Azure.

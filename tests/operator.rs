@@ -1,0 +1,529 @@
+//! The operator end to end: the real binary against a real kube-apiserver + etcd and the Azure simulator over HTTPS.
+//! The simulator runs its clock 200× faster (a 10-minute create takes 3 s) and tests jump it ahead where the
+//! scenario needs the 90-minute window to pass.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hpc_cache_operator::api::{HpcCache, Phase};
+use hpc_cache_operator::azure::{Azure, AzureConfig, ResourceId};
+use hpc_cache_operator::sim::{RequestRecord, Seed, SimConfig, Simulator};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use support::TestCluster;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const SPEED: f64 = 200.0;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One scenario: its own namespace, simulator and operator process.
+struct Scenario {
+    cluster: &'static TestCluster,
+    ns: String,
+    sim: Simulator,
+    operator: Option<Child>,
+    log: PathBuf,
+    api: Api<HpcCache>,
+}
+
+impl Scenario {
+    async fn new(prefix: &str, cfg: SimConfig) -> Scenario {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let cluster = TestCluster::shared();
+        cluster.install_crds(format!("{REPO}/crds")).await;
+        let ns = cluster.namespace(prefix).await;
+        let seed = Seed::from_yaml(&std::fs::read_to_string(format!("{REPO}/examples/seed.yaml")).unwrap()).unwrap();
+        let sim =
+            Simulator::start(SimConfig { seed: Some(seed), speed: SPEED, ..cfg }).await.expect("simulator starts");
+        let api = Api::namespaced(cluster.client().await, &ns);
+        let log = std::env::temp_dir().join(format!("hpcc-operator-{ns}.log"));
+        let mut s = Scenario { cluster, ns, sim, operator: None, log, api };
+        s.start_operator();
+        s
+    }
+
+    fn start_operator(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hpc-cache-operator"))
+            .args(["run", "--namespace", &self.ns, "--poll-seconds", "0.3", "--resync-seconds", "2"])
+            .args(["--facts-ttl-seconds", "1", "--metrics-addr", "127.0.0.1:0"])
+            .envs(self.sim.env())
+            .env("KUBECONFIG", self.cluster.kubeconfig_path())
+            .env("HPCC_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("operator starts");
+        self.operator = Some(child);
+    }
+
+    /// SIGKILL: no graceful shutdown, as when a node dies.
+    fn kill_operator(&mut self) {
+        if let Some(mut c) = self.operator.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn apply(&self, example: &str) -> String {
+        let out = self
+            .cluster
+            .kubectl()
+            .args(["apply", "-n", &self.ns, "-f", &format!("{REPO}/examples/{example}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kubectl apply {example}: {}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(format!("{REPO}/examples/{example}")).unwrap()).unwrap();
+        doc["metadata"]["name"].as_str().unwrap().to_string()
+    }
+
+    async fn create(&self, obj: serde_json::Value) -> String {
+        let obj: HpcCache = serde_json::from_value(obj).unwrap();
+        let name = obj.metadata.name.clone().unwrap();
+        self.api.create(&PostParams::default(), &obj).await.unwrap();
+        name
+    }
+
+    async fn get(&self, name: &str) -> HpcCache {
+        self.api.get(name).await.unwrap()
+    }
+
+    /// Polls until `done` holds; on timeout fails with the object's status and the operator's log.
+    async fn wait(&self, name: &str, what: &str, done: impl Fn(&HpcCache) -> bool) -> HpcCache {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(obj)) = self.api.get_opt(name).await
+                && done(&obj)
+            {
+                return obj;
+            }
+            if start.elapsed() > TIMEOUT {
+                let status = self
+                    .api
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|o| serde_json::to_string_pretty(&o.status).unwrap());
+                panic!("{name}: timed out waiting for {what}\nstatus: {status:?}\noperator log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase) -> HpcCache {
+        self.wait(name, &format!("phase {phase}"), |o| phase_of(o) == Some(phase)).await
+    }
+
+    async fn wait_gone(&self, name: &str) {
+        let start = Instant::now();
+        while self.api.get_opt(name).await.unwrap().is_some() {
+            assert!(start.elapsed() < TIMEOUT, "{name} was not deleted\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_for_request(&self, method: &str, path: &str) {
+        let start = Instant::now();
+        while self.requests(method, path).is_empty() {
+            assert!(start.elapsed() < TIMEOUT, "no {method} {path}\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Event reasons for one object, oldest first.
+    async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let api: Api<Event> = Api::namespaced(self.cluster.client().await, &self.ns);
+        let mut evs: Vec<Event> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        evs.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        evs.into_iter()
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    fn requests(&self, method: &str, path_contains: &str) -> Vec<RequestRecord> {
+        self.sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.to_ascii_lowercase().contains(&path_contains.to_ascii_lowercase()))
+            .collect()
+    }
+
+    /// A client of our own, to look at Azure the way the operator does.
+    async fn azure(&self) -> Azure {
+        let env: BTreeMap<String, String> = self.sim.env().into_iter().collect();
+        Azure::new(AzureConfig::from_vars(|k| env.get(k).cloned()).unwrap(), None).await.unwrap()
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.kill_operator();
+    }
+}
+
+fn phase_of(o: &HpcCache) -> Option<Phase> {
+    o.status.as_ref().and_then(|s| s.phase)
+}
+
+fn condition(o: &HpcCache, t: &str) -> (String, String, String) {
+    let c = o.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t}"));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+const SUB: &str = "11111111-2222-3333-4444-555555555555";
+const CMK_VAULT: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/kv-cmk";
+
+fn cache_manifest(name: &str, encryption: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "azure": {"subscriptionId": SUB, "resourceGroup": "hpc-rg", "location": "eastus"},
+        "sku": "Standard_2G", "cacheSizeGB": 3072,
+        "subnetId": format!("/subscriptions/{SUB}/resourceGroups/hpc-rg/providers/Microsoft.Network/virtualNetworks/hpc-vnet/subnets/cache"),
+        "encryption": encryption,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::json!({"apiVersion": "hpccache.io/v1alpha1", "kind": "HpcCache", "metadata": {"name": name}, "spec": spec})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn system_assigned_automatic_reaches_ready_with_one_put_one_patch_one_grant() {
+    let s = Scenario::new("sa-auto", SimConfig::default()).await;
+    let name = s.apply("system-assigned.yaml");
+    let ready = s.wait_phase(&name, Phase::Ready).await;
+
+    let kubectl_wait = s
+        .cluster
+        .kubectl()
+        .args(["wait", "-n", &s.ns, "--for=condition=Ready", "--timeout=5s", &format!("hpccache/{name}")])
+        .output()
+        .unwrap();
+    assert!(kubectl_wait.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&kubectl_wait.stderr));
+
+    let status = ready.status.clone().unwrap();
+    let principal = status.principal_id.clone().expect("principalId in status");
+    assert!(status.active_key_url.as_deref().unwrap().ends_with("/keys/cache-key/0123456789abcdef0123456789abcdef"));
+    assert_eq!(status.provisioning_state.as_deref(), Some("Succeeded"));
+    assert_eq!(status.health_state.as_deref(), Some("Healthy"));
+    assert!(status.azure_resource_id.as_deref().unwrap().ends_with("/caches/genomics-cache"));
+    assert_eq!(condition(&ready, "KeyValid").0, "True");
+    assert_eq!(condition(&ready, "KeyAuthorized").0, "True");
+    assert_eq!(condition(&ready, "Stalled").0, "False");
+
+    assert_eq!(s.requests("PUT", "/caches/genomics-cache").len(), 1, "exactly one cache PUT");
+    let patches = s.requests("PATCH", "/vaults/kv-cmk");
+    assert_eq!(patches.len(), 1, "one vault PATCH (purge protection was off)");
+    assert_eq!(s.requests("PUT", "/vaults/kv-cmk/accessPolicies/add").len(), 1, "one access-policy add");
+    assert!(s.requests("PUT", "/roleAssignments/").is_empty());
+
+    // The grant is for the cache's principal, with exactly the CMK permissions, and purge protection is on.
+    let vault = s.azure().await.get_vault(&ResourceId::parse(CMK_VAULT).unwrap()).await.unwrap().value.unwrap();
+    assert_eq!(vault.properties.enable_purge_protection, Some(true));
+    let policy =
+        vault.properties.access_policies.iter().find(|p| p.object_id == principal).expect("policy for the cache");
+    let mut perms = policy.permissions.keys.clone();
+    perms.sort();
+    assert_eq!(perms, ["get", "unwrapKey", "wrapKey"]);
+
+    // Transitions were reported as events, in order.
+    let reasons: Vec<String> = s.events(&name).await.into_iter().map(|e| e.1).collect();
+    let pos = |r: &str| reasons.iter().position(|x| x == r).unwrap_or_else(|| panic!("no {r} event in {reasons:?}"));
+    assert!(
+        pos("Creating") < pos("WaitingForKey")
+            && pos("WaitingForKey") < pos("Authorizing")
+            && pos("Authorizing") < pos("Ready"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rbac_vault_is_granted_by_one_role_assignment() {
+    let s = Scenario::new("rbac", SimConfig::default()).await;
+    let name = s.apply("rbac-vault.yaml");
+    s.wait_phase(&name, Phase::Ready).await;
+    assert_eq!(s.requests("PUT", "/roleAssignments/").len(), 1);
+    assert!(s.requests("PUT", "/accessPolicies/").is_empty());
+    assert!(s.requests("PATCH", "/vaults/").is_empty(), "purge protection was already on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_assigned_with_access_never_waits_for_the_key() {
+    let s = Scenario::new("ua-trusted", SimConfig::default()).await;
+    let name = s.apply("user-assigned.yaml");
+    let ready = s.wait_phase(&name, Phase::Ready).await;
+    let reasons: Vec<String> = s.events(&name).await.into_iter().map(|e| e.1).collect();
+    assert!(!reasons.iter().any(|r| r == "WaitingForKey" || r == "Authorizing"), "{reasons:?}");
+    assert!(s.requests("PUT", "/accessPolicies/").is_empty() && s.requests("PUT", "/roleAssignments/").is_empty());
+    assert_eq!(ready.status.unwrap().principal_id.as_deref(), Some("5c5c5c5c-1111-4222-8333-444444444444"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_assigned_without_access_is_granted_before_the_cache_is_created() {
+    let s = Scenario::new("ua-grant", SimConfig::default()).await;
+    let seed = Seed::from_yaml(&format!(
+        "identities: [{{subscriptionId: {SUB}, resourceGroup: security-rg, name: fresh-id, location: eastus, principalId: 7e7e7e7e-1111-4222-8333-444444444444}}]"
+    ))
+    .unwrap();
+    s.sim.seed(&seed).unwrap();
+    let name = s
+        .create(cache_manifest(
+            "fresh",
+            serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"}),
+            serde_json::json!({"identity": {"type": "UserAssigned", "userAssignedIdentityId": format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fresh-id")}}),
+        ))
+        .await;
+    s.wait_phase(&name, Phase::Ready).await;
+    let log = s.sim.requests();
+    let grant_at =
+        log.iter().position(|r| r.method == "PUT" && r.path.contains("/accessPolicies/add")).expect("a grant");
+    let put_at = log.iter().position(|r| r.method == "PUT" && r.path.contains("/caches/fresh")).expect("a cache PUT");
+    assert!(grant_at < put_at, "the grant precedes the create");
+    let reasons: Vec<String> = s.events(&name).await.into_iter().map(|e| e.1).collect();
+    assert!(
+        reasons.contains(&"Authorizing".to_string()) && !reasons.contains(&"WaitingForKey".to_string()),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_waits_with_principal_and_deadline_then_a_human_grant_makes_it_ready() {
+    let s = Scenario::new("manual", SimConfig::default()).await;
+    let name = s.apply("manual.yaml");
+    let waiting = s.wait_phase(&name, Phase::WaitingForKey).await;
+    let st = waiting.status.clone().unwrap();
+    let principal = st.principal_id.clone().expect("principalId for the human");
+    let created = st.created_at.clone().expect("createdAt").0;
+    let deadline = st.authorization_deadline.clone().expect("deadline").0;
+    assert_eq!(deadline, created + jiff::SignedDuration::from_mins(90));
+    assert!(condition(&waiting, "KeyAuthorized").2.contains(&principal));
+    // 70 minutes later a Warning event says the deadline is near.
+    s.sim.advance(Duration::from_secs(70 * 60));
+    let start = Instant::now();
+    loop {
+        let evs = s.events(&name).await;
+        if evs.iter().any(|e| e.0 == "Warning" && e.1 == "AuthorizationDeadlineApproaching" && e.2.contains(&principal))
+        {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "no deadline warning: {evs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        s.requests("PUT", "/accessPolicies/").is_empty() && s.requests("PATCH", "/vaults/").is_empty(),
+        "Manual never writes to the vault"
+    );
+    // The person grants access in the portal.
+    s.sim.grant("kv-manual", &principal).unwrap();
+    let ready = s.wait_phase(&name, Phase::Ready).await;
+    assert_eq!(ready.status.unwrap().created_at.unwrap().0, created, "createdAt is stable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_without_grant_fails_at_the_deadline() {
+    let s = Scenario::new("manual-fail", SimConfig::default()).await;
+    let name = s.apply("manual.yaml");
+    s.wait_phase(&name, Phase::WaitingForKey).await;
+    s.sim.advance(Duration::from_secs(91 * 60));
+    let failed = s.wait_phase(&name, Phase::Failed).await;
+    let (st, reason, msg) = condition(&failed, "Stalled");
+    assert_eq!(st, "True");
+    assert!(reason == "AuthorizationWindowMissed" || reason == "ProvisioningFailed", "{reason}: {msg}");
+    assert_eq!(condition(&failed, "Ready").0, "False");
+    assert_eq!(s.requests("PUT", "/caches/").len(), 1, "Fail policy: no re-creation");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recreate_policy_replaces_a_failed_cache_and_counts_it() {
+    let s = Scenario::new("recreate", SimConfig::default()).await;
+    let name = s
+        .create(cache_manifest(
+            "retry",
+            serde_json::json!({"keyVaultId": format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/kv-manual"), "keyName": "cache-key", "keyVersion": "aabbccddeeff00112233445566778899"}),
+            serde_json::json!({"keyAccess": "Manual", "onAuthorizationTimeout": "Recreate", "maxRecreations": 1}),
+        ))
+        .await;
+    let first = s.wait_phase(&name, Phase::WaitingForKey).await.status.unwrap().principal_id.unwrap();
+    s.sim.advance(Duration::from_secs(91 * 60));
+    let again = s
+        .wait(&name, "a new cache waiting for its key", |o| {
+            let st = o.status.clone().unwrap_or_default();
+            st.recreations == 1
+                && phase_of(o) == Some(Phase::WaitingForKey)
+                && st.principal_id.as_deref() != Some(first.as_str())
+        })
+        .await;
+    assert_eq!(s.requests("DELETE", "/caches/retry").len(), 1, "the failed cache was deleted");
+    assert_eq!(s.requests("PUT", "/caches/retry").len(), 2, "and created again");
+    // The limit (1) is reached: the next miss fails for good.
+    s.sim.advance(Duration::from_secs(91 * 60));
+    let failed = s.wait_phase(&name, Phase::Failed).await;
+    assert_eq!(failed.status.unwrap().recreations, 1);
+    assert!(condition(&s.get(&name).await, "Stalled").2.contains("re-creation limit"));
+    drop(again);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_removes_cache_and_system_grant_orphan_keeps_cache() {
+    let s = Scenario::new("delete", SimConfig::default()).await;
+    let name = s.apply("system-assigned.yaml");
+    let principal = s.wait_phase(&name, Phase::Ready).await.status.unwrap().principal_id.unwrap();
+    s.api.delete(&name, &DeleteParams::default()).await.unwrap();
+    s.wait_gone(&name).await;
+    assert_eq!(s.requests("DELETE", "/caches/genomics-cache").len(), 1);
+    let azure = s.azure().await;
+    let cache_id = ResourceId::cache(SUB, "hpc-rg", "genomics-cache");
+    assert!(azure.get_cache(&cache_id).await.unwrap().value.is_none(), "the Azure cache is gone");
+    let vault = azure.get_vault(&ResourceId::parse(CMK_VAULT).unwrap()).await.unwrap().value.unwrap();
+    assert!(!vault.properties.access_policies.iter().any(|p| p.object_id == principal), "the grant was revoked");
+
+    // Orphan: the object goes, the cache stays.
+    let orphan = s
+        .create(cache_manifest(
+            "keep",
+            serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"}),
+            serde_json::json!({"deletionPolicy": "Orphan"}),
+        ))
+        .await;
+    s.wait_phase(&orphan, Phase::Ready).await;
+    s.api.delete(&orphan, &DeleteParams::default()).await.unwrap();
+    s.wait_gone(&orphan).await;
+    assert!(s.requests("DELETE", "/caches/keep").is_empty());
+    assert!(azure.get_cache(&ResourceId::cache(SUB, "hpc-rg", "keep")).await.unwrap().value.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finalizer_does_not_block_when_azure_already_lost_the_cache() {
+    let s = Scenario::new("lost", SimConfig::default()).await;
+    let name = s.apply("user-assigned.yaml");
+    s.wait_phase(&name, Phase::Ready).await;
+    // Someone deletes the cache in Azure directly, and the operator is down meanwhile.
+    let mut s = s;
+    s.kill_operator();
+    let id = ResourceId::cache(SUB, "hpc-rg", &name);
+    s.azure().await.delete_cache(&id).await.unwrap();
+    s.sim.advance(Duration::from_secs(3600));
+    s.api.delete(&name, &DeleteParams::default()).await.unwrap();
+    s.start_operator();
+    s.wait_gone(&name).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_creating_and_authorizing_resumes_without_a_second_cache() {
+    let mut s = Scenario::new("sigkill", SimConfig::default()).await;
+    let name = s.apply("system-assigned.yaml");
+    // Kill right after the create reached Azure (the cache is Creating there), before the operator saw the result.
+    s.wait_for_request("PUT", "/caches/genomics-cache").await;
+    s.kill_operator();
+    assert_eq!(phase_of(&s.get(&name).await), Some(Phase::Creating));
+    s.start_operator();
+    // Kill again right after the grant was sent, while Azure has not picked it up yet.
+    s.wait_for_request("PUT", "/accessPolicies/add").await;
+    s.kill_operator();
+    let waiting = s.get(&name).await;
+    assert!(matches!(phase_of(&waiting), Some(Phase::WaitingForKey | Phase::Authorizing)), "{:?}", phase_of(&waiting));
+    let deadline = waiting.status.clone().unwrap().authorization_deadline.expect("deadline").0;
+    s.start_operator();
+    let ready = s.wait_phase(&name, Phase::Ready).await;
+    let created = ready.status.unwrap().created_at.unwrap().0;
+    assert_eq!(created + jiff::SignedDuration::from_mins(90), deadline, "deadline unchanged across restarts");
+    assert_eq!(s.requests("PUT", "/caches/genomics-cache").len(), 1, "no second cache");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_in_the_manifest_updates_the_cache() {
+    let s = Scenario::new("rotate", SimConfig::default()).await;
+    let name = s.apply("system-assigned.yaml");
+    s.wait_phase(&name, Phase::Ready).await;
+    let patch = serde_json::json!({"spec": {"encryption": {"keyVersion": "fedcba9876543210fedcba9876543210"}}});
+    s.api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let rotated = s
+        .wait(&name, "the new key version active", |o| {
+            phase_of(o) == Some(Phase::Ready)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.active_key_url.as_deref())
+                    .is_some_and(|k| k.ends_with("/fedcba9876543210fedcba9876543210"))
+        })
+        .await;
+    assert_eq!(rotated.status.unwrap().observed_generation, rotated.metadata.generation);
+    assert_eq!(s.requests("PUT", "/caches/genomics-cache").len(), 1, "rotation is an update, not a new cache");
+    assert!(!s.requests("PATCH", "/caches/genomics-cache").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_keys_are_refused_before_any_cache_is_created() {
+    let s = Scenario::new("badkey", SimConfig::default()).await;
+    let seed = Seed::from_yaml(&format!(
+        "vaults:\n- name: kv-bad\n  subscriptionId: {SUB}\n  resourceGroup: security-rg\n  location: eastus\n  enablePurgeProtection: true\n  keys:\n  - {{name: big, versions: [{{version: 11111111111111111111111111111111, size: 4096}}]}}\n  - {{name: ec, versions: [{{version: 22222222222222222222222222222222, kty: EC}}]}}\n  - {{name: off, versions: [{{version: 33333333333333333333333333333333, enabled: false}}]}}\n- name: kv-west\n  subscriptionId: {SUB}\n  resourceGroup: security-rg\n  location: westus\n  enablePurgeProtection: true\n  keys: [{{name: k, versions: [{{version: 44444444444444444444444444444444}}]}}]\ngrants:\n- {{vault: kv-bad, principalId: 0b0b0b0b-1111-4222-8333-444444444444}}\n- {{vault: kv-west, principalId: 0b0b0b0b-1111-4222-8333-444444444444}}\n"
+    ))
+    .unwrap();
+    s.sim.seed(&seed).unwrap();
+    let vault =
+        |v: &str| format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/{v}");
+    let cases = [
+        ("big", vault("kv-bad"), "big", "11111111111111111111111111111111", "KeySizeUnsupported"),
+        ("ec", vault("kv-bad"), "ec", "22222222222222222222222222222222", "KeyNotRSA"),
+        ("off", vault("kv-bad"), "off", "33333333333333333333333333333333", "KeyDisabled"),
+        ("missing", vault("kv-bad"), "nope", "55555555555555555555555555555555", "KeyNotFound"),
+        ("west", vault("kv-west"), "k", "44444444444444444444444444444444", "VaultRegionMismatch"),
+    ];
+    for (name, v, key, version, _) in &cases {
+        s.create(cache_manifest(
+            name,
+            serde_json::json!({"keyVaultId": v, "keyName": key, "keyVersion": version}),
+            serde_json::json!({}),
+        ))
+        .await;
+    }
+    for (name, _, _, _, reason) in &cases {
+        let o = s
+            .wait(name, &format!("Stalled {reason}"), |o| {
+                o.status
+                    .as_ref()
+                    .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"))
+            })
+            .await;
+        let (_, got, msg) = condition(&o, "Stalled");
+        assert_eq!(&got, reason, "{name}: {msg}");
+        assert_eq!(condition(&o, "KeyValid").0, "False");
+        assert_eq!(phase_of(&o), Some(Phase::Pending));
+    }
+    assert!(s.requests("PUT", "/caches/").is_empty(), "no cache was created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn product_retirement_is_a_terminal_condition_not_a_retry_loop() {
+    let s = Scenario::new("retired", SimConfig { retired: true, ..SimConfig::default() }).await;
+    let name = s.apply("user-assigned.yaml");
+    let o = s
+        .wait(&name, "Stalled", |o| {
+            o.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"))
+        })
+        .await;
+    let (_, reason, msg) = condition(&o, "Stalled");
+    assert_eq!(reason, "CreateRejected");
+    assert!(msg.contains("retirement"), "{msg}");
+    assert_eq!(phase_of(&o), Some(Phase::Failed));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.requests("PUT", "/caches/").len(), 1, "the refused create is not retried");
+}

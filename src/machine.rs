@@ -650,6 +650,14 @@ impl<'a> Draft<'a> {
                 _ => (Phase::Creating, "Creating"),
             };
             let msg = format!("Azure reports provisioningState {state}, health {}", or_unknown(health));
+            if phase == Phase::Authorizing {
+                self.cond(
+                    C::KeyAuthorized,
+                    S::Unknown,
+                    "GrantPropagating",
+                    "access is granted; Azure is picking up the key",
+                );
+            }
             self.progressing(phase, reason, &msg);
             return;
         }

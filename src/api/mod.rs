@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Health", type_ = "string", json_path = ".status.healthState"),
     printcolumn(name = "Key", type_ = "string", json_path = ".status.activeKeyUrl"),
-    printcolumn(name = "Deadline", type_ = "date", json_path = ".status.authorizationDeadline"),
+    // A deadline lies in the future, which a "date" column prints as <invalid>: show the timestamp.
+    printcolumn(name = "Deadline", type_ = "string", json_path = ".status.authorizationDeadline"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

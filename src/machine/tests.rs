@@ -283,6 +283,13 @@ fn waiting_for_key_automatic_grants_system_principal() {
     assert_eq!(d.action, Action::None);
     assert_eq!(d.status.phase, Some(Phase::Authorizing));
     assert_eq!(cond(&d, "KeyAuthorized").reason, "GrantPropagating");
+    // Azure took the grant and is transitioning: still Authorizing, the grant is no longer awaited.
+    c.status = d.status;
+    c.observed.cache = Some(cache("Creating", "Transitioning"));
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Authorizing));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "KeyAuthorized").status, "Unknown");
 }
 
 #[test]

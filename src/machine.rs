@@ -309,6 +309,36 @@ fn normalize_region(r: &str) -> String {
     r.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
+/// The namespace annotation with which a cluster admin lists the vault scopes (ARM id prefixes, comma-separated,
+/// e.g. `/subscriptions/{id}/resourceGroups/keys-rg`) that `HpcCache` objects in the namespace may use. Without it,
+/// only vaults in the cache's own subscription are allowed (also enforced by the CRD's CEL rule).
+pub const ALLOWED_VAULT_SCOPES_ANNOTATION: &str = "hpccache.io/allowed-vault-scopes";
+
+/// Whether `vault_id` is allowed for a cache in `cache_subscription`, given the namespace's allowed scopes.
+/// Scopes match whole ARM path segments, case-insensitively.
+pub fn vault_allowed(vault_id: &str, cache_subscription: &str, allowed_scopes: Option<&str>) -> Result<(), String> {
+    let vault = vault_id.trim_end_matches('/').to_ascii_lowercase();
+    let within = |scope: &str| {
+        let scope = scope.trim().trim_end_matches('/').to_ascii_lowercase();
+        !scope.is_empty() && (vault == scope || vault.starts_with(&format!("{scope}/")))
+    };
+    match allowed_scopes {
+        None => {
+            let own = format!("/subscriptions/{cache_subscription}");
+            if within(&own) { Ok(()) } else { Err(format!("Key Vault {vault_id} is outside the cache's subscription")) }
+        }
+        Some(list) => {
+            if list.split(',').any(within) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Key Vault {vault_id} is not in a scope this namespace may use ({ALLOWED_VAULT_SCOPES_ANNOTATION}: {list})"
+                ))
+            }
+        }
+    }
+}
+
 /// Builds the next status step by step.
 struct Draft<'a> {
     input: &'a Input<'a>,
@@ -435,6 +465,11 @@ impl<'a> Draft<'a> {
         }
         // A recorded create_requested_at with no cache means the PUT may not have been sent (crash) or Azure does
         // not show it yet: re-sending is idempotent (same name), so the cache is never duplicated or lost.
+        if matches!(self.input.observed.vault, Some(VaultFacts::Invalid { .. })) {
+            // A vault that is unusable (or not allowed) is reported first: its key was never read.
+            self.vault_ready_for_create();
+            return;
+        }
         let Some(key_url) = self.validated_key() else {
             return;
         };
@@ -734,6 +769,11 @@ impl<'a> Draft<'a> {
                     message: msg,
                 });
             }
+            return;
+        }
+        if let Some(VaultFacts::Invalid { reason, message }) = self.input.observed.vault.clone() {
+            self.cond(C::KeyAuthorized, S::False, &reason, &message);
+            self.stalled(Phase::WaitingForKey, &reason, &format!("cannot grant access: {message}"));
             return;
         }
         let system_assigned = self.spec().identity.type_ == IdentityType::SystemAssigned;

@@ -41,6 +41,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "HPCC_NAMESPACE")]
     namespace: Option<String>,
@@ -93,7 +96,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = controller::Metrics::new();
     let azure_cfg = azure::AzureConfig::from_env()?;
     let azure = azure::Azure::new(azure_cfg, Some(std::sync::Arc::new(metrics.clone()))).await?;
-    let client = kube::Client::try_default().await?;
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            kube::Client::try_from(config)?
+        }
+        None => kube::Client::try_default().await?,
+    };
     let settings = controller::Settings {
         namespace: args.namespace,
         label_selector: args.selector,

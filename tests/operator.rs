@@ -28,10 +28,16 @@ struct Scenario {
     operator: Option<Child>,
     log: PathBuf,
     api: Api<HpcCache>,
+    extra_args: Vec<String>,
 }
 
 impl Scenario {
     async fn new(prefix: &str, cfg: SimConfig) -> Scenario {
+        Scenario::with_args(prefix, cfg, &[]).await
+    }
+
+    /// A scenario whose operator runs with extra command-line arguments.
+    async fn with_args(prefix: &str, cfg: SimConfig, extra_args: &[&str]) -> Scenario {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let cluster = TestCluster::shared();
         cluster.install_crds(format!("{REPO}/crds")).await;
@@ -41,7 +47,8 @@ impl Scenario {
             Simulator::start(SimConfig { seed: Some(seed), speed: SPEED, ..cfg }).await.expect("simulator starts");
         let api = Api::namespaced(cluster.client().await, &ns);
         let log = std::env::temp_dir().join(format!("hpcc-operator-{ns}.log"));
-        let mut s = Scenario { cluster, ns, sim, operator: None, log, api };
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let mut s = Scenario { cluster, ns, sim, operator: None, log, api, extra_args };
         s.start_operator();
         s
     }
@@ -51,6 +58,7 @@ impl Scenario {
         let child = Command::new(env!("CARGO_BIN_EXE_hpc-cache-operator"))
             .args(["run", "--namespace", &self.ns, "--poll-seconds", "0.3", "--resync-seconds", "2"])
             .args(["--facts-ttl-seconds", "1", "--metrics-addr", "127.0.0.1:0"])
+            .args(&self.extra_args)
             .envs(self.sim.env())
             .env("KUBECONFIG", self.cluster.kubeconfig_path())
             .env("HPCC_LOG", "info")
@@ -526,4 +534,85 @@ async fn product_retirement_is_a_terminal_condition_not_a_retry_loop() {
     assert_eq!(phase_of(&o), Some(Phase::Failed));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.requests("PUT", "/caches/").len(), 1, "the refused create is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_may_only_use_the_vaults_its_admin_allows() {
+    let s = Scenario::new("policy", SimConfig::default()).await;
+    let annotate = s
+        .cluster
+        .kubectl()
+        .args(["annotate", "namespace", &s.ns])
+        .arg(format!("hpccache.io/allowed-vault-scopes=/subscriptions/{SUB}/resourceGroups/other-rg"))
+        .output()
+        .unwrap();
+    assert!(annotate.status.success(), "{}", String::from_utf8_lossy(&annotate.stderr));
+    let name = s.apply("system-assigned.yaml");
+    let o = s
+        .wait(&name, "Stalled", |o| {
+            o.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"))
+        })
+        .await;
+    let (_, reason, msg) = condition(&o, "Stalled");
+    assert_eq!(reason, "VaultNotAllowed", "{msg}");
+    assert!(msg.contains("other-rg"), "{msg}");
+    assert!(
+        s.requests("GET", "/vaults/kv-cmk").is_empty() && s.requests("PATCH", "/vaults/").is_empty(),
+        "the vault was never touched"
+    );
+    assert!(s.requests("PUT", "/caches/").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_label_selector_shards_objects_between_operators() {
+    let s = Scenario::with_args("shard", SimConfig::default(), &["--selector", "shard=a"]).await;
+    let mine = cache_manifest(
+        "mine",
+        serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"}),
+        serde_json::json!({}),
+    );
+    let mut mine = mine;
+    mine["metadata"]["labels"] = serde_json::json!({"shard": "a"});
+    let theirs = cache_manifest(
+        "theirs",
+        serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"}),
+        serde_json::json!({}),
+    );
+    s.create(theirs).await;
+    let name = s.create(mine).await;
+    s.wait_phase(&name, Phase::Ready).await;
+    assert!(s.get("theirs").await.status.is_none(), "another shard's object is left alone");
+    assert!(s.requests("GET", "/caches/theirs").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_metrics_and_no_secret_in_the_log() {
+    let s = Scenario::with_args("observe", SimConfig::default(), &["--log-format", "json"]).await;
+    let name = s.apply("system-assigned.yaml");
+    s.wait_phase(&name, Phase::Ready).await;
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let addr = lines
+        .iter()
+        .find_map(|l| l["fields"]["addr"].as_str().map(str::to_string))
+        .expect("the metrics address is logged");
+    let secret = s.sim.env().into_iter().find(|(k, _)| k == "AZURE_CLIENT_SECRET").unwrap().1;
+    assert!(!secret.is_empty() && !log.contains(&secret), "the client secret never reaches the log");
+    assert!(!log.contains("Bearer "), "no token in the log");
+
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let resp = reqwest::get(url).await.unwrap();
+            (resp.status().is_success(), resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (true, "ok".to_string()));
+    assert_eq!(get("/readyz").await, (true, "ready".to_string()));
+    let (ok, metrics) = get("/metrics").await;
+    assert!(ok);
+    assert!(metrics.contains("hpccache_objects{phase=\"Ready\"} 1"), "{metrics}");
+    assert!(metrics.contains("hpccache_azure_calls_total{operation=\"caches.put\",status=\"201\"} 1"), "{metrics}");
+    assert!(metrics.contains("hpccache_reconciles_total{result=\"ok\"}"), "{metrics}");
 }

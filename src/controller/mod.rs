@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -146,7 +147,9 @@ async fn reconcile(obj: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Err
     }
 
     let status = obj.status.clone().unwrap_or_default();
-    let (observed, vault) = match observe::observe(&ctx.azure, &ctx.facts, &obj).await {
+    let namespace = Api::<Namespace>::all(ctx.client.clone()).get_metadata(&ns).await?;
+    let allowed = namespace.annotations().get(machine::ALLOWED_VAULT_SCOPES_ANNOTATION).cloned();
+    let (observed, vault) = match observe::observe(&ctx.azure, &ctx.facts, &obj, allowed.as_deref()).await {
         Ok(o) => o,
         Err(e) => {
             // Report why we cannot see Azure, then retry.

@@ -59,10 +59,12 @@ pub fn cache_id(obj: &HpcCache) -> ResourceId {
     ResourceId::cache(&a.subscription_id, &a.resource_group, obj.azure_name())
 }
 
+/// `allowed_vault_scopes`: the namespace's [`machine::ALLOWED_VAULT_SCOPES_ANNOTATION`], if any.
 pub async fn observe(
     azure: &Azure,
     facts: &FactsCache,
     obj: &HpcCache,
+    allowed_vault_scopes: Option<&str>,
 ) -> Result<(Observed, Option<Vault>), AzureError> {
     let got = azure.get_cache(&cache_id(obj)).await?;
     let now = got.date.unwrap_or_else(Timestamp::now);
@@ -73,11 +75,11 @@ pub async fn observe(
     if !needs_facts || obj.metadata.deletion_timestamp.is_some() {
         return Ok((observed, None));
     }
-    let key = facts_key(obj);
+    let key = format!("{}|{}", facts_key(obj), allowed_vault_scopes.unwrap_or_default());
     let f = match facts.get(&key) {
         Some(f) => f,
         None => {
-            let f = read_facts(azure, obj, now).await?;
+            let f = read_facts(azure, obj, now, allowed_vault_scopes).await?;
             facts.put(key, f.clone());
             f
         }
@@ -105,7 +107,12 @@ fn invalid_vault(reason: &str, message: String) -> VaultFacts {
     VaultFacts::Invalid { reason: reason.into(), message }
 }
 
-async fn read_facts(azure: &Azure, obj: &HpcCache, now: Timestamp) -> Result<Facts, AzureError> {
+async fn read_facts(
+    azure: &Azure,
+    obj: &HpcCache,
+    now: Timestamp,
+    allowed_vault_scopes: Option<&str>,
+) -> Result<Facts, AzureError> {
     let mut f = Facts {
         vault: None,
         vault_facts: invalid_vault("VaultNotChecked", String::new()),
@@ -113,7 +120,14 @@ async fn read_facts(azure: &Azure, obj: &HpcCache, now: Timestamp) -> Result<Fac
         identity: None,
         identity_error: None,
     };
-    if let Some(enc) = &obj.spec.encryption {
+    let policy =
+        obj.spec.encryption.as_ref().map(|enc| {
+            machine::vault_allowed(&enc.key_vault_id, &obj.spec.azure.subscription_id, allowed_vault_scopes)
+        });
+    if let Some(Err(message)) = policy {
+        // Never touch a vault the namespace may not use, not even to read it.
+        f.vault_facts = invalid_vault("VaultNotAllowed", message);
+    } else if let Some(enc) = &obj.spec.encryption {
         match ResourceId::parse(&enc.key_vault_id) {
             Err(e) => f.vault_facts = invalid_vault("InvalidVaultId", format!("spec.encryption.keyVaultId: {e}")),
             Ok(vault_id) => match azure.get_vault(&vault_id).await {

@@ -589,3 +589,35 @@ fn strip_version_keeps_vault_and_name() {
     assert_eq!(strip_version(KID), "https://kv.vault.azure.net/keys/k");
     assert_eq!(strip_version("https://kv.vault.azure.net/keys/k/"), "https://kv.vault.azure.net/keys/k");
 }
+
+#[test]
+fn vault_policy() {
+    let sub = SUB;
+    assert!(vault_allowed(VAULT, sub, None).is_ok());
+    let other =
+        "/subscriptions/99999999-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv";
+    assert!(vault_allowed(other, sub, None).is_err(), "default: own subscription only");
+    let scopes = format!("/subscriptions/{sub}/resourceGroups/RG , /subscriptions/x/resourceGroups/y");
+    assert!(vault_allowed(VAULT, sub, Some(&scopes)).is_ok(), "case-insensitive, spaces trimmed");
+    let err = vault_allowed(VAULT, sub, Some(&format!("/subscriptions/{sub}/resourceGroups/r"))).unwrap_err();
+    assert!(err.contains("hpccache.io/allowed-vault-scopes"), "{err}");
+    // Prefixes match whole segments: rg does not cover rg2.
+    let rg2 = VAULT.replace("/rg/", "/rg2/");
+    assert!(vault_allowed(&rg2, sub, Some(&format!("/subscriptions/{sub}/resourceGroups/rg"))).is_err());
+    assert!(vault_allowed(VAULT, sub, Some("")).is_err(), "an empty list allows nothing");
+}
+
+#[test]
+fn a_disallowed_vault_is_never_granted_on() {
+    let mut c = Case::new();
+    c.observed.vault = Some(VaultFacts::Invalid { reason: "VaultNotAllowed".into(), message: "no".into() });
+    c.observed.key = None;
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "VaultNotAllowed");
+    // Even for an existing cache waiting for its key.
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "VaultNotAllowed");
+}

@@ -65,10 +65,19 @@ struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "HPCC_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: SocketAddr,
-    /// Name of this instance in events (defaults to $POD_NAME).
+    /// Name of this instance in events and in the leader-election lease (defaults to $POD_NAME).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    /// Run only while holding a Lease, so that several replicas never act on the same cache at once.
+    #[arg(long, env = "HPCC_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (defaults to $POD_NAMESPACE, then "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
 }
+
+/// Name of the leader-election Lease.
+const LEASE_NAME: &str = "hpc-cache-operator";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -113,12 +122,52 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             resync: Duration::from_secs(args.resync_seconds.max(1)),
         },
         facts_ttl: Duration::from_secs(args.facts_ttl_seconds),
-        instance: args.instance,
+        instance: args.instance.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     let router = metrics.router();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let ctx = controller::Context::new(client, azure, metrics, settings);
-    controller::run(ctx).await
+    let leading = args.leader_election;
+    let identity = args.instance.clone().unwrap_or_else(|| format!("hpc-cache-operator-{}", uuid::Uuid::new_v4()));
+    let lease_namespace = args.leader_election_namespace.clone().unwrap_or_else(|| "default".into());
+    let ctx = controller::Context::new(client.clone(), azure, metrics, settings);
+    if !leading {
+        return controller::run(ctx, std::future::pending()).await;
+    }
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, LEASE_NAME)
+        .with_namespace(&lease_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(lease = LEASE_NAME, namespace = %lease_namespace, %identity, "waiting to become the leader");
+    while !*leader.borrow_and_update() {
+        leader.changed().await?;
+    }
+    tracing::info!(%identity, "leading");
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let watch_leadership = tokio::spawn(async move {
+        while *leader.borrow_and_update() {
+            if leader.changed().await.is_err() {
+                break;
+            }
+        }
+        let _ = lost_tx.send(());
+        leader // kept alive until here so the lease is not released early
+    });
+    controller::run(ctx, async move {
+        let _ = lost_rx.await;
+    })
+    .await?;
+    if watch_leadership.is_finished() {
+        // Leadership was lost: exit non-zero so the pod restarts and campaigns again.
+        anyhow::bail!("lost the leader-election lease {lease_namespace}/{LEASE_NAME}");
+    }
+    // Shut down by a signal: hand the lease over at once by releasing it.
+    watch_leadership.abort();
+    let _ = lease_task.await;
+    Ok(())
 }

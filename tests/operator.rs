@@ -54,8 +54,13 @@ impl Scenario {
     }
 
     fn start_operator(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hpc-cache-operator"))
+        self.operator = Some(self.spawn_operator(&self.log));
+    }
+
+    /// One more operator process (a replica) for this scenario, logging to `log`.
+    fn spawn_operator(&self, log: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_hpc-cache-operator"))
             .args(["run", "--namespace", &self.ns, "--poll-seconds", "0.3", "--resync-seconds", "2"])
             .args(["--facts-ttl-seconds", "1", "--metrics-addr", "127.0.0.1:0"])
             .args(&self.extra_args)
@@ -66,8 +71,7 @@ impl Scenario {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("operator starts");
-        self.operator = Some(child);
+            .expect("operator starts")
     }
 
     /// SIGKILL: no graceful shutdown, as when a node dies.
@@ -615,4 +619,41 @@ async fn json_logs_metrics_and_no_secret_in_the_log() {
     assert!(metrics.contains("hpccache_objects{phase=\"Ready\"} 1"), "{metrics}");
     assert!(metrics.contains("hpccache_azure_calls_total{operation=\"caches.put\",status=\"201\"} 1"), "{metrics}");
     assert!(metrics.contains("hpccache_reconciles_total{result=\"ok\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_election_lets_one_replica_act_and_hands_over_on_shutdown() {
+    let mut s = Scenario::with_args("leader", SimConfig::default(), &["--leader-election"]).await;
+    // Restart with the lease in the test namespace, plus a second replica B.
+    s.kill_operator();
+    let ns = s.ns.clone();
+    s.extra_args.extend(["--leader-election-namespace".to_string(), ns.clone()]);
+    s.start_operator();
+    let b_log = std::env::temp_dir().join(format!("hpcc-operator-{ns}-b.log"));
+    let mut b = s.spawn_operator(&b_log);
+    let leads = |log: &PathBuf| std::fs::read_to_string(log).unwrap_or_default().contains(" leading");
+
+    let start = Instant::now();
+    while !(leads(&s.log) || leads(&b_log)) {
+        assert!(start.elapsed() < TIMEOUT, "nobody leads\n{}", s.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(leads(&s.log) != leads(&b_log), "exactly one replica leads");
+    // SIGTERM the leader: it finishes, releases the lease, and the other replica takes over.
+    let (leader, follower_log) =
+        if leads(&s.log) { (s.operator.as_mut().unwrap(), b_log.clone()) } else { (&mut b, s.log.clone()) };
+    assert!(Command::new("kill").args(["-TERM", &leader.id().to_string()]).status().unwrap().success());
+    let status = leader.wait().unwrap();
+    assert!(status.success(), "a graceful shutdown exits 0: {status:?}");
+    let start = Instant::now();
+    while !leads(&follower_log) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the other replica did not take over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new leader does the work.
+    let name = s.apply("user-assigned.yaml");
+    s.wait_phase(&name, Phase::Ready).await;
+    let _ = b.kill();
+    let _ = b.wait();
 }

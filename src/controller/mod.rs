@@ -88,8 +88,11 @@ impl Context {
     }
 }
 
-/// Runs the controller until SIGTERM/SIGINT (graceful shutdown: in-flight reconciles finish).
-pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
+/// Runs the controller until SIGTERM/SIGINT or `stop` resolves (e.g. leadership lost); in-flight reconciles finish.
+pub async fn run(
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let api: Api<HpcCache> = match &ctx.settings.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -109,6 +112,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     Controller::new(api, wc)
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency))
         .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {

@@ -13,8 +13,11 @@ help: ## list the targets
 
 .PHONY: demo
 demo: ## the main job: local apiserver + Azure simulator + operator + examples
-	@if [ ! -x scripts/demo.sh ]; then echo "make demo: scripts/demo.sh does not exist yet (the demo issue adds it)" >&2; exit 1; fi
 	scripts/demo.sh
+
+.PHONY: demo-down
+demo-down: ## stop what `make demo` started (operator, simulator, control plane)
+	scripts/demo.sh down
 
 .PHONY: test
 test: fmt-check clippy test-deps crd-check lint-docker chart-lint ## everything CI checks

@@ -242,7 +242,8 @@ pub struct ActionError {
 
 fn action_name(a: &Action) -> &'static str {
     match a {
-        Action::None => "nothing",
+        // `action_failed` with no action: observing Azure failed.
+        Action::None => "reading the cache's state from Azure",
         Action::EnableVaultProtection => "enabling vault purge protection",
         Action::Grant(_) => "granting key access",
         Action::CreateCache { .. } => "creating the cache",

@@ -621,3 +621,20 @@ fn a_disallowed_vault_is_never_granted_on() {
     assert_eq!(d.action, Action::None);
     assert_eq!(cond(&d, "Stalled").reason, "VaultNotAllowed");
 }
+
+#[test]
+fn an_unreadable_cache_is_reported_as_stalled_with_azures_message() {
+    let status = HpcCacheStatus { phase: Some(Phase::Ready), ..Default::default() };
+    let err = ActionError {
+        code: "AuthorizationFailed".into(),
+        message: "The client does not have authorization to perform action".into(),
+        retryable: false,
+        retry_after: None,
+    };
+    let f = action_failed(&status, Some(1), &Action::None, &err, t0(), Timing::default());
+    let stalled = f.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "AzureRequestRejected"));
+    assert!(stalled.message.starts_with("reading the cache's state from Azure failed"), "{}", stalled.message);
+    assert!(stalled.message.contains("AuthorizationFailed"));
+    assert_eq!(f.status.phase, Some(Phase::Ready), "the phase is what was last known");
+}

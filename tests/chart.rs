@@ -111,7 +111,7 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
         &["patch", "hpccaches.hpccache.io", "--subresource=status", "-n", "anywhere"],
         &["update", "hpccaches.hpccache.io", "--subresource=finalizers", "-n", "anywhere"],
         &["create", "events.events.k8s.io", "-n", "anywhere"],
-        &["update", "leases.coordination.k8s.io", "-n", &ns],
+        &["patch", "leases.coordination.k8s.io", "-n", &ns],
     ] {
         assert!(can_i(cluster, &sa, allowed), "the operator cannot {allowed:?}");
     }
@@ -119,7 +119,7 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
         &["get", "secrets", "-n", &ns][..],
         &["delete", "hpccaches.hpccache.io", "-n", "anywhere"],
         &["create", "hpccaches.hpccache.io", "-n", "anywhere"],
-        &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["patch", "leases.coordination.k8s.io", "-n", "kube-system"],
         &["create", "pods", "-n", &ns],
     ] {
         assert!(!can_i(cluster, &sa, denied), "the operator may {denied:?}, more than it needs");
@@ -179,6 +179,8 @@ async fn the_rendered_environment_is_what_the_operator_reads() {
             );
         }
         assert_eq!(env["HPCC_NAMESPACE"], "research");
+        assert_eq!(env["HPCC_LEADER_ELECTION"], "true");
+        env["HPCC_METRICS_ADDR"].parse::<std::net::SocketAddr>().expect("HPCC_METRICS_ADDR is an address");
         let config = AzureConfig::from_vars(|k| env.get(k).cloned())
             .unwrap_or_else(|e| panic!("the operator refuses the chart's Azure settings {extra:?}: {e:#}"));
         assert_eq!(config.credential, credential, "{extra:?}");

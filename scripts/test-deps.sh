@@ -99,6 +99,10 @@ build_helm() {
 # assets path) so the version-keyed cache always holds what this script built.
 assets() { [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$1" ]; }
 
+# One build at a time per cache (parallel test runners, two shells): the second waits, then finds everything built.
+exec 9>"$cache_root/.build.lock"
+flock 9
+
 assets etcd || build_etcd
 assets kube-apiserver || build_k8s kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver/app 'app.NewAPIServerCommand()'
 assets kubectl || build_k8s kubectl k8s.io/kubectl/pkg/cmd 'cmd.NewDefaultKubectlCommand()'

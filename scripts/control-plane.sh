@@ -72,11 +72,14 @@ start_once() {
     </dev/null >"$dir/etcd.log" 2>&1 &
   local etcd_pid=$!
 
+  # --endpoint-reconciler-type none: nothing runs in-cluster, and 127.0.0.1 is not a valid endpoint for the
+  # `kubernetes` Service (the default reconciler would log an error every 10 s).
   setsid "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
     --cert-dir "$dir/certs" --authorization-mode RBAC --token-auth-file "$dir/certs/tokens.csv" \
     --service-cluster-ip-range 10.0.0.0/24 --service-account-issuer "https://127.0.0.1:$api_port/" \
     --service-account-key-file "$dir/certs/sa.pub" --service-account-signing-key-file "$dir/certs/sa.key" \
+    --endpoint-reconciler-type none \
     </dev/null >"$dir/kube-apiserver.log" 2>&1 &
   local api_pid=$!
   echo "$etcd_pid $api_pid" > "$dir/pids"

@@ -61,7 +61,8 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
         for kind in ["deployment.apps/", "serviceaccount/", "role.rbac.authorization.k8s.io/hpcc-"] {
             assert!(applied.contains(kind), "{kind} missing from {extra:?}:\n{applied}");
         }
-        let cluster_wide = applied.contains("clusterrole.rbac.authorization.k8s.io/");
+        // Access to hpccaches is cluster-wide only when all namespaces are watched (namespaces/get always is).
+        let cluster_wide = applied.contains("clusterrole.rbac.authorization.k8s.io/hpcc-hpc-cache-operator created");
         assert_eq!(cluster_wide, extra.iter().all(|a| !a.starts_with("watchNamespace")), "{applied}");
     }
 }
@@ -112,6 +113,8 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
         &["update", "hpccaches.hpccache.io", "--subresource=finalizers", "-n", "anywhere"],
         &["create", "events.events.k8s.io", "-n", "anywhere"],
         &["patch", "leases.coordination.k8s.io", "-n", &ns],
+        // the vault policy annotation (hpccache.io/allowed-vault-scopes) is read from the object's namespace
+        &["get", "namespaces/anywhere"],
     ] {
         assert!(can_i(cluster, &sa, allowed), "the operator cannot {allowed:?}");
     }
@@ -121,6 +124,7 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
         &["create", "hpccaches.hpccache.io", "-n", "anywhere"],
         &["patch", "leases.coordination.k8s.io", "-n", "kube-system"],
         &["create", "pods", "-n", &ns],
+        &["update", "namespaces/anywhere"],
     ] {
         assert!(!can_i(cluster, &sa, denied), "the operator may {denied:?}, more than it needs");
     }

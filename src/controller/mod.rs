@@ -201,7 +201,7 @@ async fn reconcile(obj: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Err
         return Ok(Requeue::requeue(decision.requeue_after));
     }
 
-    info!(namespace = %ns, name = %name, action = ?action_label(&decision.action), "acting");
+    info!(namespace = %ns, name = %name, action = ?decision.action, "acting");
     let result = act::perform(&ctx.azure, &obj, vault.as_ref(), &decision.action).await;
     if matches!(decision.action, Action::EnableVaultProtection | Action::Grant(_) | Action::RevokeGrant(_))
         && let Some(enc) = &obj.spec.encryption
@@ -239,19 +239,6 @@ fn action_error(e: &AzureError) -> ActionError {
         message: e.to_string(),
         retryable: e.is_retryable(),
         retry_after: e.retry_after(),
-    }
-}
-
-fn action_label(a: &Action) -> &'static str {
-    match a {
-        Action::None => "None",
-        Action::EnableVaultProtection => "EnableVaultProtection",
-        Action::Grant(_) => "Grant",
-        Action::CreateCache { .. } => "CreateCache",
-        Action::UpdateCache { .. } => "UpdateCache",
-        Action::DeleteCache => "DeleteCache",
-        Action::RevokeGrant(_) => "RevokeGrant",
-        Action::RemoveFinalizer => "RemoveFinalizer",
     }
 }
 

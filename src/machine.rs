@@ -196,6 +196,14 @@ pub fn action_failed(
     let mut status = status.clone();
     let t = Time(now);
     let what = action_name(action);
+    // The grant was recorded as intent; it did not happen, so it must not count as made.
+    if let Action::Grant(g) = action
+        && status.grant.as_ref() == Some(g)
+    {
+        status.grant = None;
+    }
+    // While a grant is outstanding Azure's window is running: look again soon, whatever the error.
+    let deadline_running = matches!(action, Action::Grant(_) | Action::EnableVaultProtection);
     let message = format!("{what} failed: {} ({})", error.message, error.code);
     let requeue_after = if error.retryable {
         set_condition(&mut status.conditions, C::Reconciling, S::True, "AzureRetrying", &message, generation, &t);
@@ -212,7 +220,7 @@ pub fn action_failed(
         set_condition(&mut status.conditions, C::Stalled, S::True, reason, &message, generation, &t);
         set_condition(&mut status.conditions, C::Ready, S::False, reason, &message, generation, &t);
         set_condition(&mut status.conditions, C::Reconciling, S::False, reason, &message, generation, &t);
-        timing.resync
+        if deadline_running { timing.poll } else { timing.resync }
     };
     Decision {
         status,

@@ -638,3 +638,22 @@ fn an_unreadable_cache_is_reported_as_stalled_with_azures_message() {
     assert!(stalled.message.contains("AuthorizationFailed"));
     assert_eq!(f.status.phase, Some(Phase::Ready), "the phase is what was last known");
 }
+
+#[test]
+fn a_failed_grant_is_not_remembered_as_made_and_is_retried_soon() {
+    let mut c = Case::new();
+    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    let d = c.run();
+    let Action::Grant(g) = d.action.clone() else { panic!("expected a grant, got {:?}", d.action) };
+    let err = ActionError {
+        code: "Forbidden".into(),
+        message: "the operator may not write access policies".into(),
+        retryable: false,
+        retry_after: None,
+    };
+    let f = action_failed(&d.status, Some(1), &d.action, &err, t0(), Timing::default());
+    assert_eq!(f.status.grant, None, "a grant that failed must not count as made");
+    assert!(f.requeue_after <= Timing::default().poll, "the deadline is running: try again soon");
+    c.status = f.status;
+    assert_eq!(c.run().action, Action::Grant(g), "the next look grants again");
+}

@@ -54,8 +54,7 @@ pub struct HpcCacheSpec {
     #[serde(rename = "cacheSizeGB")]
     pub cache_size_gb: i32,
 
-    /// ARM id of the subnet the cache is placed in
-    /// (/subscriptions/{id}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}). Create-only.
+    /// ARM id of the subnet the cache is placed in (/subscriptions/{id}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}). Create-only.
     #[schemars(regex(
         pattern = r"(?i)^/subscriptions/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/resourceGroups/[-\w._()]{1,90}/providers/Microsoft\.Network/virtualNetworks/[-\w._]{2,64}/subnets/[-\w._]{1,80}$"
     ))]
@@ -67,18 +66,15 @@ pub struct HpcCacheSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.identity is immutable: Azure cannot change the identity of an existing cache"))]
     pub identity: CacheIdentity,
 
-    /// Customer-managed key settings. Present = encrypted with your key; absent = Microsoft-managed keys.
-    /// Whether it is present cannot change after creation; the vault, key and version can.
+    /// Customer-managed key settings. Present = encrypted with your key; absent = Microsoft-managed keys. Whether it is present cannot change after creation; the vault, key and version can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
 
-    /// Who authorizes the cache's identity on the Key Vault: Automatic (the operator does, inside Azure's
-    /// 90-minute window) or Manual (a person does; the operator reports the principal id and the deadline).
+    /// Who authorizes the cache's identity on the Key Vault: Automatic (the operator does, inside Azure's 90-minute window) or Manual (a person does; the operator reports the principal id and the deadline).
     #[serde(default)]
     pub key_access: KeyAccess,
 
-    /// What to do when the 90-minute authorization window is missed: Fail (stop and report) or Recreate
-    /// (delete the failed cache and create a new one, up to maxRecreations times).
+    /// What to do when the 90-minute authorization window is missed: Fail (stop and report) or Recreate (delete the failed cache and create a new one, up to maxRecreations times).
     #[serde(default)]
     pub on_authorization_timeout: AuthorizationTimeoutPolicy,
 
@@ -127,8 +123,7 @@ pub struct AzureLocation {
 #[x_kube(validation = Rule::new(rules::USER_ASSIGNED_NEEDS_ID).message(rules::USER_ASSIGNED_NEEDS_ID_MSG))]
 #[x_kube(validation = Rule::new(rules::ID_ONLY_FOR_USER_ASSIGNED).message(rules::ID_ONLY_FOR_USER_ASSIGNED_MSG))]
 pub struct CacheIdentity {
-    /// SystemAssigned (Azure creates an identity with the cache; it must be authorized within 90 minutes) or
-    /// UserAssigned (an existing identity; with keyAccess Automatic it is authorized before the cache exists).
+    /// SystemAssigned (Azure creates an identity with the cache; it must be authorized within 90 minutes) or UserAssigned (an existing identity; with keyAccess Automatic it is authorized before the cache exists).
     #[serde(default, rename = "type")]
     pub type_: IdentityType,
     /// ARM id of the user-assigned identity; required when type is UserAssigned.
@@ -154,9 +149,7 @@ pub enum IdentityType {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(rules::VERSION_OR_ROTATION).message(rules::VERSION_OR_ROTATION_MSG))]
 pub struct Encryption {
-    /// ARM id of the Key Vault holding the key
-    /// (/subscriptions/{id}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}). The vault must be in
-    /// the cache's subscription and region, with soft delete and purge protection on (Automatic mode turns them on).
+    /// ARM id of the Key Vault holding the key (/subscriptions/{id}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}). The vault must be in the cache's subscription and region, with soft delete and purge protection on (Automatic mode turns them on).
     #[schemars(regex(
         pattern = r"(?i)^/subscriptions/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/resourceGroups/[-\w._()]{1,90}/providers/Microsoft\.KeyVault/vaults/[a-zA-Z0-9-]{3,24}$"
     ))]
@@ -165,8 +158,7 @@ pub struct Encryption {
     /// Name of the key in the vault. It must be an enabled 2048-bit RSA key.
     #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
     pub key_name: String,
-    /// Key version (32 hex characters). Optional when rotateToLatestKeyVersion is true: the operator then uses
-    /// the current version. Changing it rotates the cache to that version.
+    /// Key version (32 hex characters). Optional when rotateToLatestKeyVersion is true: the operator then uses the current version. Changing it rotates the cache to that version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-fA-F]{32}$"))]
     pub key_version: Option<String>,

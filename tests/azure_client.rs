@@ -12,52 +12,12 @@ use hpc_cache_operator::azure::{
     Azure, AzureConfig, AzureError, CMK_KEY_PERMISSIONS, Cache, CallObserver, DeleteOutcome,
     KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, role_assignment_name,
 };
-use hpc_cache_operator::sim::{Seed, SimConfig, Simulator};
+use hpc_cache_operator::sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 
-const TENANT: &str = "11111111-2222-4333-8444-555555555555";
-const SUB: &str = "00000000-0000-4000-8000-000000000001";
-const OP_CLIENT: &str = "aaaaaaaa-0000-4000-8000-000000000001";
-const OP_OID: &str = "aaaaaaaa-0000-4000-8000-0000000000a1";
-const UAI_PRINCIPAL: &str = "cccccccc-0000-4000-8000-0000000000c1";
-const V1: &str = "0123456789abcdef0123456789abcdef";
-
-fn seed() -> Seed {
-    Seed::from_yaml(&format!(
-        r#"
-tenantId: {TENANT}
-subscriptions:
-  - id: {SUB}
-    resourceGroups: [rg]
-principals:
-  - {{clientId: {OP_CLIENT}, objectId: {OP_OID}, secret: op-secret, operator: true}}
-identities:
-  - {{subscriptionId: {SUB}, resourceGroup: rg, name: uai1, location: westus, principalId: {UAI_PRINCIPAL}}}
-vaults:
-  - name: kv-ap
-    subscriptionId: {SUB}
-    resourceGroup: rg
-    location: westus
-    enablePurgeProtection: true
-    keys:
-      - {{name: k2048, versions: [{{version: {V1}}}]}}
-      - {{name: k4096, versions: [{{version: {V1}, size: 4096}}]}}
-  - name: kv-rbac
-    subscriptionId: {SUB}
-    resourceGroup: rg
-    location: westus
-    enableRbacAuthorization: true
-    enablePurgeProtection: true
-    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
-  - name: kv-nopp
-    subscriptionId: {SUB}
-    resourceGroup: rg
-    location: westus
-    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
-"#
-    ))
-    .expect("seed parses")
-}
+#[allow(unused_imports)] // its `TestCluster` re-export is for the control-plane tests
+mod support;
+use support::sim::{self, OP_OID, SUB, TENANT, UAI_PRINCIPAL, V1};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(&'static str, Option<u16>)>>);
@@ -76,7 +36,7 @@ struct Env {
 }
 
 async fn start_with(cfg: SimConfig) -> Env {
-    let sim = Simulator::start(SimConfig { seed: Some(seed()), ..cfg }).await.expect("simulator starts");
+    let sim = Simulator::start(SimConfig { seed: Some(sim::seed()), ..cfg }).await.expect("simulator starts");
     let vars = sim.env();
     let mut cfg = AzureConfig::from_vars(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
         .expect("config from the simulator's env");

@@ -9,10 +9,9 @@ use hpc_cache_operator::sim::{Seed, SimConfig, Simulator};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-const OP_CLIENT: &str = "aaaaaaaa-0000-4000-8000-000000000001";
-const OP_OID: &str = "aaaaaaaa-0000-4000-8000-0000000000a1";
-const OP_SECRET: &str = "op-secret";
-const TENANT: &str = "11111111-2222-4333-8444-555555555555";
+#[allow(unused_imports)] // its `TestCluster` re-export is for the control-plane tests
+mod support;
+use support::sim::{self, OP_CLIENT, OP_OID, OP_SECRET, TENANT};
 
 fn fixture(rel: &str) -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/azure-specs").join(rel);
@@ -197,32 +196,10 @@ async fn start(extra_seed: &str, vault_hosts: &[&str]) -> T {
     let sim = Simulator::start(SimConfig { seed: Some(Seed::from_yaml(&y).expect("seed")), ..SimConfig::default() })
         .await
         .expect("sim");
-    let cert = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], sim.base_url().port().unwrap()));
-    let mut b = Client::builder().tls_certs_only([cert]).no_proxy();
-    for v in vault_hosts {
-        b = b.resolve(&format!("{v}.vault.localhost"), addr);
-    }
-    let http = b.build().unwrap();
-    let mut toks = vec![];
-    for scope in ["https://management.azure.com/.default", "https://vault.azure.net/.default"] {
-        let v: Value = http
-            .post(sim.base_url().join(&format!("{TENANT}/oauth2/v2.0/token")).unwrap())
-            .form(&[
-                ("client_id", OP_CLIENT),
-                ("client_secret", OP_SECRET),
-                ("scope", scope),
-                ("grant_type", "client_credentials"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        toks.push(v["access_token"].as_str().unwrap().to_string());
-    }
-    T { sim, http, arm: toks[0].clone(), vault: toks[1].clone() }
+    let http = sim::https_client(&sim, vault_hosts);
+    let arm = sim::token(&http, &sim, OP_CLIENT, OP_SECRET, "https://management.azure.com/.default").await;
+    let vault = sim::token(&http, &sim, OP_CLIENT, OP_SECRET, "https://vault.azure.net/.default").await;
+    T { sim, http, arm, vault }
 }
 
 impl T {

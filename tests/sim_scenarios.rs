@@ -1,67 +1,47 @@
 //! Scenario tests for the Azure simulator over real HTTPS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::http::{ClientOptions, Transport};
+use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
+use hpc_cache_operator::sim::seed::SeedKey;
 use hpc_cache_operator::sim::{Seed, SimConfig, Simulator};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-const TENANT: &str = "11111111-2222-4333-8444-555555555555";
-const SUB: &str = "00000000-0000-4000-8000-000000000001";
+#[allow(unused_imports)] // its `TestCluster` re-export is for the control-plane tests
+mod support;
+use support::sim::{self, OP_CLIENT, OP_OID, OP_SECRET, SUB, TENANT, UAI_PRINCIPAL, V1, token};
+
 const OTHER_SUB: &str = "00000000-0000-4000-8000-000000000002";
-const OP_CLIENT: &str = "aaaaaaaa-0000-4000-8000-000000000001";
-const OP_OID: &str = "aaaaaaaa-0000-4000-8000-0000000000a1";
-const OP_SECRET: &str = "op-secret";
 const NOBODY_CLIENT: &str = "bbbbbbbb-0000-4000-8000-000000000001";
 const NOBODY_OID: &str = "bbbbbbbb-0000-4000-8000-0000000000b1";
-const UAI_PRINCIPAL: &str = "cccccccc-0000-4000-8000-0000000000c1";
-const V1: &str = "0123456789abcdef0123456789abcdef";
 const API: &str = "2024-03-01";
 const CRYPTO_SEU: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+const VAULTS: [&str; 5] = ["kv-ap", "kv-rbac", "kv-east", "kv-nopp", "kv-other"];
 
+/// The shared world plus: a second subscription, a principal without ARM rights, keys in `kv-ap` that a cache may
+/// not use (EC, disabled, expired), a vault in another region and one in another subscription.
 fn seed() -> Seed {
-    let y = format!(
-        r#"
-tenantId: {TENANT}
+    let mut seed = sim::seed();
+    sim::extend(
+        &mut seed,
+        &format!(
+            r#"
 subscriptions:
-  - id: {SUB}
-    resourceGroups: [rg]
   - id: {OTHER_SUB}
     resourceGroups: [rg2]
 principals:
-  - {{clientId: {OP_CLIENT}, objectId: {OP_OID}, secret: {OP_SECRET}, operator: true}}
   - {{clientId: {NOBODY_CLIENT}, objectId: {NOBODY_OID}, secret: nobody, armScopes: []}}
-identities:
-  - {{subscriptionId: {SUB}, resourceGroup: rg, name: uai1, location: westus, principalId: {UAI_PRINCIPAL}}}
 vaults:
-  - name: kv-ap
-    subscriptionId: {SUB}
-    resourceGroup: rg
-    location: westus
-    enablePurgeProtection: true
-    keys:
-      - {{name: k2048, versions: [{{version: {V1}}}]}}
-      - {{name: k4096, versions: [{{version: {V1}, size: 4096}}]}}
-      - {{name: kec, versions: [{{version: {V1}, kty: EC}}]}}
-      - {{name: kdis, versions: [{{version: {V1}, enabled: false}}]}}
-      - {{name: kexp, versions: [{{version: {V1}, exp: "2020-01-01T00:00:00Z"}}]}}
-  - name: kv-rbac
-    subscriptionId: {SUB}
-    resourceGroup: rg
-    location: westus
-    enableRbacAuthorization: true
-    enablePurgeProtection: true
-    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
   - name: kv-east
     subscriptionId: {SUB}
     resourceGroup: rg
     location: eastus
     enablePurgeProtection: true
-    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
-  - name: kv-nopp
-    subscriptionId: {SUB}
-    resourceGroup: rg
-    location: westus
     keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
   - name: kv-other
     subscriptionId: {OTHER_SUB}
@@ -70,8 +50,19 @@ vaults:
     enablePurgeProtection: true
     keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
 "#
+        ),
     );
-    Seed::from_yaml(&y).expect("seed parses")
+    let kv_ap = seed.vaults.iter_mut().find(|v| v.name == "kv-ap").expect("kv-ap is seeded");
+    let bad_keys: Vec<SeedKey> = serde_yaml_ng::from_str(&format!(
+        r#"
+- {{name: kec, versions: [{{version: {V1}, kty: EC}}]}}
+- {{name: kdis, versions: [{{version: {V1}, enabled: false}}]}}
+- {{name: kexp, versions: [{{version: {V1}, exp: "2020-01-01T00:00:00Z"}}]}}
+"#
+    ))
+    .expect("keys parse");
+    kv_ap.keys.extend(bad_keys);
+    seed
 }
 
 struct T {
@@ -81,13 +72,7 @@ struct T {
 }
 
 fn client(sim: &Simulator) -> Client {
-    let cert = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], sim.base_url().port().unwrap()));
-    let mut b = Client::builder().tls_certs_only([cert]).no_proxy();
-    for v in ["kv-ap", "kv-rbac", "kv-east", "kv-nopp", "kv-other"] {
-        b = b.resolve(&format!("{v}.vault.localhost"), addr);
-    }
-    b.build().unwrap()
+    sim::https_client(sim, &VAULTS)
 }
 
 async fn start_with(cfg: SimConfig) -> T {
@@ -99,25 +84,6 @@ async fn start_with(cfg: SimConfig) -> T {
 
 async fn start() -> T {
     start_with(SimConfig::default()).await
-}
-
-async fn token(http: &Client, sim: &Simulator, client_id: &str, secret: &str, scope: &str) -> String {
-    let url = sim.base_url().join(&format!("{TENANT}/oauth2/v2.0/token")).unwrap();
-    let r = http
-        .post(url)
-        .form(&[
-            ("client_id", client_id),
-            ("client_secret", secret),
-            ("scope", scope),
-            ("grant_type", "client_credentials"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["token_type"], "Bearer");
-    v["access_token"].as_str().unwrap().to_string()
 }
 
 struct Resp {
@@ -162,6 +128,32 @@ impl T {
     async fn admin(&self, method: Method, path: &str, body: Value) -> reqwest::Response {
         self.http.request(method, self.sim.admin_url().join(path).unwrap()).json(&body).send().await.unwrap()
     }
+    /// PUT cache `name` with a system-assigned identity and key `k2048` of `vault` (in `SUB`/`rg`).
+    async fn put_system_cache(&self, name: &str, vault: &str) -> Resp {
+        self.call(Method::PUT, &cache_path(name), Some(cache_body(system(), vault, "k2048", SUB, "rg"))).await
+    }
+    /// `Vaults_UpdateAccessPolicy` `add` on `vault` (in `SUB`/`rg`): key permissions `keys` for `object_id`.
+    async fn add_access_policy(&self, vault: &str, api: &str, object_id: &str, keys: &[&str]) -> Resp {
+        let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": object_id, "permissions": {"keys": keys}}]}});
+        self.call(
+            Method::PUT,
+            &format!("{}/accessPolicies/add?api-version={api}", vault_id(SUB, "rg", vault)),
+            Some(ap),
+        )
+        .await
+    }
+    /// The admin API's grant: the access a cache needs to `vault`'s keys, for `principal`.
+    async fn grant(&self, vault: &str, principal: &str) -> reqwest::Response {
+        self.admin(Method::POST, "grants", json!({"vaultName": vault, "principalId": principal})).await
+    }
+    /// GET `url` (an LRO monitor) with the operator's ARM token.
+    async fn get_url(&self, url: &str) -> reqwest::Response {
+        self.http.get(url).bearer_auth(&self.token).send().await.unwrap()
+    }
+    /// GET `path` on `vault`'s Key Vault host with `token`.
+    async fn vault_get(&self, vault: &str, path: &str, token: &str) -> reqwest::Response {
+        self.http.get(self.sim.vault_uri(vault).join(path).unwrap()).bearer_auth(token).send().await.unwrap()
+    }
 }
 
 fn cache_path(name: &str) -> String {
@@ -200,7 +192,7 @@ fn health(r: &Resp) -> (String, String) {
 }
 
 async fn poll_async(t: &T, url: &str) -> Value {
-    let r = t.http.get(url).bearer_auth(&t.token).send().await.unwrap();
+    let r = t.get_url(url).await;
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.unwrap()
 }
@@ -208,7 +200,7 @@ async fn poll_async(t: &T, url: &str) -> Value {
 #[tokio::test]
 async fn system_assigned_cmk_cache_waits_for_key_then_access_policy_makes_it_healthy() {
     let t = start().await;
-    let r = t.call(Method::PUT, &cache_path("c1"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let r = t.put_system_cache("c1", "kv-ap").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body["properties"]["provisioningState"], "Creating");
     assert_eq!(r.body["properties"]["health"]["state"], "WaitingForKey");
@@ -230,7 +222,7 @@ async fn system_assigned_cmk_cache_waits_for_key_then_access_policy_makes_it_hea
     let g = t.get_cache("c1").await;
     assert_eq!(health(&g), ("Creating".into(), "WaitingForKey".into()));
     assert_eq!(poll_async(&t, &async_url).await["status"], "InProgress");
-    let loc = t.http.get(&location).bearer_auth(&t.token).send().await.unwrap();
+    let loc = t.get_url(&location).await;
     assert_eq!(loc.status(), StatusCode::ACCEPTED);
 
     // The Date header follows the simulated clock (30 minutes ahead of the wall clock).
@@ -239,14 +231,7 @@ async fn system_assigned_cmk_cache_waits_for_key_then_access_policy_makes_it_hea
     assert!(parsed.as_second() - jiff::Timestamp::now().as_second() >= 29 * 60, "{date}");
 
     // Grant access the way the operator would: add an access policy.
-    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": principal, "permissions": {"keys": ["get", "wrapKey", "unwrapKey"]}}]}});
-    let r = t
-        .call(
-            Method::PUT,
-            &format!("{}/accessPolicies/add?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")),
-            Some(ap),
-        )
-        .await;
+    let r = t.add_access_policy("kv-ap", "2025-05-01", &principal, &["get", "wrapKey", "unwrapKey"]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let g = t.get_cache("c1").await;
     assert_eq!(health(&g), ("Creating".into(), "Transitioning".into()));
@@ -254,21 +239,15 @@ async fn system_assigned_cmk_cache_waits_for_key_then_access_policy_makes_it_hea
     let g = t.get_cache("c1").await;
     assert_eq!(health(&g), ("Succeeded".into(), "Healthy".into()));
     assert_eq!(poll_async(&t, &async_url).await["status"], "Succeeded");
-    let loc = t.http.get(&location).bearer_auth(&t.token).send().await.unwrap();
+    let loc = t.get_url(&location).await;
     assert_eq!(loc.status(), StatusCode::OK);
     let body: Value = loc.json().await.unwrap();
     assert_eq!(body["name"], "c1");
 
     // Only the needed permissions count: a policy with just "get" is not enough for another cache.
-    let r = t.call(Method::PUT, &cache_path("c2"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let r = t.put_system_cache("c2", "kv-ap").await;
     let p2 = r.body["identity"]["principalId"].as_str().unwrap().to_string();
-    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": p2, "permissions": {"keys": ["get"]}}]}});
-    t.call(
-        Method::PUT,
-        &format!("{}/accessPolicies/add?api-version=2023-07-01", vault_id(SUB, "rg", "kv-ap")),
-        Some(ap),
-    )
-    .await;
+    t.add_access_policy("kv-ap", "2023-07-01", &p2, &["get"]).await;
     t.sim.advance(Duration::from_secs(10 * 60));
     assert_eq!(health(&t.get_cache("c2").await).1, "WaitingForKey");
     t.sim.shutdown().await;
@@ -277,17 +256,11 @@ async fn system_assigned_cmk_cache_waits_for_key_then_access_policy_makes_it_hea
 #[tokio::test]
 async fn rbac_vault_role_assignment_makes_cache_healthy_and_role_assignments_behave() {
     let t = start().await;
-    let r = t.call(Method::PUT, &cache_path("r1"), Some(cache_body(system(), "kv-rbac", "k2048", SUB, "rg"))).await;
+    let r = t.put_system_cache("r1", "kv-rbac").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
     // An access policy does nothing on an RBAC vault.
-    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": principal, "permissions": {"keys": ["all"]}}]}});
-    t.call(
-        Method::PUT,
-        &format!("{}/accessPolicies/add?api-version=2025-05-01", vault_id(SUB, "rg", "kv-rbac")),
-        Some(ap),
-    )
-    .await;
+    t.add_access_policy("kv-rbac", "2025-05-01", &principal, &["all"]).await;
     t.sim.advance(Duration::from_secs(20 * 60));
     assert_eq!(health(&t.get_cache("r1").await).1, "WaitingForKey");
 
@@ -340,7 +313,7 @@ async fn rbac_vault_role_assignment_makes_cache_healthy_and_role_assignments_beh
 #[tokio::test]
 async fn without_a_grant_the_cache_fails_after_the_authorization_window() {
     let t = start().await;
-    let r = t.call(Method::PUT, &cache_path("f1"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let r = t.put_system_cache("f1", "kv-ap").await;
     let async_url = r.header("azure-asyncoperation").unwrap().to_string();
     let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
     t.sim.advance(Duration::from_secs(89 * 60));
@@ -351,7 +324,7 @@ async fn without_a_grant_the_cache_fails_after_the_authorization_window() {
     assert_eq!(op["status"], "Failed");
     assert!(op["error"]["code"].is_string() && op["error"]["message"].is_string());
     // a late grant does not revive it
-    let g = t.admin(Method::POST, "grants", json!({"vaultName": "kv-ap", "principalId": principal})).await;
+    let g = t.grant("kv-ap", &principal).await;
     assert_eq!(g.status(), StatusCode::OK);
     assert_eq!(health(&t.get_cache("f1").await).0, "Failed");
 }
@@ -359,10 +332,7 @@ async fn without_a_grant_the_cache_fails_after_the_authorization_window() {
 #[tokio::test]
 async fn user_assigned_identity_with_existing_access_goes_straight_to_transitioning() {
     let t = start().await;
-    assert_eq!(
-        t.admin(Method::POST, "grants", json!({"vaultName": "kv-ap", "principalId": UAI_PRINCIPAL})).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(t.grant("kv-ap", UAI_PRINCIPAL).await.status(), StatusCode::OK);
     let uai = format!(
         "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai1"
     );
@@ -413,18 +383,18 @@ async fn user_assigned_identity_with_existing_access_goes_straight_to_transition
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let loc = r.header("location").unwrap().to_string();
     assert_eq!(t.get_cache("u1").await.body["properties"]["provisioningState"], "Deleting");
-    assert_eq!(t.http.get(&loc).bearer_auth(&t.token).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(t.get_url(&loc).await.status(), StatusCode::ACCEPTED);
     t.sim.advance(Duration::from_secs(3 * 60));
     let g = t.get_cache("u1").await;
     assert_eq!((g.status, g.code()), (StatusCode::NOT_FOUND, "ResourceNotFound"));
-    assert_eq!(t.http.get(&loc).bearer_auth(&t.token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(t.get_url(&loc).await.status(), StatusCode::NO_CONTENT);
     assert_eq!(t.call(Method::DELETE, &cache_path("u1"), None).await.status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]
 async fn system_assigned_principal_dies_with_its_cache() {
     let t = start().await;
-    let r = t.call(Method::PUT, &cache_path("d1"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let r = t.put_system_cache("d1", "kv-ap").await;
     let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
     let ra = |n: &str| {
         format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments/{n}?api-version=2022-04-01")
@@ -465,7 +435,7 @@ async fn bad_keys_and_vaults_are_refused_at_create() {
 #[tokio::test]
 async fn retired_mode_refuses_create() {
     let t = start_with(SimConfig { retired: true, ..SimConfig::default() }).await;
-    let r = t.call(Method::PUT, &cache_path("x"), Some(cache_body(system(), "kv-ap", "k2048", SUB, "rg"))).await;
+    let r = t.put_system_cache("x", "kv-ap").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.code(), "OperationNotAllowed");
     assert_eq!(r.body["error"]["message"], "Unable to create HPC Cache due to product retirement");
@@ -545,23 +515,12 @@ async fn bad_requests_get_arm_style_4xx() {
     assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"));
 
     // token endpoint errors
-    let url = t.sim.base_url().join(&format!("{TENANT}/oauth2/v2.0/token")).unwrap();
-    let r = t
-        .http
-        .post(url.clone())
-        .form(&[
-            ("client_id", OP_CLIENT),
-            ("client_secret", "wrong"),
-            ("scope", "https://management.azure.com/.default"),
-            ("grant_type", "client_credentials"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = sim::request_token(&t.http, &t.sim, OP_CLIENT, "wrong", "https://management.azure.com/.default").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "invalid_client");
     assert!(v["error_description"].as_str().unwrap().starts_with("AADSTS"));
+    let url = t.sim.base_url().join(&format!("{TENANT}/oauth2/v2.0/token")).unwrap();
     let r = t.http.post(url).body("%%%").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
@@ -621,7 +580,7 @@ async fn key_vault_data_plane_challenge_permissions_and_keys() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "Forbidden");
     // 4. grant, then read
-    t.admin(Method::POST, "grants", json!({"vaultName": "kv-ap", "principalId": OP_OID})).await;
+    t.grant("kv-ap", OP_OID).await;
     let r = t.http.get(key_url.clone()).bearer_auth(&vt).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
@@ -634,66 +593,30 @@ async fn key_vault_data_plane_challenge_permissions_and_keys() {
     assert_eq!(v["attributes"]["recoveryLevel"], "Recoverable");
     // latest via /keys/{name} and /keys/{name}/
     for p in ["keys/k2048?api-version=7.5", "keys/k2048/?api-version=7.5"] {
-        let r = t.http.get(t.sim.vault_uri("kv-ap").join(p).unwrap()).bearer_auth(&vt).send().await.unwrap();
+        let r = t.vault_get("kv-ap", p, &vt).await;
         assert_eq!(r.status(), StatusCode::OK, "{p}");
     }
-    let r = t
-        .http
-        .get(t.sim.vault_uri("kv-ap").join("keys/k4096?api-version=7.5").unwrap())
-        .bearer_auth(&vt)
-        .send()
-        .await
-        .unwrap();
+    let r = t.vault_get("kv-ap", "keys/k4096?api-version=7.5", &vt).await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v["key"]["n"].as_str().unwrap()).unwrap().len(),
         512
     );
-    let r = t
-        .http
-        .get(t.sim.vault_uri("kv-ap").join("keys/missing?api-version=7.5").unwrap())
-        .bearer_auth(&vt)
-        .send()
-        .await
-        .unwrap();
+    let r = t.vault_get("kv-ap", "keys/missing?api-version=7.5", &vt).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "KeyNotFound");
-    let r = t.http.get(t.sim.vault_uri("kv-ap").join("keys/k2048").unwrap()).bearer_auth(&vt).send().await.unwrap();
+    let r = t.vault_get("kv-ap", "keys/k2048", &vt).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "api-version is required");
     // versions needs "list": the grant gave get/wrapKey/unwrapKey only
-    let r = t
-        .http
-        .get(t.sim.vault_uri("kv-ap").join("keys/k2048/versions?api-version=7.5").unwrap())
-        .bearer_auth(&vt)
-        .send()
-        .await
-        .unwrap();
+    let r = t.vault_get("kv-ap", "keys/k2048/versions?api-version=7.5", &vt).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let ap = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": OP_OID, "permissions": {"keys": ["list"]}}]}});
-    t.call(
-        Method::PUT,
-        &format!("{}/accessPolicies/add?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")),
-        Some(ap),
-    )
-    .await;
-    let r = t
-        .http
-        .get(t.sim.vault_uri("kv-ap").join("keys/k2048/versions?api-version=7.5").unwrap())
-        .bearer_auth(&vt)
-        .send()
-        .await
-        .unwrap();
+    t.add_access_policy("kv-ap", "2025-05-01", OP_OID, &["list"]).await;
+    let r = t.vault_get("kv-ap", "keys/k2048/versions?api-version=7.5", &vt).await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["value"][0]["kid"], format!("{}keys/k2048/{V1}", t.sim.vault_uri("kv-ap")));
     // RBAC vault: access policies don't count, the role does
-    let r = t
-        .http
-        .get(t.sim.vault_uri("kv-rbac").join("keys/k2048?api-version=7.5").unwrap())
-        .bearer_auth(&vt)
-        .send()
-        .await
-        .unwrap();
+    let r = t.vault_get("kv-rbac", "keys/k2048?api-version=7.5", &vt).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["innererror"]["code"], "ForbiddenByRbac");
 }
@@ -836,31 +759,26 @@ async fn plain_http_mode_serves_without_tls() {
     assert!(!sim.env().iter().any(|(k, _)| k == "HPCC_CA_FILE"));
 }
 
-/// The real azure_identity client-secret credential against the simulator's token endpoint over TLS.
-#[tokio::test]
-async fn azure_identity_client_secret_credential_gets_a_token_that_arm_accepts() {
-    use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
-    use azure_core::credentials::{Secret, TokenCredential};
-    use azure_core::http::{ClientOptions, Transport};
-    use std::sync::Arc;
-
-    let t = start().await;
+/// azure_identity's client-secret credential for the operator's client id with `secret`, against the simulator's
+/// token endpoint through [`client`].
+fn credential(sim: &Simulator, secret: &str) -> azure_core::Result<Arc<ClientSecretCredential>> {
     let mut custom = CustomConfiguration::default();
-    custom.authority_host = t.sim.base_url().to_string();
-    let options = azure_identity::ClientSecretCredentialOptions {
+    custom.authority_host = sim.base_url().to_string();
+    let options = ClientSecretCredentialOptions {
         client_options: ClientOptions {
-            transport: Some(Transport::new(Arc::new(client(&t.sim)))),
+            transport: Some(Transport::new(Arc::new(client(sim)))),
             cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
             ..Default::default()
         },
     };
-    let cred = azure_identity::ClientSecretCredential::new(
-        TENANT,
-        OP_CLIENT.to_string(),
-        Secret::new(OP_SECRET.to_string()),
-        Some(options),
-    )
-    .expect("credential");
+    ClientSecretCredential::new(TENANT, OP_CLIENT.to_string(), Secret::new(secret.to_string()), Some(options))
+}
+
+/// The real azure_identity client-secret credential against the simulator's token endpoint over TLS.
+#[tokio::test]
+async fn azure_identity_client_secret_credential_gets_a_token_that_arm_accepts() {
+    let t = start().await;
+    let cred = credential(&t.sim, OP_SECRET).expect("credential");
     let tok = cred.get_token(&["https://management.azure.com/.default"], None).await.expect("token from the simulator");
     let r = t
         .call_with(
@@ -876,21 +794,6 @@ async fn azure_identity_client_secret_credential_gets_a_token_that_arm_accepts()
     assert_eq!(last.principal.as_deref(), Some(OP_OID));
 
     // a wrong secret surfaces as an authentication error through the same code path
-    let mut custom = CustomConfiguration::default();
-    custom.authority_host = t.sim.base_url().to_string();
-    let options = azure_identity::ClientSecretCredentialOptions {
-        client_options: ClientOptions {
-            transport: Some(Transport::new(Arc::new(client(&t.sim)))),
-            cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
-            ..Default::default()
-        },
-    };
-    let bad = azure_identity::ClientSecretCredential::new(
-        TENANT,
-        OP_CLIENT.to_string(),
-        Secret::new("nope".to_string()),
-        Some(options),
-    )
-    .unwrap();
+    let bad = credential(&t.sim, "nope").unwrap();
     assert!(bad.get_token(&["https://management.azure.com/.default"], None).await.is_err());
 }

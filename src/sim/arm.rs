@@ -1,7 +1,7 @@
 //! ARM front: case-insensitive routing, bearer check, throttling, api-version, authorization (403) and
 //! subscription / resource-group existence, then the resource handlers.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 
 use super::Inner;
 use super::auth::{self, ARM_AUDIENCES};
@@ -391,6 +391,15 @@ fn check_container(w: &World, route: &Route) -> Option<Out> {
         }
     }
     None
+}
+
+/// ARM's 405 for a method a resource does not support.
+pub fn method_not_allowed(m: &Method) -> Out {
+    Out::arm_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("The requested resource does not support http method '{m}'."),
+    )
 }
 
 /// ARM's standard 404 for a missing resource.

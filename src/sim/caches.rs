@@ -8,7 +8,7 @@ use axum::http::{Method, StatusCode};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use super::arm::{Ctx, Route, resource_not_found};
+use super::arm::{Ctx, Route, method_not_allowed, resource_not_found};
 use super::clock::arm_time;
 use super::http::{Out, Req};
 use super::state::{
@@ -72,14 +72,6 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
         (Route::AscOperation { sub, location, op }, &Method::GET) => asc_operation(ctx, w, r, sub, location, op),
         _ => method_not_allowed(&r.method),
     }
-}
-
-fn method_not_allowed(m: &Method) -> Out {
-    Out::arm_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowed",
-        format!("The requested resource does not support http method '{m}'."),
-    )
 }
 
 pub fn valid_cache_name(n: &str) -> bool {

@@ -4,7 +4,7 @@
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::arm::{Ctx, Route, resource_not_found};
+use super::arm::{Ctx, Route, method_not_allowed, resource_not_found};
 use super::clock::arm_time;
 use super::http::{Out, Req};
 use super::state::{AccessPolicy, Permissions, RoleAssignment, Vault, World, scope_covers};
@@ -23,11 +23,11 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 Method::PATCH => {
                     let body = match r.json() {
                         Ok(b) => b,
-                        Err(m) => return Out::arm_error(StatusCode::BAD_REQUEST, "BadRequest", m),
+                        Err(m) => return bad_request(m),
                     };
                     let vault = w.vaults.get_mut(&v).expect("vault");
                     if let Err(m) = apply_vault_patch(vault, &body) {
-                        return Out::arm_error(StatusCode::BAD_REQUEST, "BadRequest", m);
+                        return bad_request(m);
                     }
                     vault.last_modified_at = ctx.now;
                     Out::json(StatusCode::OK, vault_json(ctx, vault))
@@ -41,25 +41,21 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
             }
             let kind = kind.to_ascii_lowercase();
             if !["add", "replace", "remove"].contains(&kind.as_str()) {
-                return Out::arm_error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    format!(
-                        "The operation kind '{kind}' is invalid. Allowed values are 'add', 'replace' and 'remove'."
-                    ),
-                );
+                return bad_request(format!(
+                    "The operation kind '{kind}' is invalid. Allowed values are 'add', 'replace' and 'remove'."
+                ));
             }
             let Some(v) = find_vault(w, sub, rg, name) else {
                 return resource_not_found("Microsoft.KeyVault/vaults", name, rg);
             };
             let body = match r.json() {
                 Ok(b) => b,
-                Err(m) => return Out::arm_error(StatusCode::BAD_REQUEST, "BadRequest", m),
+                Err(m) => return bad_request(m),
             };
             let vault = w.vaults.get_mut(&v).expect("vault");
             let entries = match parse_access_policies(&body["properties"]["accessPolicies"]) {
                 Ok(e) => e,
-                Err(m) => return Out::arm_error(StatusCode::BAD_REQUEST, "BadRequest", m),
+                Err(m) => return bad_request(m),
             };
             update_access_policies(&mut vault.access_policies, &kind, &entries);
             vault.last_modified_at = ctx.now;
@@ -137,12 +133,9 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
     }
 }
 
-fn method_not_allowed(m: &Method) -> Out {
-    Out::arm_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowed",
-        format!("The requested resource does not support http method '{m}'."),
-    )
+/// Key Vault's 400: code `BadRequest`, the message says what is wrong.
+fn bad_request(message: impl Into<String>) -> Out {
+    Out::arm_error(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
 /// `principalId eq 'x'` → `x`.

@@ -2,5 +2,6 @@
 #![allow(dead_code)] // every test binary uses a different part of it
 
 pub mod cluster;
+pub mod sim;
 
 pub use cluster::TestCluster;

@@ -15,7 +15,6 @@ use hpc_cache_operator::azure::{
 use hpc_cache_operator::sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 
-#[allow(unused_imports)] // its `TestCluster` re-export is for the control-plane tests
 mod support;
 use support::sim::{self, OP_OID, SUB, TENANT, UAI_PRINCIPAL, V1};
 

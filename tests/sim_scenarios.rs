@@ -12,7 +12,6 @@ use hpc_cache_operator::sim::{Seed, SimConfig, Simulator};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-#[allow(unused_imports)] // its `TestCluster` re-export is for the control-plane tests
 mod support;
 use support::sim::{self, OP_CLIENT, OP_OID, OP_SECRET, SUB, TENANT, UAI_PRINCIPAL, V1, token};
 

@@ -4,4 +4,5 @@
 pub mod cluster;
 pub mod sim;
 
+#[allow(unused_imports)] // the simulator-only test binaries use `support::sim` alone
 pub use cluster::TestCluster;

@@ -68,3 +68,7 @@ chart-lint: chart-crds test-deps ## helm lint + helm template of the chart
 .PHONY: lint-docker
 lint-docker: ## offline Dockerfile checks (hadolint is not available offline)
 	scripts/lint-dockerfile.sh Dockerfile
+
+.PHONY: bench
+bench: test-deps ## benchmark: apply→Ready time, Azure calls per cache, memory (prints markdown tables)
+	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo bench --bench operator

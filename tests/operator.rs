@@ -657,3 +657,22 @@ async fn leader_election_lets_one_replica_act_and_hands_over_on_shutdown() {
     let _ = b.kill();
     let _ = b.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_caches_on_one_unprotected_vault_patch_it_once() {
+    let s = Scenario::new("fanout", SimConfig::default()).await;
+    let names: Vec<String> = futures::future::join_all((0..6).map(|i| {
+        s.create(cache_manifest(
+            &format!("fan-{i}"),
+            serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"}),
+            serde_json::json!({}),
+        ))
+    }))
+    .await;
+    for name in &names {
+        s.wait_phase(name, Phase::Ready).await;
+    }
+    assert_eq!(s.requests("PATCH", "/vaults/kv-cmk").len(), 1, "purge protection is turned on once");
+    assert_eq!(s.requests("PUT", "/accessPolicies/add").len(), names.len(), "one grant per cache");
+    assert_eq!(s.requests("PUT", "/caches/").len(), names.len(), "one create per cache");
+}

@@ -24,7 +24,7 @@ use crate::azure::{Azure, AzureError};
 use crate::machine::{self, Action, ActionError, Decision, Input, Timing};
 
 pub use metrics::Metrics;
-use observe::FactsCache;
+use observe::RecentReads;
 
 /// The finalizer that keeps an `HpcCache` until its Azure cache is handled by `deletionPolicy`.
 pub const FINALIZER: &str = "hpccache.io/finalizer";
@@ -68,7 +68,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub settings: Settings,
     recorder: Recorder,
-    facts: FactsCache,
+    reads: RecentReads,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +83,10 @@ impl Context {
     pub fn new(client: Client, azure: Azure, metrics: Metrics, settings: Settings) -> Arc<Self> {
         let reporter = Reporter { controller: MANAGER.into(), instance: settings.instance.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
-        let facts = FactsCache::new(settings.facts_ttl);
-        Arc::new(Self { client, azure, metrics, settings, recorder, facts })
+        // Long enough to absorb the watch echo of our own status write, short enough never to hide a change.
+        let echo = settings.timing.poll.min(Duration::from_secs(2)) / 2;
+        let reads = RecentReads::new(settings.facts_ttl, echo);
+        Arc::new(Self { client, azure, metrics, settings, recorder, reads })
     }
 }
 
@@ -153,7 +155,7 @@ async fn reconcile(obj: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Err
     let status = obj.status.clone().unwrap_or_default();
     let namespace = Api::<Namespace>::all(ctx.client.clone()).get_metadata(&ns).await?;
     let allowed = namespace.annotations().get(machine::ALLOWED_VAULT_SCOPES_ANNOTATION).cloned();
-    let (observed, vault) = match observe::observe(&ctx.azure, &ctx.facts, &obj, allowed.as_deref()).await {
+    let (observed, vault) = match observe::observe(&ctx.azure, &ctx.reads, &obj, allowed.as_deref()).await {
         Ok(o) => o,
         Err(e) => {
             // Report why we cannot see Azure, then retry.
@@ -202,12 +204,23 @@ async fn reconcile(obj: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Err
     }
 
     info!(namespace = %ns, name = %name, action = ?decision.action, "acting");
-    let result = act::perform(&ctx.azure, &obj, vault.as_ref(), &decision.action).await;
-    if matches!(decision.action, Action::EnableVaultProtection | Action::Grant(_) | Action::RevokeGrant(_))
-        && let Some(enc) = &obj.spec.encryption
-    {
-        ctx.facts.invalidate_vault(&enc.key_vault_id);
-    }
+    let result = if decision.action == Action::EnableVaultProtection {
+        let vault_id = obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
+        let lock = ctx.reads.vault_write_lock(vault_id);
+        let _held = lock.lock().await;
+        if ctx.reads.vault_protected(vault_id) {
+            Ok(()) // another reconcile protected this vault a moment ago
+        } else {
+            let r = act::perform(&ctx.azure, &obj, vault.as_ref(), &decision.action).await;
+            if r.is_ok() {
+                ctx.reads.mark_vault_protected(vault_id);
+            }
+            r
+        }
+    } else {
+        act::perform(&ctx.azure, &obj, vault.as_ref(), &decision.action).await
+    };
+    ctx.reads.forget_cache(&observe::cache_id(&obj));
     match result {
         Ok(()) => {
             let mut after = decision.status.clone();

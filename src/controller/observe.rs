@@ -1,10 +1,9 @@
 //! Observe: read what Azure says about one `HpcCache` and reduce it to the machine's [`Observed`].
 //!
-//! Reads are budgeted (ARM throttles per subscription): the cache is read every reconcile, while vault, key and
-//! identity facts change rarely and are kept for a short time, keyed by what the spec points at.
+//! Reads are budgeted (ARM throttles per subscription): see [`RecentReads`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -14,10 +13,41 @@ use crate::api::{HpcCache, IdentityType};
 use crate::azure::{Azure, AzureError, CMK_KEY_PERMISSIONS, Cache, ResourceId, Vault};
 use crate::machine::{self, CacheFacts, IdentityFacts, KeyFacts, Observed, VaultFacts};
 
-/// Vault, key and identity facts, kept for `ttl` and dropped when the operator changes the vault.
-pub struct FactsCache {
+/// A small map whose entries expire `ttl` after they were written.
+struct TtlMap<V> {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, Facts)>>,
+    entries: Mutex<HashMap<String, (Instant, V)>>,
+}
+
+impl<V: Clone> TtlMap<V> {
+    fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, V)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        self.lock().get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: String, value: V) {
+        let mut entries = self.lock();
+        entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        entries.insert(key, (Instant::now(), value));
+    }
+}
+
+/// What was read from Azure recently, so that reads are spent where they buy reaction time:
+/// - vault, key and identity facts change rarely: kept for the facts TTL, keyed by what the spec points at;
+/// - a cache read is reused for a moment, because the operator's own status writes come back through the watch
+///   and trigger a reconcile right after the one that read it; any action on the cache drops it.
+pub struct RecentReads {
+    facts: TtlMap<Facts>,
+    caches: TtlMap<crate::azure::Observed<Option<Cache>>>,
+    vault_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    protected_vaults: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -29,27 +59,37 @@ struct Facts {
     identity_error: Option<(String, String)>,
 }
 
-impl FactsCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self { ttl, entries: Mutex::new(HashMap::new()) }
+impl RecentReads {
+    pub fn new(facts_ttl: Duration, cache_read_ttl: Duration) -> Self {
+        Self {
+            facts: TtlMap::new(facts_ttl),
+            caches: TtlMap::new(cache_read_ttl),
+            vault_writes: Default::default(),
+            protected_vaults: Default::default(),
+        }
     }
 
-    fn get(&self, key: &str) -> Option<Facts> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, f)| f.clone())
+    /// One lock per vault, held around protecting it, so that concurrent reconciles of caches sharing a vault
+    /// send one PATCH and the others see its result.
+    pub fn vault_write_lock(&self, vault_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.vault_writes.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(vault_id.to_ascii_lowercase()).or_default().clone()
     }
 
-    fn put(&self, key: String, facts: Facts) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
-        entries.insert(key, (Instant::now(), facts));
+    /// Forget a cache's last read (after acting on it).
+    pub fn forget_cache(&self, id: &ResourceId) {
+        self.caches.lock().remove(&id.to_string().to_ascii_lowercase());
     }
 
-    /// Forget everything about a vault (after the operator changed it).
-    pub fn invalidate_vault(&self, vault_id: &str) {
-        let needle = vault_id.to_ascii_lowercase();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|k, _| !k.starts_with(&needle));
+    /// Record that a vault is protected. Azure refuses to turn purge protection (or soft delete) off again, so
+    /// this is remembered for good: a stale read or a concurrent reconcile never sends the PATCH twice.
+    pub fn mark_vault_protected(&self, vault_id: &str) {
+        self.protected_vaults.lock().unwrap_or_else(|e| e.into_inner()).insert(vault_id.to_ascii_lowercase());
+    }
+
+    /// Whether the vault is known to be protected.
+    pub fn vault_protected(&self, vault_id: &str) -> bool {
+        self.protected_vaults.lock().unwrap_or_else(|e| e.into_inner()).contains(&vault_id.to_ascii_lowercase())
     }
 }
 
@@ -62,11 +102,20 @@ pub fn cache_id(obj: &HpcCache) -> ResourceId {
 /// `allowed_vault_scopes`: the namespace's [`machine::ALLOWED_VAULT_SCOPES_ANNOTATION`], if any.
 pub async fn observe(
     azure: &Azure,
-    facts: &FactsCache,
+    reads: &RecentReads,
     obj: &HpcCache,
     allowed_vault_scopes: Option<&str>,
 ) -> Result<(Observed, Option<Vault>), AzureError> {
-    let got = azure.get_cache(&cache_id(obj)).await?;
+    let id = cache_id(obj);
+    let read_key = id.to_string().to_ascii_lowercase();
+    let got = match reads.caches.get(&read_key) {
+        Some(got) => got,
+        None => {
+            let got = azure.get_cache(&id).await?;
+            reads.caches.put(read_key, got.clone());
+            got
+        }
+    };
     let now = got.date.unwrap_or_else(Timestamp::now);
     let cache = got.value.as_ref().map(cache_facts);
 
@@ -76,16 +125,23 @@ pub async fn observe(
         return Ok((observed, None));
     }
     let key = format!("{}|{}", facts_key(obj), allowed_vault_scopes.unwrap_or_default());
-    let f = match facts.get(&key) {
+    let f = match reads.facts.get(&key) {
         Some(f) => f,
         None => {
             let f = read_facts(azure, obj, now, allowed_vault_scopes).await?;
-            facts.put(key, f.clone());
+            reads.facts.put(key, f.clone());
             f
         }
     };
+    let mut vault_facts = f.vault_facts;
+    if let (VaultFacts::Usable { protected, .. }, Some(enc)) = (&mut vault_facts, &obj.spec.encryption) {
+        if *protected {
+            reads.mark_vault_protected(&enc.key_vault_id);
+        }
+        *protected |= reads.vault_protected(&enc.key_vault_id);
+    }
     observed.key = f.key;
-    observed.vault = obj.spec.encryption.as_ref().map(|_| f.vault_facts);
+    observed.vault = obj.spec.encryption.as_ref().map(|_| vault_facts);
     observed.identity = f.identity;
     observed.identity_error = f.identity_error;
     Ok((observed, f.vault))

@@ -5,6 +5,8 @@ FROM docker.io/library/rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml names the benchmark target, and cargo refuses a manifest whose targets are missing.
+COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin hpc-cache-operator \

@@ -19,8 +19,13 @@ demo: ## the main job: local apiserver + Azure simulator + operator + examples
 demo-down: ## stop what `make demo` started (operator, simulator, control plane)
 	scripts/demo.sh down
 
+.PHONY: demo-check
+demo-check: ## run the demo end to end and stop it (part of `make test`: the README's main command must work)
+	scripts/demo.sh || { scripts/demo.sh down; exit 1; }
+	scripts/demo.sh down
+
 .PHONY: test
-test: fmt-check clippy test-deps crd-check lint-docker chart-lint ## everything CI checks
+test: fmt-check clippy test-deps crd-check lint-docker chart-lint demo-check ## everything CI checks
 	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test
 
 .PHONY: test-deps

@@ -676,3 +676,23 @@ async fn many_caches_on_one_unprotected_vault_patch_it_once() {
     assert_eq!(s.requests("PUT", "/accessPolicies/add").len(), names.len(), "one grant per cache");
     assert_eq!(s.requests("PUT", "/caches/").len(), names.len(), "one create per cache");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_assigned_with_a_role_on_an_rbac_vault_never_waits() {
+    let s = Scenario::new("ua-rbac", SimConfig::default()).await;
+    let ua = "5c5c5c5c-1111-4222-8333-444444444444";
+    s.sim.seed(&Seed::from_yaml(&format!("grants: [{{vault: kv-rbac, principalId: {ua}}}]")).unwrap()).unwrap();
+    let name = s
+        .create(cache_manifest(
+            "ua-rbac",
+            serde_json::json!({"keyVaultId": format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/kv-rbac"), "keyName": "cache-key", "keyVersion": "00112233445566778899aabbccddeeff"}),
+            serde_json::json!({"identity": {"type": "UserAssigned", "userAssignedIdentityId": format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/cache-id")}}),
+        ))
+        .await;
+    s.wait_phase(&name, Phase::Ready).await;
+    let reasons: Vec<String> = s.events(&name).await.into_iter().map(|e| e.1).collect();
+    assert!(!reasons.iter().any(|r| r == "WaitingForKey" || r == "Authorizing"), "{reasons:?}");
+    assert!(s.requests("PUT", "/roleAssignments/").is_empty(), "the existing role assignment was found, not re-made");
+    // Looked up with the vault facts (re-read once per facts TTL, 1 s in these tests).
+    assert!(!s.requests("GET", "/roleAssignments").is_empty(), "the operator looked the assignment up");
+}

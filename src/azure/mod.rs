@@ -346,6 +346,35 @@ impl Azure {
         )
     }
 
+    /// Whether `principal_id` holds `role_definition_guid` at `scope` or above (one read:
+    /// `roleAssignments?$filter=principalId eq '…'` at the scope, which also returns inherited assignments).
+    pub async fn has_role_assignment(
+        &self,
+        scope: &ResourceId,
+        principal_id: &str,
+        role_definition_guid: &str,
+    ) -> Result<bool, AzureError> {
+        let mut url = self.arm_url(
+            &format!("{scope}/providers/Microsoft.Authorization/roleAssignments"),
+            ROLE_ASSIGNMENTS_API_VERSION,
+        );
+        url.query_pairs_mut().append_pair("$filter", &format!("principalId eq '{principal_id}'"));
+        let resp = self.inner.send(self.arm("roleAssignments.list", Method::GET, url, scope.subscription())).await?;
+        if resp.status != 200 {
+            return Err(resp.error());
+        }
+        let page: models::Page<models::RoleAssignment> = resp.json()?;
+        let scope_lower = scope.to_string().to_ascii_lowercase();
+        Ok(page.value.iter().any(|ra| {
+            let role = ra.properties.role_definition_id.rsplit('/').next().unwrap_or_default();
+            let at = ra.properties.scope.as_deref().unwrap_or_default().trim_end_matches('/').to_ascii_lowercase();
+            // An assignment below the vault (e.g. on one key) does not cover the vault.
+            role.eq_ignore_ascii_case(role_definition_guid)
+                && ra.properties.principal_id.eq_ignore_ascii_case(principal_id)
+                && (at.is_empty() || scope_lower == at || scope_lower.starts_with(&format!("{at}/")) || at == "/")
+        }))
+    }
+
     /// Assign a role to a service principal at `scope` under the deterministic name [`role_assignment_name`]. An
     /// existing identical assignment (409 `RoleAssignmentExists`) counts as success.
     pub async fn put_role_assignment(

@@ -10,7 +10,9 @@ use jiff::Timestamp;
 use url::Url;
 
 use crate::api::{HpcCache, IdentityType};
-use crate::azure::{Azure, AzureError, CMK_KEY_PERMISSIONS, Cache, ResourceId, Vault};
+use crate::azure::{
+    Azure, AzureError, CMK_KEY_PERMISSIONS, Cache, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
+};
 use crate::machine::{self, CacheFacts, IdentityFacts, KeyFacts, Observed, VaultFacts};
 
 /// A small map whose entries expire `ttl` after they were written.
@@ -229,11 +231,21 @@ async fn read_facts(
                 Some(identity) => {
                     let principal = identity.properties.principal_id.clone().unwrap_or_default();
                     let tenant = identity.properties.tenant_id.clone();
-                    let has_key_access = f.vault.as_ref().and_then(|v| {
-                        // RBAC vaults would need a role-assignment listing; report unknown and let Automatic grant.
-                        (v.properties.enable_rbac_authorization != Some(true))
-                            .then(|| v.access_policy_grants(tenant.as_deref(), &principal, &CMK_KEY_PERMISSIONS))
-                    });
+                    let has_key_access = match &f.vault {
+                        None => None,
+                        Some(v) if v.properties.enable_rbac_authorization == Some(true) => {
+                            let vault_id = ResourceId::parse(v.id.as_deref().unwrap_or_default()).ok();
+                            match vault_id {
+                                Some(vid) => Some(
+                                    azure
+                                        .has_role_assignment(&vid, &principal, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER)
+                                        .await?,
+                                ),
+                                None => None,
+                            }
+                        }
+                        Some(v) => Some(v.access_policy_grants(tenant.as_deref(), &principal, &CMK_KEY_PERMISSIONS)),
+                    };
                     f.identity = Some(IdentityFacts { principal_id: principal, tenant_id: tenant, has_key_access });
                 }
             },

@@ -24,9 +24,10 @@ demo-check: ## run the demo end to end and stop it (part of `make test`: the REA
 	scripts/demo.sh || { scripts/demo.sh down; exit 1; }
 	scripts/demo.sh down
 
+# `--lib --bins --tests`: every test binary, not the (empty) doctest run, so the output ends on a real summary.
 .PHONY: test
 test: fmt-check clippy test-deps crd-check lint-docker chart-lint demo-check ## everything CI checks
-	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test
+	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test --lib --bins --tests
 
 .PHONY: test-deps
 test-deps: ## build and cache kube-apiserver, etcd, kubectl, helm (no-op when cached)

@@ -83,9 +83,8 @@ impl Context {
     pub fn new(client: Client, azure: Azure, metrics: Metrics, settings: Settings) -> Arc<Self> {
         let reporter = Reporter { controller: MANAGER.into(), instance: settings.instance.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
-        // Long enough to absorb the watch echo of our own status write, short enough never to hide a change.
-        let echo = settings.timing.poll.min(Duration::from_secs(2)) / 2;
-        let reads = RecentReads::new(settings.facts_ttl, echo);
+        // Half a poll: a cache is never seen more than that late, and the caches of a resource group share a list.
+        let reads = RecentReads::new(settings.facts_ttl, settings.timing.poll / 2);
         Arc::new(Self { client, azure, metrics, settings, recorder, reads })
     }
 }

@@ -43,11 +43,13 @@ impl<V: Clone> TtlMap<V> {
 
 /// What was read from Azure recently, so that reads are spent where they buy reaction time:
 /// - vault, key and identity facts change rarely: kept for the facts TTL, keyed by what the spec points at;
-/// - a cache read is reused for a moment, because the operator's own status writes come back through the watch
-///   and trigger a reconcile right after the one that read it; any action on the cache drops it.
+/// - caches are read as one paged list per resource group, shared by every reconcile within half a poll interval
+///   (so N caches cost about two list reads per poll, not N), and also absorbing the watch echo of the operator's
+///   own status writes. Any action on a cache drops its resource group's list; a cache missing from a list is
+///   confirmed with a GET before anyone believes it is gone.
 pub struct RecentReads {
     facts: TtlMap<Facts>,
-    caches: TtlMap<crate::azure::Observed<Option<Cache>>>,
+    cache_lists: TtlMap<crate::azure::Observed<Vec<Cache>>>,
     vault_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     protected_vaults: Mutex<std::collections::HashSet<String>>,
 }
@@ -62,10 +64,10 @@ struct Facts {
 }
 
 impl RecentReads {
-    pub fn new(facts_ttl: Duration, cache_read_ttl: Duration) -> Self {
+    pub fn new(facts_ttl: Duration, cache_list_ttl: Duration) -> Self {
         Self {
             facts: TtlMap::new(facts_ttl),
-            caches: TtlMap::new(cache_read_ttl),
+            cache_lists: TtlMap::new(cache_list_ttl),
             vault_writes: Default::default(),
             protected_vaults: Default::default(),
         }
@@ -78,9 +80,9 @@ impl RecentReads {
         locks.entry(vault_id.to_ascii_lowercase()).or_default().clone()
     }
 
-    /// Forget a cache's last read (after acting on it).
+    /// Forget what was read about a cache's resource group (after acting on the cache).
     pub fn forget_cache(&self, id: &ResourceId) {
-        self.caches.lock().remove(&id.to_string().to_ascii_lowercase());
+        self.cache_lists.lock().remove(&list_key(id));
     }
 
     /// Record that a vault is protected. Azure refuses to turn purge protection (or soft delete) off again, so
@@ -108,16 +110,7 @@ pub async fn observe(
     obj: &HpcCache,
     allowed_vault_scopes: Option<&str>,
 ) -> Result<(Observed, Option<Vault>), AzureError> {
-    let id = cache_id(obj);
-    let read_key = id.to_string().to_ascii_lowercase();
-    let got = match reads.caches.get(&read_key) {
-        Some(got) => got,
-        None => {
-            let got = azure.get_cache(&id).await?;
-            reads.caches.put(read_key, got.clone());
-            got
-        }
-    };
+    let got = read_cache(azure, reads, &cache_id(obj)).await?;
     let now = got.date.unwrap_or_else(Timestamp::now);
     let cache = got.value.as_ref().map(cache_facts);
 
@@ -147,6 +140,36 @@ pub async fn observe(
     observed.identity = f.identity;
     observed.identity_error = f.identity_error;
     Ok((observed, f.vault))
+}
+
+fn list_key(cache: &ResourceId) -> String {
+    format!("{}|{}", cache.subscription(), cache.resource_group().unwrap_or_default()).to_ascii_lowercase()
+}
+
+/// The cache as Azure reports it: from its resource group's recent list, or a GET when the list lacks it.
+async fn read_cache(
+    azure: &Azure,
+    reads: &RecentReads,
+    id: &ResourceId,
+) -> Result<crate::azure::Observed<Option<Cache>>, AzureError> {
+    let key = list_key(id);
+    let list = match reads.cache_lists.get(&key) {
+        Some(list) => list,
+        None => {
+            let list = azure.list_caches(id.subscription(), id.resource_group()).await?;
+            reads.cache_lists.put(key, list.clone());
+            list
+        }
+    };
+    let wanted = id.to_string();
+    let found = list.value.iter().find(|c| c.id.as_deref().is_some_and(|cid| cid.eq_ignore_ascii_case(&wanted)));
+    match found {
+        Some(c) => {
+            Ok(crate::azure::Observed { value: Some(c.clone()), date: list.date, retry_after: list.retry_after })
+        }
+        // Lists may lag behind a create; only a GET says a cache does not exist.
+        None => azure.get_cache(id).await,
+    }
 }
 
 fn facts_key(obj: &HpcCache) -> String {

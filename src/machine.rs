@@ -47,6 +47,8 @@ pub struct CacheFacts {
     pub tenant_id: Option<String>,
     pub created_at: Option<Timestamp>,
     pub key_url: Option<String>,
+    /// `encryptionSettings.keyEncryptionKey.sourceVault.id`.
+    pub key_vault_id: Option<String>,
     pub rotation_enabled: bool,
     pub tags: std::collections::BTreeMap<String, String>,
 }
@@ -137,6 +139,16 @@ pub enum Action {
     RemoveFinalizer,
 }
 
+/// How the key settings and tags of an existing cache compare with the spec.
+enum Drift {
+    /// In sync.
+    None,
+    /// Cannot be applied; already reported as a condition.
+    Reported,
+    /// The next step towards the spec.
+    Do(Action),
+}
+
 /// A Kubernetes event to emit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -196,11 +208,23 @@ pub fn action_failed(
     let mut status = status.clone();
     let t = Time(now);
     let what = action_name(action);
-    // The grant was recorded as intent; it did not happen, so it must not count as made.
-    if let Action::Grant(g) = action
-        && status.grant.as_ref() == Some(g)
-    {
-        status.grant = None;
+    let mut events = vec![];
+    match action {
+        // The grant was recorded as intent; it did not happen, so it must not count as made.
+        Action::Grant(g) => status.grants.retain(|r| r.made || !r.same_as(g)),
+        // A grant that cannot be revoked must not block deletion forever: forget it and say so.
+        Action::RevokeGrant(g) if !error.retryable => {
+            status.grants.retain(|r| !r.same_as(g));
+            events.push(Event {
+                warning: true,
+                reason: "GrantNotRevoked".into(),
+                message: format!(
+                    "could not revoke the key grant of {} on {} ({}); remove it by hand",
+                    g.principal_id, g.vault_id, error.code
+                ),
+            });
+        }
+        _ => {}
     }
     // While a grant is outstanding Azure's window is running: look again soon, whatever the error.
     let deadline_running = matches!(action, Action::Grant(_) | Action::EnableVaultProtection);
@@ -210,10 +234,12 @@ pub fn action_failed(
         error.retry_after.unwrap_or(timing.poll)
     } else {
         let reason = match action {
-            Action::CreateCache { .. } => REASON_CREATE_REJECTED,
+            Action::CreateCache { .. } if error.status.is_some_and(|s| (400..500).contains(&s)) => {
+                REASON_CREATE_REJECTED
+            }
             _ => "AzureRequestRejected",
         };
-        if matches!(action, Action::CreateCache { .. }) && status.phase == Some(Phase::Creating) {
+        if reason == REASON_CREATE_REJECTED && status.phase == Some(Phase::Creating) {
             status.phase = Some(Phase::Failed);
             status.create_requested_at = None;
         }
@@ -222,26 +248,28 @@ pub fn action_failed(
         set_condition(&mut status.conditions, C::Reconciling, S::False, reason, &message, generation, &t);
         if deadline_running { timing.poll } else { timing.resync }
     };
-    Decision {
-        status,
-        action: Action::None,
-        requeue_after,
-        events: vec![Event { warning: true, reason: "AzureError".into(), message }],
-    }
+    events.insert(0, Event { warning: true, reason: "AzureError".into(), message });
+    Decision { status, action: Action::None, requeue_after, events }
 }
 
 /// Updates the status after an action succeeded (what cannot be recorded as intent beforehand).
 pub fn action_succeeded(status: &mut HpcCacheStatus, action: &Action) {
-    if let Action::RevokeGrant(g) = action
-        && status.grant.as_ref() == Some(g)
-    {
-        status.grant = None;
+    match action {
+        Action::Grant(g) => {
+            for r in status.grants.iter_mut().filter(|r| r.same_as(g)) {
+                r.made = true;
+            }
+        }
+        Action::RevokeGrant(g) => status.grants.retain(|r| !r.same_as(g)),
+        _ => {}
     }
 }
 
 /// An Azure error, reduced to what the machine needs.
 #[derive(Clone, Debug)]
 pub struct ActionError {
+    /// Azure's HTTP status; None when the request never got an answer (transport, token, decoding).
+    pub status: Option<u16>,
     pub code: String,
     pub message: String,
     pub retryable: bool,
@@ -411,7 +439,13 @@ impl<'a> Draft<'a> {
     }
 
     fn recorded_sa_grant(&self) -> Option<GrantRecord> {
-        self.status.grant.clone().filter(|g| g.system_assigned)
+        self.status.grants.iter().find(|g| g.system_assigned).cloned()
+    }
+
+    /// Records the intent to grant (made: false) before the call; replaces an earlier record of the same grant.
+    fn record_grant(&mut self, grant: &GrantRecord) {
+        self.status.grants.retain(|r| !r.same_as(grant));
+        self.status.grants.push(grant.clone());
     }
 
     // ---- object deletion ----------------------------------------------------------------------------------
@@ -459,6 +493,7 @@ impl<'a> Draft<'a> {
             self.status.provisioning_state = None;
             self.status.health_state = None;
             self.status.active_key_url = None;
+            self.status.authorized_at = None;
         }
         if let Some(grant) = self.recorded_sa_grant() {
             self.progressing(
@@ -588,7 +623,7 @@ impl<'a> Draft<'a> {
         if self.spec().encryption.is_none() {
             return true;
         }
-        let already = identity.has_key_access == Some(true) || self.grant_recorded_for(&identity.principal_id);
+        let already = identity.has_key_access == Some(true) || self.grant_made_for(&identity.principal_id);
         if already {
             self.cond(C::KeyAuthorized, S::True, "IdentityAuthorized", "the user-assigned identity can use the key");
             return true;
@@ -604,7 +639,7 @@ impl<'a> Draft<'a> {
             return true;
         }
         let grant = self.grant_for(&identity.principal_id, identity.tenant_id.clone(), false);
-        self.status.grant = Some(grant.clone());
+        self.record_grant(&grant);
         self.cond(
             C::KeyAuthorized,
             S::False,
@@ -620,12 +655,14 @@ impl<'a> Draft<'a> {
         false
     }
 
-    fn grant_recorded_for(&self, principal: &str) -> bool {
+    /// Whether Azure accepted a grant for `principal` on the spec's vault (a record still marked intended may
+    /// never have been sent: the operator could have died in between, so it is sent again).
+    fn grant_made_for(&self, principal: &str) -> bool {
         let vault = self.spec().encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
         self.status
-            .grant
-            .as_ref()
-            .is_some_and(|g| g.principal_id.eq_ignore_ascii_case(principal) && g.vault_id.eq_ignore_ascii_case(vault))
+            .grants
+            .iter()
+            .any(|g| g.made && g.principal_id.eq_ignore_ascii_case(principal) && g.vault_id.eq_ignore_ascii_case(vault))
     }
 
     fn grant_for(&self, principal: &str, tenant: Option<String>, system_assigned: bool) -> GrantRecord {
@@ -636,6 +673,7 @@ impl<'a> Draft<'a> {
             tenant_id: tenant,
             kind: if rbac { GrantKind::RoleAssignment } else { GrantKind::AccessPolicy },
             system_assigned,
+            made: false,
         }
     }
 
@@ -670,11 +708,26 @@ impl<'a> Draft<'a> {
             self.progressing(Phase::Deleting, reason, "Azure is deleting the cache");
             return;
         }
+        // Once Azure reported the cache healthy with its key, the 90-minute window is over for good: later
+        // trouble (a failed update, lost key access) is reported, never answered by deleting the cache.
+        let authorized = self.status.authorized_at.is_some();
         if state == azure_state::FAILED || state == azure_state::CANCELED {
-            self.failed(cache, "the cache's provisioningState is Failed");
+            if authorized {
+                let detail = cache.status_description.as_deref().unwrap_or("no details");
+                let msg = format!("Azure reports provisioningState {state} ({detail}); the cache is kept as it is");
+                self.stalled(Phase::Failed, "ProvisioningFailed", &msg);
+            } else {
+                self.failed(cache, "the cache's provisioningState is Failed");
+            }
             return;
         }
-        if health == azure_state::WAITING_FOR_KEY || (state != azure_state::SUCCEEDED && self.grant_outstanding(cache))
+        if authorized && health == azure_state::WAITING_FOR_KEY {
+            self.key_access_lost(cache);
+            return;
+        }
+        if !authorized
+            && (health == azure_state::WAITING_FOR_KEY
+                || (state != azure_state::SUCCEEDED && self.grant_outstanding(cache)))
         {
             self.status.authorization_deadline = deadline.map(Time);
             if let Some(deadline) = deadline.filter(|d| self.input.observed.now >= *d) {
@@ -688,6 +741,7 @@ impl<'a> Draft<'a> {
         }
         if state != azure_state::SUCCEEDED {
             let (phase, reason) = match self.status.phase {
+                _ if authorized => (Phase::Updating, "Updating"),
                 Some(Phase::Updating) => (Phase::Updating, "Updating"),
                 // The grant is made; Azure is picking up the key.
                 Some(Phase::Authorizing | Phase::WaitingForKey) => (Phase::Authorizing, "KeyAccessPropagating"),
@@ -710,17 +764,27 @@ impl<'a> Draft<'a> {
         if self.spec().encryption.is_some() {
             self.cond(C::KeyAuthorized, S::True, "KeyAuthorized", "the cache's identity can use the key");
         }
-        if let Some(update) = self.key_drift(cache) {
-            // An invalid new key (Err) is already reported; the cache keeps its current key.
-            if let Ok(key_url) = update {
-                self.progressing(Phase::Updating, "Updating", "applying the key settings from the spec");
-                self.action = Action::UpdateCache { key_url };
+        if health == azure_state::HEALTHY && self.status.authorized_at.is_none() {
+            self.status.authorized_at = Some(self.now.clone());
+        }
+        match self.drift(cache) {
+            Drift::None => {}
+            Drift::Reported => return,
+            Drift::Do(action) => {
+                let why = match &action {
+                    Action::UpdateCache { .. } => "applying the key settings and tags from the spec",
+                    Action::EnableVaultProtection => "turning on purge protection on the new Key Vault",
+                    _ => "granting the cache's identity access to the new Key Vault",
+                };
+                self.progressing(Phase::Updating, "Updating", why);
+                self.action = action;
+                return;
             }
-            return;
         }
         if health != azure_state::HEALTHY {
             let msg = format!("the cache is provisioned but its health is {}", or_unknown(health));
-            self.progressing(Phase::Creating, "CacheNotHealthy", &msg);
+            let phase = if authorized { Phase::Ready } else { Phase::Creating };
+            self.progressing(phase, "CacheNotHealthy", &msg);
             return;
         }
         self.phase(Phase::Ready);
@@ -732,6 +796,41 @@ impl<'a> Draft<'a> {
         self.cond(C::Reconciling, S::False, "Ready", &msg);
         self.cond(C::Stalled, S::False, "Ready", &msg);
         self.requeue_after = self.input.timing.resync;
+    }
+
+    /// A cache that was authorized is waiting for its key again (access revoked out of band): grant again in
+    /// Automatic mode, ask a person in Manual mode. No deadline applies and the cache is never deleted.
+    fn key_access_lost(&mut self, cache: &CacheFacts) {
+        self.status.authorization_deadline = None;
+        let principal = self.cache_principal(cache);
+        let Some(principal) = principal else {
+            self.progressing(Phase::WaitingForKey, "WaitingForIdentity", "Azure has not reported the cache's identity");
+            return;
+        };
+        let msg = format!("the cache lost access to its key; principal {principal} needs get, wrapKey and unwrapKey");
+        self.cond(C::KeyAuthorized, S::False, "KeyAccessLost", &msg);
+        if self.spec().key_access == KeyAccess::Manual {
+            self.progressing(Phase::WaitingForKey, "KeyAccessLost", &msg);
+            self.events.push(Event { warning: true, reason: "KeyAccessLost".into(), message: msg });
+            return;
+        }
+        if let Some(VaultFacts::Invalid { reason, message }) = self.input.observed.vault.clone() {
+            self.stalled(Phase::WaitingForKey, &reason, &format!("cannot grant access again: {message}"));
+            return;
+        }
+        let system_assigned = self.spec().identity.type_ == IdentityType::SystemAssigned;
+        let grant = self.grant_for(&principal, cache.tenant_id.clone(), system_assigned);
+        self.record_grant(&grant);
+        self.progressing(Phase::WaitingForKey, "KeyAccessLost", &format!("{msg}; granting it again"));
+        self.action = Action::Grant(grant);
+    }
+
+    /// The identity that must be trusted: the cache's system-assigned one, or the user-assigned one.
+    fn cache_principal(&self, cache: &CacheFacts) -> Option<String> {
+        match self.spec().identity.type_ {
+            IdentityType::SystemAssigned => cache.principal_id.clone(),
+            IdentityType::UserAssigned => self.input.observed.identity.as_ref().map(|i| i.principal_id.clone()),
+        }
     }
 
     /// The cache waits for a key grant we have not seen confirmed yet.
@@ -786,7 +885,7 @@ impl<'a> Draft<'a> {
             return;
         }
         let system_assigned = self.spec().identity.type_ == IdentityType::SystemAssigned;
-        if self.grant_recorded_for(&principal) {
+        if self.grant_made_for(&principal) {
             let msg = format!("access granted to {principal}; waiting for Azure to pick up the key ({left_text} left)");
             self.cond(C::KeyAuthorized, S::Unknown, "GrantPropagating", &msg);
             self.progressing(Phase::Authorizing, "KeyAccessPropagating", &msg);
@@ -803,7 +902,7 @@ impl<'a> Draft<'a> {
         }
         let grant = self.grant_for(&principal, cache.tenant_id.clone(), system_assigned);
         let msg = format!("granting {principal} access to the key ({left_text} left before {deadline_text})");
-        self.status.grant = Some(grant.clone());
+        self.record_grant(&grant);
         self.cond(C::KeyAuthorized, S::False, "Granting", &msg);
         // The phase says what Azure reports until the grant is made; then Authorizing until Azure picks it up.
         self.progressing(Phase::WaitingForKey, "Granting", &msg);
@@ -846,32 +945,56 @@ impl<'a> Draft<'a> {
         self.stalled(Phase::Failed, reason, &msg);
     }
 
-    /// Some(Ok(url)) when the encryption settings in Azure differ from the spec; Some(Err) when the new key is
-    /// invalid (reported); None when in sync.
-    fn key_drift(&mut self, cache: &CacheFacts) -> Option<Result<Option<String>, ()>> {
-        let enc = self.spec().encryption.clone()?;
+    /// What, if anything, brings the cache's key settings and tags to the spec.
+    fn drift(&mut self, cache: &CacheFacts) -> Drift {
+        let tags_differ = cache.tags != self.spec().tags;
+        let Some(enc) = self.spec().encryption.clone() else {
+            return if tags_differ { Drift::Do(Action::UpdateCache { key_url: None }) } else { Drift::None };
+        };
+        // The spec points at a vault or key that cannot be used: the cache keeps its key, and says why.
+        if let Some(VaultFacts::Invalid { reason, message }) = self.input.observed.vault.clone() {
+            self.cond(C::KeyValid, S::False, &reason, &message);
+            self.stalled(Phase::Ready, &reason, &format!("the cache keeps its current key: {message}"));
+            return Drift::Reported;
+        }
         let desired = match self.input.observed.key.clone() {
             Some(KeyFacts::Valid { kid }) => kid,
             Some(KeyFacts::Invalid { reason, message }) => {
                 self.cond(C::KeyValid, S::False, &reason, &message);
                 self.stalled(Phase::Ready, &reason, &format!("the cache keeps its current key: {message}"));
-                return Some(Err(()));
+                return Drift::Reported;
             }
-            None => return None,
+            None => return Drift::None,
         };
         self.cond(C::KeyValid, S::True, "KeyValid", &format!("{desired} is an enabled 2048-bit RSA key"));
         let actual = cache.key_url.clone().unwrap_or_default();
-        let same_key = if enc.rotate_to_latest_key_version {
+        let same_key = strip_version(&actual).eq_ignore_ascii_case(strip_version(&desired));
+        let in_sync = if enc.rotate_to_latest_key_version {
             // Azure moves the version itself; only the vault and key name are ours to set.
-            strip_version(&actual).eq_ignore_ascii_case(strip_version(&desired))
+            same_key
         } else {
             actual.trim_end_matches('/').eq_ignore_ascii_case(desired.trim_end_matches('/'))
         };
-        let tags_differ = cache.tags != self.spec().tags;
-        if same_key && cache.rotation_enabled == enc.rotate_to_latest_key_version && !tags_differ {
-            return None;
+        if in_sync && cache.rotation_enabled == enc.rotate_to_latest_key_version && !tags_differ {
+            return Drift::None;
         }
-        Some(Ok(Some(desired)))
+        // A new vault must trust the cache's identity before the cache is pointed at it.
+        let new_vault = !cache.key_vault_id.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(&enc.key_vault_id));
+        if new_vault && self.spec().key_access == KeyAccess::Automatic {
+            let ua_trusted = self.input.observed.identity.as_ref().is_some_and(|i| i.has_key_access == Some(true));
+            if let Some(principal) = self.cache_principal(cache).filter(|p| !ua_trusted && !self.grant_made_for(p)) {
+                if matches!(self.input.observed.vault, Some(VaultFacts::Usable { protected: false, .. })) {
+                    return Drift::Do(Action::EnableVaultProtection);
+                }
+                let system_assigned = self.spec().identity.type_ == IdentityType::SystemAssigned;
+                let grant = self.grant_for(&principal, cache.tenant_id.clone(), system_assigned);
+                self.record_grant(&grant);
+                return Drift::Do(Action::Grant(grant));
+            }
+        }
+        // With rotation on and the same key, keep the version Azure rotated to rather than rolling it back.
+        let key_url = if enc.rotate_to_latest_key_version && same_key && !actual.is_empty() { actual } else { desired };
+        Drift::Do(Action::UpdateCache { key_url: Some(key_url) })
     }
 }
 

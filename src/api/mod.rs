@@ -265,9 +265,13 @@ pub struct HpcCacheStatus {
     /// How many times the cache was re-created after a missed authorization window.
     #[serde(default)]
     pub recreations: i32,
-    /// The vault grant the operator made, so it can be revoked with a system-assigned identity.
+    /// Vault grants the operator made (or is making), so those for a system-assigned identity can be revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantRecord>,
+    /// When Azure first reported the cache healthy with its key; from then on the 90-minute window no longer applies
+    /// and the cache is never deleted to re-create it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grant: Option<GrantRecord>,
+    pub authorized_at: Option<Time>,
     /// Set before the first create request (Azure's clock), so a restart never loses the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_requested_at: Option<Time>,
@@ -288,6 +292,17 @@ pub struct GrantRecord {
     pub kind: GrantKind,
     /// True when the principal is the cache's system-assigned identity (the grant is revoked on delete).
     pub system_assigned: bool,
+    /// False while the grant is only intended (recorded before the call); true once Azure accepted it.
+    #[serde(default)]
+    pub made: bool,
+}
+
+impl GrantRecord {
+    /// Whether two records are about the same principal on the same vault.
+    pub fn same_as(&self, other: &GrantRecord) -> bool {
+        self.vault_id.eq_ignore_ascii_case(&other.vault_id)
+            && self.principal_id.eq_ignore_ascii_case(&other.principal_id)
+    }
 }
 
 /// How a vault grant was made.

@@ -247,9 +247,11 @@ async fn reconcile(obj: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Err
 
 fn action_error(e: &AzureError) -> ActionError {
     ActionError {
+        status: e.status(),
         code: e.code().unwrap_or("Unknown").to_string(),
         message: e.to_string(),
-        retryable: e.is_retryable(),
+        // Without an answer from Azure (token, transport, decoding) nothing was refused: try again.
+        retryable: e.is_retryable() || e.status().is_none(),
         retry_after: e.retry_after(),
     }
 }

@@ -52,6 +52,8 @@ pub struct RecentReads {
     cache_lists: TtlMap<crate::azure::Observed<Vec<Cache>>>,
     vault_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     protected_vaults: Mutex<std::collections::HashSet<String>>,
+    /// Bumped by every `forget_cache`, so a list read that started before an action is not stored after it.
+    list_epochs: Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Clone)]
@@ -70,6 +72,7 @@ impl RecentReads {
             cache_lists: TtlMap::new(cache_list_ttl),
             vault_writes: Default::default(),
             protected_vaults: Default::default(),
+            list_epochs: Default::default(),
         }
     }
 
@@ -82,7 +85,13 @@ impl RecentReads {
 
     /// Forget what was read about a cache's resource group (after acting on the cache).
     pub fn forget_cache(&self, id: &ResourceId) {
-        self.cache_lists.lock().remove(&list_key(id));
+        let key = list_key(id);
+        *self.list_epochs.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default() += 1;
+        self.cache_lists.lock().remove(&key);
+    }
+
+    fn list_epoch(&self, key: &str) -> u64 {
+        self.list_epochs.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or_default()
     }
 
     /// Record that a vault is protected. Azure refuses to turn purge protection (or soft delete) off again, so
@@ -156,8 +165,11 @@ async fn read_cache(
     let list = match reads.cache_lists.get(&key) {
         Some(list) => list,
         None => {
+            let epoch = reads.list_epoch(&key);
             let list = azure.list_caches(id.subscription(), id.resource_group()).await?;
-            reads.cache_lists.put(key, list.clone());
+            if reads.list_epoch(&key) == epoch {
+                reads.cache_lists.put(key, list.clone());
+            }
             list
         }
     };
@@ -332,6 +344,7 @@ pub fn cache_facts(c: &Cache) -> CacheFacts {
         tenant_id: identity.and_then(|i| i.tenant_id.clone()),
         created_at: c.created_at(),
         key_url: c.key_encryption_key().map(|k| k.key_url.clone()),
+        key_vault_id: c.key_encryption_key().map(|k| k.source_vault.id.clone()),
         rotation_enabled: enc.and_then(|e| e.rotation_to_latest_key_version_enabled).unwrap_or(false),
         tags: c.tags.clone().unwrap_or_default(),
     }

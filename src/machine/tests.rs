@@ -78,6 +78,7 @@ fn cache(prov: &str, health: &str) -> CacheFacts {
         tenant_id: Some("tenant".into()),
         created_at: Some(t0()),
         key_url: Some(KID.into()),
+        key_vault_id: Some(VAULT.into()),
         rotation_enabled: false,
         tags: Default::default(),
     }
@@ -118,6 +119,7 @@ fn grant(principal: &str, system_assigned: bool) -> GrantRecord {
         tenant_id: Some("tenant".into()),
         kind: GrantKind::AccessPolicy,
         system_assigned,
+        made: false,
     }
 }
 
@@ -201,9 +203,13 @@ fn user_assigned_without_access_is_granted_before_create() {
     let d = c.run();
     assert_eq!(d.status.phase, Some(Phase::Authorizing));
     assert_eq!(d.action, Action::Grant(grant("ua", false)));
-    assert_eq!(d.status.grant, Some(grant("ua", false)), "intent recorded before acting");
-    // Next round: the grant is recorded, so the cache is created.
-    c.status = d.status;
+    assert_eq!(d.status.grants, vec![grant("ua", false)], "intent recorded before acting");
+    // Killed before the grant call: the intent alone does not count, the grant is sent again.
+    c.status = d.status.clone();
+    assert_eq!(c.run().action, Action::Grant(grant("ua", false)));
+    // Azure accepted it: the cache is created.
+    action_succeeded(&mut c.status, &d.action);
+    assert!(c.status.grants[0].made);
     let d = c.run();
     assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
     assert_eq!(cond(&d, "KeyAuthorized").status, "True");
@@ -277,8 +283,9 @@ fn waiting_for_key_automatic_grants_system_principal() {
     assert_eq!(d.status.phase, Some(Phase::WaitingForKey));
     assert_eq!(d.action, Action::Grant(grant("sa-principal", true)));
     assert_eq!(d.status.principal_id.as_deref(), Some("sa-principal"));
-    // Once recorded, no second grant: wait for Azure.
+    // Once made, no second grant: wait for Azure.
     c.status = d.status;
+    action_succeeded(&mut c.status, &Action::Grant(grant("sa-principal", true)));
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(d.status.phase, Some(Phase::Authorizing));
@@ -378,13 +385,13 @@ fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     assert_eq!(cond(&d, "Reconciling").reason, "Recreating");
     // Gone, but the old system principal's grant was recorded: revoke it first.
     c.status = d.status;
-    c.status.grant = Some(grant("sa-principal", true));
+    c.status.grants = vec![grant("sa-principal", true)];
     c.observed.cache = None;
     let d = c.run();
     assert_eq!(d.action, Action::RevokeGrant(grant("sa-principal", true)));
     c.status = d.status;
     action_succeeded(&mut c.status, &Action::RevokeGrant(grant("sa-principal", true)));
-    assert_eq!(c.status.grant, None);
+    assert!(c.status.grants.is_empty());
     // Then a new cache, with the old cache's facts forgotten.
     let d = c.run();
     assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
@@ -479,16 +486,16 @@ fn deletion_follows_policy() {
     // Delete: cache present → DELETE; deleting → wait; gone with SA grant → revoke; then release.
     let mut c = Case::new();
     c.deleting = true;
-    c.status.grant = Some(grant("sa-principal", true));
+    c.status.grants = vec![grant("sa-principal", true)];
     c.observed.cache = Some(cache("Succeeded", "Healthy"));
     assert_eq!(c.run().action, Action::DeleteCache);
     c.observed.cache = Some(cache("Deleting", "Transitioning"));
     assert_eq!(c.run().action, Action::None);
     c.observed.cache = None;
     assert_eq!(c.run().action, Action::RevokeGrant(grant("sa-principal", true)));
-    c.status.grant = Some(grant("ua", false));
+    c.status.grants = vec![grant("ua", false)];
     assert_eq!(c.run().action, Action::RemoveFinalizer, "a user-assigned grant outlives the cache");
-    c.status.grant = None;
+    c.status.grants.clear();
     assert_eq!(c.run().action, Action::RemoveFinalizer);
     // Orphan: never deletes.
     c.spec.deletion_policy = DeletionPolicy::Orphan;
@@ -503,6 +510,7 @@ fn rejected_create_stalls_and_is_not_retried_until_the_spec_changes() {
     let mut c = Case::new();
     let d = c.run();
     let err = ActionError {
+        status: Some(409),
         code: "OperationNotAllowed".into(),
         message: "Unable to create HPC Cache due to product retirement".into(),
         retryable: false,
@@ -533,6 +541,7 @@ fn rejected_create_stalls_and_is_not_retried_until_the_spec_changes() {
 fn retryable_errors_requeue_after_retry_after() {
     let d = Case::new().run();
     let err = ActionError {
+        status: Some(429),
         code: "TooManyRequests".into(),
         message: "throttled".into(),
         retryable: true,
@@ -626,6 +635,7 @@ fn a_disallowed_vault_is_never_granted_on() {
 fn an_unreadable_cache_is_reported_as_stalled_with_azures_message() {
     let status = HpcCacheStatus { phase: Some(Phase::Ready), ..Default::default() };
     let err = ActionError {
+        status: Some(403),
         code: "AuthorizationFailed".into(),
         message: "The client does not have authorization to perform action".into(),
         retryable: false,
@@ -646,14 +656,163 @@ fn a_failed_grant_is_not_remembered_as_made_and_is_retried_soon() {
     let d = c.run();
     let Action::Grant(g) = d.action.clone() else { panic!("expected a grant, got {:?}", d.action) };
     let err = ActionError {
+        status: Some(403),
         code: "Forbidden".into(),
         message: "the operator may not write access policies".into(),
         retryable: false,
         retry_after: None,
     };
     let f = action_failed(&d.status, Some(1), &d.action, &err, t0(), Timing::default());
-    assert_eq!(f.status.grant, None, "a grant that failed must not count as made");
+    assert!(f.status.grants.is_empty(), "a grant that failed must not count as made");
     assert!(f.requeue_after <= Timing::default().poll, "the deadline is running: try again soon");
     c.status = f.status;
     assert_eq!(c.run().action, Action::Grant(g), "the next look grants again");
+}
+
+/// A cache that was Ready once (months ago, say).
+fn authorized(mut c: Case) -> Case {
+    c.status.authorized_at = Some(Time(t0() + mins(20)));
+    c.status.phase = Some(Phase::Ready);
+    c.observed.now = t0() + mins(60 * 24 * 90);
+    c
+}
+
+#[test]
+fn the_window_ends_when_the_cache_is_first_ready() {
+    let mut c = Case::new();
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.observed.now = t0() + mins(20);
+    let d = c.run();
+    assert_eq!(d.status.authorized_at, Some(Time(t0() + mins(20))));
+    c.status = d.status;
+    c.observed.now = t0() + mins(500);
+    assert_eq!(c.run().status.authorized_at, Some(Time(t0() + mins(20))), "recorded once");
+}
+
+#[test]
+fn an_old_cache_updating_or_failing_is_never_deleted_by_the_window() {
+    for (prov, health) in
+        [("Updating", "Upgrading"), ("Updating", "Transitioning"), ("Failed", "Down"), ("Canceled", "Healthy")]
+    {
+        let mut c = authorized(Case::new());
+        c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+        c.observed.cache = Some(cache(prov, health));
+        let d = c.run();
+        assert_eq!(d.action, Action::None, "{prov}/{health}");
+        assert_eq!(d.status.recreations, 0, "{prov}/{health}");
+        assert_eq!(d.status.authorization_deadline, None, "{prov}/{health}");
+        if prov == "Updating" {
+            assert_eq!(d.status.phase, Some(Phase::Updating));
+        } else {
+            assert_eq!(cond(&d, "Stalled").reason, "ProvisioningFailed");
+        }
+    }
+}
+
+#[test]
+fn an_old_cache_that_lost_key_access_is_granted_again_not_failed() {
+    let mut c = authorized(Case::new());
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.observed.cache = Some(cache("Succeeded", "WaitingForKey"));
+    let d = c.run();
+    assert_eq!(d.action, Action::Grant(grant("sa-principal", true)));
+    assert_eq!(cond(&d, "KeyAuthorized").reason, "KeyAccessLost");
+    assert_eq!(d.status.authorization_deadline, None);
+    c.spec.key_access = KeyAccess::Manual;
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert!(d.events.iter().any(|e| e.warning && e.reason == "KeyAccessLost"));
+}
+
+#[test]
+fn moving_to_a_new_vault_protects_and_grants_before_pointing_the_cache_at_it() {
+    let new_vault = VAULT.replace("/vaults/kv", "/vaults/kv2");
+    let new_kid = "https://kv2.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef";
+    let mut c = authorized(Case::new());
+    c.status.grants = vec![GrantRecord { made: true, ..grant("sa-principal", true) }];
+    c.spec.encryption.as_mut().unwrap().key_vault_id = new_vault.clone();
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.observed.key = Some(KeyFacts::Valid { kid: new_kid.into() });
+    c.observed.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
+    assert_eq!(c.run().action, Action::EnableVaultProtection);
+    c.observed.vault = Some(VaultFacts::Usable { protected: true, rbac: false });
+    let d = c.run();
+    let Action::Grant(g) = d.action.clone() else { panic!("expected a grant, got {:?}", d.action) };
+    assert_eq!(g.vault_id, new_vault);
+    assert_eq!(d.status.grants.len(), 2, "the old vault's grant is still recorded, to revoke on delete");
+    c.status = d.status;
+    action_succeeded(&mut c.status, &Action::Grant(g));
+    let d = c.run();
+    assert_eq!(d.action, Action::UpdateCache { key_url: Some(new_kid.into()) });
+    assert_eq!(d.status.phase, Some(Phase::Updating));
+}
+
+#[test]
+fn a_ready_cache_whose_new_vault_is_unusable_is_not_reported_ready() {
+    let mut c = authorized(Case::new());
+    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.observed.key = None;
+    c.observed.vault = Some(VaultFacts::Invalid { reason: "VaultNotAllowed".into(), message: "no".into() });
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Ready").status, "False");
+    assert_eq!(cond(&d, "Stalled").reason, "VaultNotAllowed");
+}
+
+#[test]
+fn tag_drift_with_rotation_keeps_the_version_azure_rotated_to() {
+    let mut c = authorized(Case::new());
+    c.spec.encryption.as_mut().unwrap().rotate_to_latest_key_version = true;
+    c.spec.tags.insert("team".into(), "x".into());
+    c.observed.cache =
+        Some(CacheFacts { rotation_enabled: true, key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
+    assert_eq!(
+        c.run().action,
+        Action::UpdateCache { key_url: Some(KID2.into()) },
+        "no roll-back to the pinned version"
+    );
+}
+
+#[test]
+fn tag_drift_is_patched_on_microsoft_managed_caches_too() {
+    let mut c = authorized(Case::new());
+    c.spec.encryption = None;
+    c.spec.tags.insert("team".into(), "x".into());
+    c.observed.cache = Some(CacheFacts { key_url: None, key_vault_id: None, ..cache("Succeeded", "Healthy") });
+    assert_eq!(c.run().action, Action::UpdateCache { key_url: None });
+}
+
+#[test]
+fn only_an_azure_refusal_blocks_re_creation() {
+    let d = Case::new().run();
+    let no_answer = ActionError {
+        status: None,
+        code: "Unknown".into(),
+        message: "token".into(),
+        retryable: false,
+        retry_after: None,
+    };
+    let f = action_failed(&d.status, Some(1), &d.action, &no_answer, t0(), Timing::default());
+    assert_ne!(cond(&f, "Stalled").reason, REASON_CREATE_REJECTED);
+    assert_eq!(f.status.phase, Some(Phase::Creating));
+}
+
+#[test]
+fn a_grant_that_cannot_be_revoked_does_not_block_deletion() {
+    let mut c = Case::new();
+    c.deleting = true;
+    c.status.grants = vec![GrantRecord { made: true, ..grant("sa-principal", true) }];
+    let d = c.run();
+    let err = ActionError {
+        status: Some(403),
+        code: "Forbidden".into(),
+        message: "no".into(),
+        retryable: false,
+        retry_after: None,
+    };
+    let f = action_failed(&d.status, Some(1), &d.action, &err, t0(), Timing::default());
+    assert!(f.status.grants.is_empty());
+    assert!(f.events.iter().any(|e| e.reason == "GrantNotRevoked"));
+    c.status = f.status;
+    assert_eq!(c.run().action, Action::RemoveFinalizer);
 }

@@ -696,3 +696,38 @@ async fn user_assigned_with_a_role_on_an_rbac_vault_never_waits() {
     // Looked up with the vault facts (re-read once per facts TTL, 1 s in these tests).
     assert!(!s.requests("GET", "/roleAssignments").is_empty(), "the operator looked the assignment up");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moving_a_ready_cache_to_another_vault_grants_there_first() {
+    let s = Scenario::new("move", SimConfig::default()).await;
+    let name = s.apply("system-assigned.yaml");
+    let principal = s.wait_phase(&name, Phase::Ready).await.status.unwrap().principal_id.unwrap();
+    let patch = serde_json::json!({"spec": {"encryption": {
+        "keyVaultId": format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/kv-rbac"),
+        "keyVersion": "00112233445566778899aabbccddeeff"}}});
+    s.api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let moved = s
+        .wait(&name, "the key from kv-rbac active", |o| {
+            phase_of(o) == Some(Phase::Ready)
+                && o.status.as_ref().and_then(|s| s.active_key_url.as_deref()).is_some_and(|k| k.contains("kv-rbac"))
+        })
+        .await;
+    let log = s.sim.requests();
+    let grant_at = log.iter().position(|r| {
+        r.method == "PUT" && r.path.contains("/vaults/kv-rbac/providers/Microsoft.Authorization/roleAssignments/")
+    });
+    let patch_at = log.iter().position(|r| r.method == "PATCH" && r.path.contains("/caches/genomics-cache"));
+    assert!(
+        grant_at.is_some() && patch_at.is_some() && grant_at < patch_at,
+        "role assignment on the new vault before the cache PATCH"
+    );
+    let grants = moved.status.unwrap().grants;
+    assert!(grants.iter().any(|g| g.vault_id.contains("kv-cmk") && g.principal_id == principal && g.made));
+    assert!(grants.iter().any(|g| g.vault_id.contains("kv-rbac") && g.principal_id == principal && g.made));
+    // Deleting revokes both.
+    s.api.delete(&name, &DeleteParams::default()).await.unwrap();
+    s.wait_gone(&name).await;
+    assert_eq!(s.requests("DELETE", "/roleAssignments/").len(), 1);
+    let vault = s.azure().await.get_vault(&ResourceId::parse(CMK_VAULT).unwrap()).await.unwrap().value.unwrap();
+    assert!(!vault.properties.access_policies.iter().any(|p| p.object_id == principal));
+}

@@ -172,10 +172,22 @@ pub struct Input<'a> {
     pub status: &'a HpcCacheStatus,
     /// metadata.deletionTimestamp is set.
     pub deleting: bool,
-    /// The name of the cache in Azure (spec.azure.name or metadata.name).
+    /// The ARM id of the cache.
     pub cache_id: &'a str,
+    /// `namespace/name` of the object, written to the cache's [`OWNER_TAG`].
+    pub owner: &'a str,
     pub observed: &'a Observed,
     pub timing: Timing,
+}
+
+/// Azure tag naming the `HpcCache` (namespace/name) that owns a cache, so two objects never manage one cache.
+pub const OWNER_TAG: &str = "hpccache.io-owner";
+
+/// The tags the cache should carry: the spec's plus the owner tag.
+pub fn desired_tags(spec: &HpcCacheSpec, owner: &str) -> std::collections::BTreeMap<String, String> {
+    let mut tags = spec.tags.clone();
+    tags.insert(OWNER_TAG.to_string(), owner.to_string());
+    tags
 }
 
 /// Stalled reason that blocks further create attempts until the spec changes (e.g. Azure's product retirement).
@@ -184,7 +196,9 @@ pub const REASON_CREATE_REJECTED: &str = "CreateRejected";
 /// Decides the next step. Pure and total: every input gives a decision, never a panic.
 pub fn decide(input: &Input) -> Decision {
     let mut d = Draft::new(input);
-    if input.deleting {
+    if let Some(other) = input.observed.cache.as_ref().and_then(|c| d.owned_elsewhere(c)) {
+        d.not_ours(&other);
+    } else if input.deleting {
         d.deleting();
     } else {
         match &input.observed.cache {
@@ -436,6 +450,24 @@ impl<'a> Draft<'a> {
 
     fn finish(self) -> Decision {
         Decision { status: self.status, action: self.action, requeue_after: self.requeue_after, events: self.events }
+    }
+
+    /// The owner of an existing cache, when it is another object. A cache without the tag (made outside the
+    /// operator) is adopted: the tag is added with the next update.
+    fn owned_elsewhere(&self, cache: &CacheFacts) -> Option<String> {
+        cache.tags.get(OWNER_TAG).filter(|o| o.as_str() != self.input.owner).cloned()
+    }
+
+    /// Another `HpcCache` manages this Azure cache: touch nothing, and let this object go when it is deleted.
+    fn not_ours(&mut self, owner: &str) {
+        let msg =
+            format!("the Azure cache {} belongs to HpcCache {owner}; this object leaves it alone", self.input.cache_id);
+        if self.input.deleting {
+            self.progressing(Phase::Deleting, "NotOwned", &msg);
+            self.action = Action::RemoveFinalizer;
+            return;
+        }
+        self.stalled(Phase::Failed, "CacheOwnedByAnother", &msg);
     }
 
     fn recorded_sa_grant(&self) -> Option<GrantRecord> {
@@ -947,7 +979,7 @@ impl<'a> Draft<'a> {
 
     /// What, if anything, brings the cache's key settings and tags to the spec.
     fn drift(&mut self, cache: &CacheFacts) -> Drift {
-        let tags_differ = cache.tags != self.spec().tags;
+        let tags_differ = cache.tags != desired_tags(self.spec(), self.input.owner);
         let Some(enc) = self.spec().encryption.clone() else {
             return if tags_differ { Drift::Do(Action::UpdateCache { key_url: None }) } else { Drift::None };
         };

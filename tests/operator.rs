@@ -731,3 +731,25 @@ async fn moving_a_ready_cache_to_another_vault_grants_there_first() {
     let vault = s.azure().await.get_vault(&ResourceId::parse(CMK_VAULT).unwrap()).await.unwrap().value.unwrap();
     assert!(!vault.properties.access_policies.iter().any(|p| p.object_id == principal));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_object_for_the_same_azure_cache_touches_nothing() {
+    let s = Scenario::new("owner", SimConfig::default()).await;
+    let enc = serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"});
+    let first = s.create(cache_manifest("first", enc.clone(), serde_json::json!({}))).await;
+    s.wait_phase(&first, Phase::Ready).await;
+    let mut second = cache_manifest("second", enc, serde_json::json!({}));
+    second["spec"]["azure"]["name"] = serde_json::json!("first");
+    let second = s.create(second).await;
+    let o = s
+        .wait(&second, "Stalled", |o| {
+            o.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"))
+        })
+        .await;
+    assert_eq!(condition(&o, "Stalled").1, "CacheOwnedByAnother");
+    s.api.delete(&second, &DeleteParams::default()).await.unwrap();
+    s.wait_gone(&second).await;
+    assert!(s.requests("DELETE", "/caches/first").is_empty(), "the other object's cache survives");
+    assert!(s.requests("PATCH", "/caches/first").is_empty());
+    assert_eq!(phase_of(&s.get(&first).await), Some(Phase::Ready));
+}

@@ -6,12 +6,12 @@ use crate::api::{GrantKind, GrantRecord, HpcCache, HpcCacheSpec, IdentityType};
 use crate::azure::{
     Azure, AzureError, CMK_KEY_PERMISSIONS, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
 };
-use crate::machine::Action;
+use crate::machine::{Action, desired_tags};
 
 use super::observe::cache_id;
 
-/// The ARM body of the cache the spec describes (Caches_CreateOrUpdate).
-pub fn desired_cache(spec: &HpcCacheSpec, key_url: Option<&str>) -> Value {
+/// The ARM body of the cache the spec describes (Caches_CreateOrUpdate); `owner` is `namespace/name`.
+pub fn desired_cache(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Value {
     let identity = match spec.identity.type_ {
         IdentityType::SystemAssigned => json!({"type": "SystemAssigned"}),
         IdentityType::UserAssigned => json!({
@@ -25,7 +25,7 @@ pub fn desired_cache(spec: &HpcCacheSpec, key_url: Option<&str>) -> Value {
     }
     json!({
         "location": spec.azure.location,
-        "tags": spec.tags,
+        "tags": desired_tags(spec, owner),
         "sku": { "name": spec.sku },
         "identity": identity,
         "properties": properties,
@@ -40,8 +40,8 @@ fn encryption_settings(enc: &crate::api::Encryption, key_url: &str) -> Value {
 }
 
 /// The PATCH body for a key change (and tags, which are the other mutable part).
-pub fn key_update(spec: &HpcCacheSpec, key_url: Option<&str>) -> Value {
-    let mut patch = json!({ "tags": spec.tags });
+pub fn key_update(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Value {
+    let mut patch = json!({ "tags": desired_tags(spec, owner) });
     if let (Some(enc), Some(url)) = (&spec.encryption, key_url) {
         patch["properties"] = json!({ "encryptionSettings": encryption_settings(enc, url) });
     }
@@ -59,15 +59,24 @@ pub async fn perform(azure: &Azure, obj: &HpcCache, vault: Option<&Vault>, actio
         Action::Grant(g) => grant(azure, g, vault).await,
         Action::RevokeGrant(g) => revoke(azure, g, vault).await,
         Action::CreateCache { key_url } => {
-            let body = desired_cache(&obj.spec, key_url.as_deref());
+            let body = desired_cache(&obj.spec, &owner(obj), key_url.as_deref());
             let cache = serde_json::from_value(body).map_err(|e| AzureError::Decode(e.to_string()))?;
             azure.put_cache(&cache_id(obj), &cache).await.map(drop)
         }
         Action::UpdateCache { key_url } => {
-            azure.patch_cache(&cache_id(obj), &key_update(&obj.spec, key_url.as_deref())).await.map(drop)
+            azure.patch_cache(&cache_id(obj), &key_update(&obj.spec, &owner(obj), key_url.as_deref())).await.map(drop)
         }
         Action::DeleteCache => azure.delete_cache(&cache_id(obj)).await.map(drop),
     }
+}
+
+/// `namespace/name` of the object, the value of the cache's owner tag.
+pub fn owner(obj: &HpcCache) -> String {
+    format!(
+        "{}/{}",
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 fn vault_id(obj: &HpcCache) -> Result<ResourceId, AzureError> {
@@ -123,7 +132,7 @@ mod tests {
 
     #[test]
     fn create_body_matches_the_caches_spec() {
-        let body = desired_cache(&spec(), Some("https://kv.vault.azure.net/keys/k/v1"));
+        let body = desired_cache(&spec(), "ns/c", Some("https://kv.vault.azure.net/keys/k/v1"));
         assert_eq!(body["location"], "eastus");
         assert_eq!(body["sku"]["name"], "Standard_2G");
         assert_eq!(body["identity"]["type"], "SystemAssigned");
@@ -136,6 +145,7 @@ mod tests {
         );
         assert_eq!(body["properties"]["encryptionSettings"]["rotationToLatestKeyVersionEnabled"], false);
         assert_eq!(body["tags"]["team"], "genomics");
+        assert_eq!(body["tags"]["hpccache.io-owner"], "ns/c");
         // and it is a valid Cache model
         let _: crate::azure::Cache = serde_json::from_value(body).unwrap();
     }
@@ -145,7 +155,7 @@ mod tests {
         let mut s = spec();
         s.identity =
             CacheIdentity { type_: IdentityType::UserAssigned, user_assigned_identity_id: Some("/x/id".into()) };
-        let body = desired_cache(&s, Some("u"));
+        let body = desired_cache(&s, "ns/c", Some("u"));
         assert_eq!(body["identity"], json!({"type": "UserAssigned", "userAssignedIdentities": {"/x/id": {}}}));
     }
 
@@ -153,12 +163,12 @@ mod tests {
     fn microsoft_managed_keys_send_no_encryption_settings() {
         let mut s = spec();
         s.encryption = None;
-        assert!(desired_cache(&s, None)["properties"].get("encryptionSettings").is_none());
+        assert!(desired_cache(&s, "ns/c", None)["properties"].get("encryptionSettings").is_none());
     }
 
     #[test]
     fn key_update_patches_only_mutable_settings() {
-        let patch = key_update(&spec(), Some("https://kv.vault.azure.net/keys/k/v2"));
+        let patch = key_update(&spec(), "ns/c", Some("https://kv.vault.azure.net/keys/k/v2"));
         assert_eq!(
             patch["properties"]["encryptionSettings"]["keyEncryptionKey"]["keyUrl"],
             "https://kv.vault.azure.net/keys/k/v2"

@@ -134,10 +134,15 @@ fn error_policy(obj: Arc<HpcCache>, err: &Error, ctx: Arc<Context>) -> Requeue {
     }
 }
 
-async fn reconcile(obj: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let ns = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
+async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let api: Api<HpcCache> = Api::namespaced(ctx.client.clone(), &ns);
+    // The watch cache can lag behind our own last status write (which records intent and grants); deciding from
+    // it and applying the whole status back would undo that write. Read the object itself.
+    let Some(obj) = api.get_opt(&name).await? else {
+        return Ok(Requeue::await_change());
+    };
     let deleting = obj.metadata.deletion_timestamp.is_some();
 
     if !deleting && !obj.finalizers().iter().any(|f| f == FINALIZER) {
@@ -178,6 +183,7 @@ async fn reconcile(obj: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Err
         status: &status,
         deleting,
         cache_id: &obj.azure_resource_id(),
+        owner: &act::owner(&obj),
         observed: &observed,
         timing: ctx.settings.timing,
     };

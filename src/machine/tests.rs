@@ -8,6 +8,7 @@ const VAULT: &str =
     "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv";
 const KID: &str = "https://kv.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef";
 const KID2: &str = "https://kv.vault.azure.net/keys/k/fedcba9876543210fedcba9876543210";
+const OWNER: &str = "research/genomics";
 const CACHE_ID: &str =
     "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c";
 
@@ -80,7 +81,7 @@ fn cache(prov: &str, health: &str) -> CacheFacts {
         key_url: Some(KID.into()),
         key_vault_id: Some(VAULT.into()),
         rotation_enabled: false,
-        tags: Default::default(),
+        tags: [(OWNER_TAG.to_string(), OWNER.to_string())].into(),
     }
 }
 
@@ -102,6 +103,7 @@ impl Case {
             status: &self.status,
             deleting: self.deleting,
             cache_id: CACHE_ID,
+            owner: OWNER,
             observed: &self.observed,
             timing: Timing::default(),
         })
@@ -531,6 +533,7 @@ fn rejected_create_stalls_and_is_not_retried_until_the_spec_changes() {
         status: &c.status,
         deleting: false,
         cache_id: CACHE_ID,
+        owner: OWNER,
         observed: &c.observed,
         timing: Timing::default(),
     });
@@ -815,4 +818,28 @@ fn a_grant_that_cannot_be_revoked_does_not_block_deletion() {
     assert!(f.events.iter().any(|e| e.reason == "GrantNotRevoked"));
     c.status = f.status;
     assert_eq!(c.run().action, Action::RemoveFinalizer);
+}
+
+#[test]
+fn a_cache_owned_by_another_object_is_left_alone() {
+    let mut c = authorized(Case::new());
+    let mut theirs = cache("Succeeded", "Healthy");
+    theirs.tags.insert(OWNER_TAG.into(), "other-ns/other".into());
+    c.observed.cache = Some(theirs.clone());
+    c.spec.tags.insert("team".into(), "x".into());
+    let d = c.run();
+    assert_eq!(d.action, Action::None, "no tag or key update on someone else's cache");
+    assert_eq!(cond(&d, "Stalled").reason, "CacheOwnedByAnother");
+    assert!(cond(&d, "Stalled").message.contains("other-ns/other"));
+    // Deleting this object never deletes their cache.
+    c.deleting = true;
+    assert_eq!(c.run().action, Action::RemoveFinalizer);
+}
+
+#[test]
+fn a_cache_made_outside_the_operator_is_adopted_with_the_owner_tag() {
+    let mut c = authorized(Case::new());
+    c.observed.cache = Some(CacheFacts { tags: Default::default(), ..cache("Succeeded", "Healthy") });
+    assert!(matches!(c.run().action, Action::UpdateCache { .. }), "the owner tag is added");
+    assert_eq!(desired_tags(&c.spec, OWNER).get(OWNER_TAG).map(String::as_str), Some(OWNER));
 }

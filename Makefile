@@ -21,7 +21,7 @@ demo-down: ## stop what `make demo` started (operator, simulator, control plane)
 
 .PHONY: demo-check
 demo-check: ## run the demo end to end and stop it (part of `make test`: the README's main command must work)
-	scripts/demo.sh || { scripts/demo.sh down; exit 1; }
+	HPCC_DEMO_METRICS_ADDR=127.0.0.1:0 scripts/demo.sh || { scripts/demo.sh down; exit 1; }
 	scripts/demo.sh down
 
 # `--lib --bins --tests`: every test binary, not the (empty) doctest run, so the output ends on a real summary.

@@ -12,6 +12,7 @@ repo=$(cd "$here/.." && pwd)
 dev="$repo/.dev"
 speed=${HPCC_DEMO_SPEED:-20} # simulated seconds per real second: a 10-minute create takes 30 s
 settle_timeout=${HPCC_DEMO_TIMEOUT:-240}
+metrics=${HPCC_DEMO_METRICS_ADDR:-127.0.0.1:9464} # /metrics of the operator
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
@@ -59,7 +60,7 @@ kubectl wait --for=condition=Established crd/hpccaches.hpccache.io --timeout=30s
   # shellcheck disable=SC1091
   . "$dev/azure.env"
   set +a
-  exec "$op" run --poll-seconds 2 --resync-seconds 30 --metrics-addr 127.0.0.1:9464
+  exec "$op" run --poll-seconds 2 --resync-seconds 30 --metrics-addr "$metrics"
 ) >"$dev/operator.log" 2>&1 &
 echo $! >"$dev/operator.pid"
 
@@ -101,7 +102,7 @@ Try:
   curl -s -XPOST ${admin}grants -H 'content-type: application/json' \\
        -d '{"vaultName":"kv-manual","principalId":"${principal}"}'   # grant it as a person would
   kubectl patch hpcc genomics --type merge -p '{"spec":{"encryption":{"keyVersion":"fedcba9876543210fedcba9876543210"}}}'
-  curl -s 127.0.0.1:9464/metrics | grep hpccache_      # operator metrics
+  curl -s ${metrics}/metrics | grep hpccache_      # operator metrics
   curl -s ${admin}requests | tail                      # every Azure call the operator made
   kubectl delete hpcc genomics                         # deletes the Azure cache and revokes its grant
 

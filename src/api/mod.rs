@@ -319,17 +319,6 @@ impl HpcCache {
     pub fn azure_name(&self) -> &str {
         self.spec.azure.name.as_deref().or(self.metadata.name.as_deref()).unwrap_or_default()
     }
-
-    /// ARM id of the cache.
-    pub fn azure_resource_id(&self) -> String {
-        let a = &self.spec.azure;
-        format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.StorageCache/caches/{}",
-            a.subscription_id,
-            a.resource_group,
-            self.azure_name()
-        )
-    }
 }
 
 /// The CRD as YAML, as `hpc-cache-operator crd` prints it and `crds/` holds it.

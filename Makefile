@@ -26,8 +26,8 @@ demo-check: ## run the demo end to end and stop it (part of `make test`: the REA
 
 # `--lib --bins --tests`: every test binary, not the (empty) doctest run, so the output ends on a real summary.
 .PHONY: test
-test: fmt-check clippy test-deps crd-check lint-docker chart-lint demo-check ## everything CI checks
-	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test --lib --bins --tests
+test: fmt-check clippy boundaries test-deps crd-check lint-docker chart-lint demo-check ## everything CI checks
+	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test --workspace --lib --bins --tests
 
 .PHONY: test-deps
 test-deps: ## build and cache kube-apiserver, etcd, kubectl, helm (no-op when cached)
@@ -41,13 +41,18 @@ dev-cluster: ## start a local control plane in the background; prints `export KU
 dev-cluster-down: ## stop the local control plane
 	@scripts/dev-cluster.sh down
 
+.PHONY: boundaries
+boundaries: ## the crate boundaries the compiler cannot see: no kube/tokio/HTTP in hpcc-core, no simulator in the image build
+	scripts/check-boundaries.sh
+
 .PHONY: fmt-check
 fmt-check:
 	cargo fmt --all --check
 
 .PHONY: clippy
 clippy:
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --no-default-features -- -D warnings
 
 .PHONY: crds
 crds: ## regenerate crds/hpccache.yaml from the Rust types

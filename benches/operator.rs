@@ -19,21 +19,18 @@
 //! is the contended case for the operator (N grants on one vault, each invalidating the shared vault facts).
 //! Everything listens on 127.0.0.1; every wait is bounded.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hpc_cache_operator::api::{HpcCache, Phase};
-use hpc_cache_operator::sim::{RequestRecord, Seed, SimConfig, Simulator};
+use hpcc_api::v1alpha1::{HpcCache, Phase};
+use hpcc_sim::{RequestRecord, Seed, SimConfig, Simulator};
+use hpcc_test_support::TestCluster;
 use jiff::Timestamp;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use support::TestCluster;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const OPERATOR: &str = env!("CARGO_BIN_EXE_hpc-cache-operator");

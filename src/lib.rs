@@ -1,10 +1,7 @@
 //! hpc-cache-operator: a Kubernetes operator for Azure HPC Cache with customer-managed keys.
 //!
-//! A pure core ([`machine`]) decides; thin edges ([`controller`] for Kubernetes, [`azure`] for ARM and Key Vault)
-//! observe and act. [`sim`] is a faithful local stand-in for the Azure APIs used by tests and the demo.
+//! The pure core ([`hpcc_core`]) decides; this crate is the thin Kubernetes edge around it: [`reconcile`] runs the
+//! named steps of one reconcile, [`hpcc_azure`] talks to ARM and Key Vault. The simulator (`hpcc_sim`) is a
+//! separate crate, linked only with the `simulator` feature.
 
-pub mod api;
-pub mod azure;
-pub mod controller;
-pub mod machine;
-pub mod sim;
+pub mod reconcile;

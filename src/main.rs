@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hpc_cache_operator::{api, azure, controller, machine, sim};
+use hpc_cache_operator::reconcile;
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Parser)]
@@ -33,8 +33,9 @@ enum Command {
     Run(RunArgs),
     /// Print the HpcCache CustomResourceDefinition as YAML.
     Crd,
-    /// Run the local Azure simulator (ARM, Key Vault, Entra) on loopback.
-    Simulate(sim::SimulateArgs),
+    /// Run the local Azure simulator (ARM, Key Vault, Entra) on loopback (builds with the `simulator` feature).
+    #[cfg(feature = "simulator")]
+    Simulate(hpcc_sim::SimulateArgs),
     /// Print the version.
     Version,
 }
@@ -93,18 +94,19 @@ async fn main() -> anyhow::Result<()> {
     // kube and reqwest both use rustls; pin the process-wide provider to aws-lc-rs once.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
-        Command::Crd => print!("{}", api::crd_yaml()),
+        Command::Crd => print!("{}", hpcc_api::v1alpha1::crd_yaml()),
         Command::Version => println!("hpc-cache-operator {}", env!("CARGO_PKG_VERSION")),
-        Command::Simulate(args) => sim::run_cli(args).await?,
+        #[cfg(feature = "simulator")]
+        Command::Simulate(args) => hpcc_sim::run_cli(args).await?,
         Command::Run(args) => run(args).await?,
     }
     Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let metrics = controller::Metrics::new();
-    let azure_cfg = azure::AzureConfig::from_env()?;
-    let azure = azure::Azure::new(azure_cfg, Some(std::sync::Arc::new(metrics.clone()))).await?;
+    let metrics = reconcile::Metrics::new();
+    let azure_cfg = hpcc_azure::AzureConfig::from_env()?;
+    let azure = hpcc_azure::Azure::new(azure_cfg, Some(std::sync::Arc::new(metrics.clone()))).await?;
     let client = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
@@ -113,11 +115,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => kube::Client::try_default().await?,
     };
-    let settings = controller::Settings {
+    let settings = reconcile::Settings {
         namespace: args.namespace,
         label_selector: args.selector,
         concurrency: args.concurrency,
-        timing: machine::Timing {
+        timing: hpcc_core::Timing {
             poll: Duration::from_secs_f64(args.poll_seconds.max(0.05)),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
         },
@@ -126,14 +128,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let router = metrics.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(metrics.clone().serve(listener));
     let leading = args.leader_election;
     let identity = args.instance.clone().unwrap_or_else(|| format!("hpc-cache-operator-{}", uuid::Uuid::new_v4()));
     let lease_namespace = args.leader_election_namespace.clone().unwrap_or_else(|| "default".into());
-    let ctx = controller::Context::new(client.clone(), azure, metrics, settings);
+    let ctx = reconcile::Context::new(client.clone(), azure, metrics, settings);
     if !leading {
-        return controller::run(ctx, std::future::pending()).await;
+        return reconcile::run(ctx, std::future::pending()).await;
     }
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, LEASE_NAME)
         .with_namespace(&lease_namespace)
@@ -158,7 +159,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = lost_tx.send(());
         leader // kept alive until here so the lease is not released early
     });
-    controller::run(ctx, async move {
+    reconcile::run(ctx, async move {
         let _ = lost_rx.await;
     })
     .await?;

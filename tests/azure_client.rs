@@ -1,22 +1,21 @@
-//! The real Azure client (`hpc_cache_operator::azure`) against the real simulator over HTTPS: azure_identity's
+//! The real Azure client (`hpcc_azure`) against the real simulator over HTTPS: azure_identity's
 //! client-secret flow through our transport (test CA, loopback resolution), caches, vaults, access policies, role
 //! assignments, identities, Key Vault keys with the 401 challenge, and throttling with injected faults.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hpc_cache_operator::azure::models::{
+use hpcc_azure::models::{
     CacheEncryptionSettings, CacheIdentity, CacheProperties, CacheSku, KeyVaultKeyReference, SourceVault,
 };
-use hpc_cache_operator::azure::{
+use hpcc_azure::{
     Azure, AzureConfig, AzureError, CMK_KEY_PERMISSIONS, Cache, CallObserver, DeleteOutcome,
     KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, role_assignment_name,
 };
-use hpc_cache_operator::sim::{SimConfig, Simulator};
+use hpcc_sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 
-mod support;
-use support::sim::{self, OP_OID, SUB, TENANT, UAI_PRINCIPAL, V1};
+use hpcc_test_support::sim::{self, OP_OID, SUB, TENANT, UAI_PRINCIPAL, V1};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(&'static str, Option<u16>)>>);

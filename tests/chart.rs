@@ -1,16 +1,14 @@
 //! The Helm chart against a real kube-apiserver: its rendered manifests pass a server-side dry run, it installs,
 //! and the operator's service account gets exactly the access it needs.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use hpc_cache_operator::azure::{AzureConfig, CredentialChoice};
+use hpcc_azure::{AzureConfig, CredentialChoice};
+use hpcc_test_support::TestCluster;
 use serde::Deserialize;
-use support::TestCluster;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 

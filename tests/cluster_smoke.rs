@@ -1,13 +1,11 @@
 //! The test control plane itself: the pinned version, discovery through kubectl, RBAC, service-account tokens and
 //! teardown.
 
-mod support;
-
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::TestCluster;
+use hpcc_test_support::TestCluster;
 
 fn pinned(key: &str) -> String {
     let versions = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/versions.env")).unwrap();

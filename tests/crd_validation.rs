@@ -1,14 +1,12 @@
 //! The HpcCache CRD (crds/) on a real kube-apiserver: what the schema and its CEL rules accept and refuse.
 
-mod support;
-
 use std::io::Write;
 use std::process::Stdio;
 
+use hpcc_test_support::TestCluster;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::TestCluster;
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 const SUB: &str = "11111111-2222-3333-4444-555555555555";

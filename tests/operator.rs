@@ -2,19 +2,17 @@
 //! The simulator runs its clock 200× faster (a 10-minute create takes 3 s) and tests jump it ahead where the
 //! scenario needs the 90-minute window to pass.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hpc_cache_operator::api::{HpcCache, Phase};
-use hpc_cache_operator::azure::{Azure, AzureConfig, ResourceId};
-use hpc_cache_operator::sim::{RequestRecord, Seed, SimConfig, Simulator};
+use hpcc_api::v1alpha1::{HpcCache, Phase};
+use hpcc_azure::{Azure, AzureConfig, ResourceId};
+use hpcc_sim::{RequestRecord, Seed, SimConfig, Simulator};
+use hpcc_test_support::TestCluster;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use support::TestCluster;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const SPEED: f64 = 200.0;

@@ -1,7 +1,7 @@
 //! Table tests of the state machine: every phase, every observation that moves it, and the actions it picks.
 
 use super::*;
-use crate::api::{AuthorizationTimeoutPolicy, AzureLocation, CacheIdentity, Encryption};
+use hpcc_api::v1alpha1::{AuthorizationTimeoutPolicy, AzureLocation, CacheIdentity, Encryption};
 
 const SUB: &str = "11111111-2222-3333-4444-555555555555";
 const VAULT: &str =

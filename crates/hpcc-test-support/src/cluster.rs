@@ -5,8 +5,7 @@
 //! the same control plane.
 //!
 //! ```ignore
-//! mod support;
-//! use support::TestCluster;
+//! use hpcc_test_support::TestCluster;
 //!
 //! #[tokio::test]
 //! async fn something() {
@@ -35,7 +34,8 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config};
 use serde::Deserialize;
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// The repository root (this crate lives in `crates/hpcc-test-support`).
+pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const FIELD_MANAGER: &str = "hpcc-test-harness";
 
 /// A running etcd + kube-apiserver on loopback ports, with an admin kubeconfig.

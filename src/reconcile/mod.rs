@@ -1,5 +1,5 @@
-//! The reconcile glue: observe Azure, [`decide`](crate::machine::decide), record status (intent first), act,
-//! publish events. Everything here is thin; decisions live in [`crate::machine`].
+//! The reconcile glue: observe Azure, [`decide`](hpcc_core::decide), record status (intent first), act,
+//! publish events. Everything here is thin; decisions live in [`hpcc_core`].
 
 pub mod act;
 pub mod metrics;
@@ -19,9 +19,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::{HpcCache, HpcCacheStatus};
-use crate::azure::{Azure, AzureError};
-use crate::machine::{self, Action, ActionError, Decision, Input, Timing};
+use hpcc_api::v1alpha1::{HpcCache, HpcCacheStatus};
+use hpcc_azure::{Azure, AzureError};
+use hpcc_core::{Action, ActionError, Decision, Input, Timing};
 
 pub use metrics::Metrics;
 use observe::RecentReads;
@@ -158,13 +158,13 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
 
     let status = obj.status.clone().unwrap_or_default();
     let namespace = Api::<Namespace>::all(ctx.client.clone()).get_metadata(&ns).await?;
-    let allowed = namespace.annotations().get(machine::ALLOWED_VAULT_SCOPES_ANNOTATION).cloned();
+    let allowed = namespace.annotations().get(hpcc_core::ALLOWED_VAULT_SCOPES_ANNOTATION).cloned();
     let (observed, vault) = match observe::observe(&ctx.azure, &ctx.reads, &obj, allowed.as_deref()).await {
         Ok(o) => o,
         Err(e) => {
             // Report why we cannot see Azure, then retry.
             let now = Timestamp::now();
-            let failed = machine::action_failed(
+            let failed = hpcc_core::action_failed(
                 &status,
                 obj.metadata.generation,
                 &Action::None,
@@ -187,7 +187,7 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
         observed: &observed,
         timing: ctx.settings.timing,
     };
-    let decision = machine::decide(&input);
+    let decision = hpcc_core::decide(&input);
     // Intent first: the status (create time, grant record, recreation count) is stored before acting.
     write_status(&api, &name, &status, &decision.status).await?;
     publish(&ctx, &obj, &decision).await;
@@ -229,13 +229,13 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
     match result {
         Ok(()) => {
             let mut after = decision.status.clone();
-            machine::action_succeeded(&mut after, &decision.action);
+            hpcc_core::action_succeeded(&mut after, &decision.action);
             write_status(&api, &name, &decision.status, &after).await?;
             ctx.metrics.reconciled("ok");
             Ok(Requeue::requeue(AFTER_ACTION))
         }
         Err(e) => {
-            let failed = machine::action_failed(
+            let failed = hpcc_core::action_failed(
                 &decision.status,
                 obj.metadata.generation,
                 &decision.action,

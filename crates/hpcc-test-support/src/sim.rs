@@ -1,17 +1,16 @@
-//! The Azure simulator (`hpc_cache_operator::sim`) in integration tests: the ids the seeds share, the world
+//! The Azure simulator (`hpcc_sim`) in integration tests: the ids the seeds share, the world
 //! `azure_client` and `sim_scenarios` start from, an HTTPS client that trusts the simulator's test CA, and tokens
 //! from its Entra endpoint.
 //!
 //! ```ignore
-//! mod support;
-//! use support::sim::{self, OP_CLIENT, OP_SECRET};
+//! use hpcc_test_support::sim::{self, OP_CLIENT, OP_SECRET};
 //!
 //! let sim = Simulator::start(SimConfig { seed: Some(sim::seed()), ..Default::default() }).await?;
 //! let http = sim::https_client(&sim, &["kv-ap"]);
 //! let token = sim::token(&http, &sim, OP_CLIENT, OP_SECRET, "https://management.azure.com/.default").await;
 //! ```
 
-use hpc_cache_operator::sim::{Seed, Simulator};
+use hpcc_sim::{Seed, Simulator};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 

@@ -5,15 +5,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hpc_cache_operator::sim::{Seed, SimConfig, Simulator};
+use hpcc_sim::{Seed, SimConfig, Simulator};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-mod support;
-use support::sim::{self, OP_CLIENT, OP_OID, OP_SECRET, TENANT};
+use hpcc_test_support::sim::{self, OP_CLIENT, OP_OID, OP_SECRET, TENANT};
 
 fn fixture(rel: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/azure-specs").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/azure-specs").join(rel);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 

@@ -2,11 +2,9 @@
 
 use serde_json::{Value, json};
 
-use crate::api::{GrantKind, GrantRecord, HpcCache, HpcCacheSpec, IdentityType};
-use crate::azure::{
-    Azure, AzureError, CMK_KEY_PERMISSIONS, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
-};
-use crate::machine::{Action, desired_tags};
+use hpcc_api::v1alpha1::{GrantKind, GrantRecord, HpcCache, HpcCacheSpec, IdentityType};
+use hpcc_azure::{Azure, AzureError, CMK_KEY_PERMISSIONS, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault};
+use hpcc_core::{Action, desired_tags};
 
 use super::observe::cache_id;
 
@@ -32,7 +30,7 @@ pub fn desired_cache(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) ->
     })
 }
 
-fn encryption_settings(enc: &crate::api::Encryption, key_url: &str) -> Value {
+fn encryption_settings(enc: &hpcc_api::v1alpha1::Encryption, key_url: &str) -> Value {
     json!({
         "keyEncryptionKey": { "keyUrl": key_url, "sourceVault": { "id": enc.key_vault_id } },
         "rotationToLatestKeyVersionEnabled": enc.rotate_to_latest_key_version,
@@ -118,7 +116,7 @@ async fn revoke(azure: &Azure, g: &GrantRecord, vault: Option<&Vault>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::CacheIdentity;
+    use hpcc_api::v1alpha1::CacheIdentity;
 
     fn spec() -> HpcCacheSpec {
         serde_json::from_value(json!({
@@ -147,7 +145,7 @@ mod tests {
         assert_eq!(body["tags"]["team"], "genomics");
         assert_eq!(body["tags"]["hpccache.io-owner"], "ns/c");
         // and it is a valid Cache model
-        let _: crate::azure::Cache = serde_json::from_value(body).unwrap();
+        let _: hpcc_azure::Cache = serde_json::from_value(body).unwrap();
     }
 
     #[test]

@@ -7,13 +7,12 @@ use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::{ClientOptions, Transport};
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
-use hpc_cache_operator::sim::seed::SeedKey;
-use hpc_cache_operator::sim::{Seed, SimConfig, Simulator};
+use hpcc_sim::seed::SeedKey;
+use hpcc_sim::{Seed, SimConfig, Simulator};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-mod support;
-use support::sim::{self, OP_CLIENT, OP_OID, OP_SECRET, SUB, TENANT, UAI_PRINCIPAL, V1, token};
+use hpcc_test_support::sim::{self, OP_CLIENT, OP_OID, OP_SECRET, SUB, TENANT, UAI_PRINCIPAL, V1, token};
 
 const OTHER_SUB: &str = "00000000-0000-4000-8000-000000000002";
 const NOBODY_CLIENT: &str = "bbbbbbbb-0000-4000-8000-000000000001";

@@ -5,13 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::api::Phase;
-use crate::azure::CallObserver;
+use hpcc_api::v1alpha1::Phase;
+use hpcc_azure::CallObserver;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -141,25 +140,37 @@ impl Metrics {
         out
     }
 
-    /// `/metrics`, `/healthz`, `/readyz`.
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .with_state(self.clone())
+    /// The answer to one probe or scrape: (status, content type, body).
+    fn respond(&self, path: &str) -> (u16, &'static str, String) {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        match path {
+            "/metrics" => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.render()),
+            "/healthz" => (200, TEXT, "ok".into()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => (200, TEXT, "ready".into()),
+            "/readyz" => (503, TEXT, "starting".into()),
+            _ => (404, TEXT, "not found".into()),
+        }
     }
-}
 
-async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
-}
-
-async fn readyz(State(m): State<Metrics>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    /// Serves `/metrics`, `/healthz` and `/readyz` over HTTP/1.1 until the process ends. Three GET routes do not
+    /// warrant a web framework: hyper is already in the binary through kube and reqwest.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let metrics = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (status, content_type, body) = metrics.respond(req.uri().path());
+                    let resp = hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", content_type)
+                        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)));
+                    async move { resp }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
     }
 }
 

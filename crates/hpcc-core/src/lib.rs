@@ -16,7 +16,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{
+use hpcc_api::v1alpha1::{
     AuthorizationTimeoutPolicy, ConditionStatus as S, ConditionType as C, DeletionPolicy, GrantKind, GrantRecord,
     HpcCacheSpec, HpcCacheStatus, IdentityType, KeyAccess, Phase, set_condition,
 };

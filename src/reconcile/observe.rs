@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use url::Url;
 
-use crate::api::{HpcCache, IdentityType};
-use crate::azure::{
+use hpcc_api::v1alpha1::{HpcCache, IdentityType};
+use hpcc_azure::{
     Azure, AzureError, CMK_KEY_PERMISSIONS, Cache, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
 };
-use crate::machine::{self, CacheFacts, IdentityFacts, KeyFacts, Observed, VaultFacts};
+use hpcc_core::{CacheFacts, IdentityFacts, KeyFacts, Observed, VaultFacts};
 
 /// A small map whose entries expire `ttl` after they were written.
 struct TtlMap<V> {
@@ -49,7 +49,7 @@ impl<V: Clone> TtlMap<V> {
 ///   confirmed with a GET before anyone believes it is gone.
 pub struct RecentReads {
     facts: TtlMap<Facts>,
-    cache_lists: TtlMap<crate::azure::Observed<Vec<Cache>>>,
+    cache_lists: TtlMap<hpcc_azure::Observed<Vec<Cache>>>,
     vault_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     protected_vaults: Mutex<std::collections::HashSet<String>>,
     /// Bumped by every `forget_cache`, so a list read that started before an action is not stored after it.
@@ -112,7 +112,7 @@ pub fn cache_id(obj: &HpcCache) -> ResourceId {
     ResourceId::cache(&a.subscription_id, &a.resource_group, obj.azure_name())
 }
 
-/// `allowed_vault_scopes`: the namespace's [`machine::ALLOWED_VAULT_SCOPES_ANNOTATION`], if any.
+/// `allowed_vault_scopes`: the namespace's [`hpcc_core::ALLOWED_VAULT_SCOPES_ANNOTATION`], if any.
 pub async fn observe(
     azure: &Azure,
     reads: &RecentReads,
@@ -160,7 +160,7 @@ async fn read_cache(
     azure: &Azure,
     reads: &RecentReads,
     id: &ResourceId,
-) -> Result<crate::azure::Observed<Option<Cache>>, AzureError> {
+) -> Result<hpcc_azure::Observed<Option<Cache>>, AzureError> {
     let key = list_key(id);
     let list = match reads.cache_lists.get(&key) {
         Some(list) => list,
@@ -176,9 +176,7 @@ async fn read_cache(
     let wanted = id.to_string();
     let found = list.value.iter().find(|c| c.id.as_deref().is_some_and(|cid| cid.eq_ignore_ascii_case(&wanted)));
     match found {
-        Some(c) => {
-            Ok(crate::azure::Observed { value: Some(c.clone()), date: list.date, retry_after: list.retry_after })
-        }
+        Some(c) => Ok(hpcc_azure::Observed { value: Some(c.clone()), date: list.date, retry_after: list.retry_after }),
         // Lists may lag behind a create; only a GET says a cache does not exist.
         None => azure.get_cache(id).await,
     }
@@ -215,7 +213,7 @@ async fn read_facts(
     };
     let policy =
         obj.spec.encryption.as_ref().map(|enc| {
-            machine::vault_allowed(&enc.key_vault_id, &obj.spec.azure.subscription_id, allowed_vault_scopes)
+            hpcc_core::vault_allowed(&enc.key_vault_id, &obj.spec.azure.subscription_id, allowed_vault_scopes)
         });
     if let Some(Err(message)) = policy {
         // Never touch a vault the namespace may not use, not even to read it.
@@ -230,7 +228,7 @@ async fn read_facts(
                             invalid_vault("VaultNotFound", format!("Key Vault {} does not exist", enc.key_vault_id))
                     }
                     Some(vault) => {
-                        f.vault_facts = machine::check_vault(
+                        f.vault_facts = hpcc_core::check_vault(
                             vault.location.as_deref().unwrap_or_default(),
                             &obj.spec.azure.location,
                             vault.properties.enable_soft_delete.unwrap_or(true),
@@ -292,7 +290,7 @@ async fn read_facts(
 async fn read_key(
     azure: &Azure,
     vault: &Vault,
-    enc: &crate::api::Encryption,
+    enc: &hpcc_api::v1alpha1::Encryption,
     now: Timestamp,
 ) -> Result<KeyFacts, AzureError> {
     let invalid = |reason: &str, message: String| KeyFacts::Invalid { reason: reason.into(), message };
@@ -312,7 +310,7 @@ async fn read_key(
         Ok(Some(bundle)) => {
             let kid = bundle.key.kid.clone().unwrap_or_default();
             let a = &bundle.attributes;
-            Ok(machine::check_key(
+            Ok(hpcc_core::check_key(
                 &kid,
                 bundle.key.kty.as_deref().unwrap_or_default(),
                 bundle.rsa_bits().map(|b| b as usize),

@@ -111,8 +111,10 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
         &["update", "hpccaches.hpccache.io", "--subresource=finalizers", "-n", "anywhere"],
         &["create", "events.events.k8s.io", "-n", "anywhere"],
         &["patch", "leases.coordination.k8s.io", "-n", &ns],
-        // the vault policy annotation (hpccache.io/allowed-vault-scopes) is read from the object's namespace
+        // the vault policy annotation (hpccache.io/allowed-vault-scopes) is kept from a watch on namespaces
         &["get", "namespaces/anywhere"],
+        &["watch", "namespaces"],
+        &["list", "namespaces"],
     ] {
         assert!(can_i(cluster, &sa, allowed), "the operator cannot {allowed:?}");
     }

@@ -1,12 +1,19 @@
-//! Act: perform the one action the machine chose, against Azure.
+//! Act: perform the one action the machine chose, against Azure. Every write to one vault (protection, access
+//! policies, role assignments) is serialized within the process: Key Vault refuses overlapping writes with 409
+//! `ConflictError`, and Terraform's azurerm provider locks each vault around its access-policy writes for that reason.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use hpcc_api::v1alpha1::{GrantKind, GrantRecord, HpcCache, HpcCacheSpec, IdentityType};
+use hpcc_api::v1alpha1::{Encryption, GrantKind, GrantRecord, HpcCache, HpcCacheSpec, IdentityType};
 use hpcc_azure::{Azure, AzureError, CMK_KEY_PERMISSIONS, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault};
 use hpcc_core::{Action, desired_tags};
 
 use super::observe::cache_id;
+use super::reads::RecentReads;
+use super::status::Recorded;
 
 /// The ARM body of the cache the spec describes (Caches_CreateOrUpdate); `owner` is `namespace/name`.
 pub fn desired_cache(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Value {
@@ -30,7 +37,7 @@ pub fn desired_cache(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) ->
     })
 }
 
-fn encryption_settings(enc: &hpcc_api::v1alpha1::Encryption, key_url: &str) -> Value {
+fn encryption_settings(enc: &Encryption, key_url: &str) -> Value {
     json!({
         "keyEncryptionKey": { "keyUrl": key_url, "sourceVault": { "id": enc.key_vault_id } },
         "rotationToLatestKeyVersionEnabled": enc.rotate_to_latest_key_version,
@@ -46,25 +53,65 @@ pub fn key_update(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Va
     patch
 }
 
-/// Performs `action` (except `RemoveFinalizer` and `None`, which are Kubernetes-side or nothing).
-pub async fn perform(azure: &Azure, obj: &HpcCache, vault: Option<&Vault>, action: &Action) -> Result<(), AzureError> {
-    match action {
-        Action::None | Action::RemoveFinalizer => Ok(()),
-        Action::EnableVaultProtection => {
-            let id = vault_id(obj)?;
-            azure.enable_vault_protection(&id).await.map(drop)
+/// Performs recorded actions; owns the per-vault write serialization.
+#[derive(Default)]
+pub struct Actor {
+    vault_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Actor {
+    /// Performs the recorded action (`RemoveFinalizer` and `None` are Kubernetes-side or nothing). `vault`: the
+    /// spec's vault as last read (its tenant is the default tenant of an access policy).
+    pub async fn perform(
+        &self,
+        azure: &Azure,
+        reads: &RecentReads,
+        obj: &HpcCache,
+        vault: Option<&Vault>,
+        recorded: &Recorded,
+    ) -> Result<(), AzureError> {
+        match recorded.action() {
+            Action::None | Action::RemoveFinalizer => Ok(()),
+            Action::EnableVaultProtection => {
+                let id = parse_id(obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default())?;
+                let lock = self.vault_lock(&id);
+                let _held = lock.lock().await;
+                if reads.vault_protected(&id.to_string()) {
+                    return Ok(()); // another reconcile protected this vault a moment ago
+                }
+                azure.enable_vault_protection(&id).await?;
+                reads.mark_vault_protected(&id.to_string());
+                Ok(())
+            }
+            Action::Grant(g) => {
+                let id = parse_id(&g.vault_id)?;
+                let lock = self.vault_lock(&id);
+                let _held = lock.lock().await;
+                grant(azure, &id, g, vault).await
+            }
+            Action::RevokeGrant(g) => {
+                let id = parse_id(&g.vault_id)?;
+                let lock = self.vault_lock(&id);
+                let _held = lock.lock().await;
+                revoke(azure, &id, g, vault).await
+            }
+            Action::CreateCache { key_url } => {
+                let body = desired_cache(&obj.spec, &owner(obj), key_url.as_deref());
+                let cache = serde_json::from_value(body).map_err(|e| AzureError::Input(e.to_string()))?;
+                azure.put_cache(&cache_id(obj), &cache).await.map(drop)
+            }
+            Action::UpdateCache { key_url } => {
+                let patch = key_update(&obj.spec, &owner(obj), key_url.as_deref());
+                azure.patch_cache(&cache_id(obj), &patch).await.map(drop)
+            }
+            Action::DeleteCache => azure.delete_cache(&cache_id(obj)).await.map(drop),
         }
-        Action::Grant(g) => grant(azure, g, vault).await,
-        Action::RevokeGrant(g) => revoke(azure, g, vault).await,
-        Action::CreateCache { key_url } => {
-            let body = desired_cache(&obj.spec, &owner(obj), key_url.as_deref());
-            let cache = serde_json::from_value(body).map_err(|e| AzureError::Decode(e.to_string()))?;
-            azure.put_cache(&cache_id(obj), &cache).await.map(drop)
-        }
-        Action::UpdateCache { key_url } => {
-            azure.patch_cache(&cache_id(obj), &key_update(&obj.spec, &owner(obj), key_url.as_deref())).await.map(drop)
-        }
-        Action::DeleteCache => azure.delete_cache(&cache_id(obj)).await.map(drop),
+    }
+
+    /// One lock per vault (case-insensitive ARM id).
+    fn vault_lock(&self, vault: &ResourceId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.vault_writes.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(vault.to_string().to_ascii_lowercase()).or_default().clone()
     }
 }
 
@@ -77,38 +124,35 @@ pub fn owner(obj: &HpcCache) -> String {
     )
 }
 
-fn vault_id(obj: &HpcCache) -> Result<ResourceId, AzureError> {
-    let id = obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
-    ResourceId::parse(id).map_err(|e| AzureError::Decode(e.to_string()))
+fn parse_id(id: &str) -> Result<ResourceId, AzureError> {
+    ResourceId::parse(id).map_err(|e| AzureError::Input(format!("{id}: {e}")))
 }
 
 fn tenant_of(g: &GrantRecord, vault: Option<&Vault>) -> String {
     g.tenant_id.clone().or_else(|| vault.and_then(|v| v.properties.tenant_id.clone())).unwrap_or_default()
 }
 
-async fn grant(azure: &Azure, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
-    let id = ResourceId::parse(&g.vault_id).map_err(|e| AzureError::Decode(e.to_string()))?;
+async fn grant(azure: &Azure, id: &ResourceId, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
     match g.kind {
         GrantKind::AccessPolicy => {
-            azure.add_access_policy(&id, &tenant_of(g, vault), &g.principal_id, &CMK_KEY_PERMISSIONS).await
+            azure.add_access_policy(id, &tenant_of(g, vault), &g.principal_id, &CMK_KEY_PERMISSIONS).await
         }
         GrantKind::RoleAssignment => {
-            azure.put_role_assignment(&id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
+            azure.put_role_assignment(id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
         }
     }
 }
 
-async fn revoke(azure: &Azure, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
-    let id = ResourceId::parse(&g.vault_id).map_err(|e| AzureError::Decode(e.to_string()))?;
+async fn revoke(azure: &Azure, id: &ResourceId, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
     let result = match g.kind {
-        GrantKind::AccessPolicy => azure.remove_access_policy(&id, &tenant_of(g, vault), &g.principal_id).await,
+        GrantKind::AccessPolicy => azure.remove_access_policy(id, &tenant_of(g, vault), &g.principal_id).await,
         GrantKind::RoleAssignment => {
-            azure.delete_role_assignment(&id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
+            azure.delete_role_assignment(id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
         }
     };
     match result {
         // The vault itself is gone: nothing left to revoke.
-        Err(e) if e.status() == Some(404) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }
 }

@@ -1,35 +1,50 @@
-//! The reconcile glue: observe Azure, [`decide`](hpcc_core::decide), record status (intent first), act,
-//! publish events. Everything here is thin; decisions live in [`hpcc_core`].
+//! The Kubernetes edge around the pure core: one reconcile is a short driver over named steps.
+//!
+//! 1. [`finalizer`]: hold the object until its Azure cache is handled;
+//! 2. [`observe`]: read Azure (I/O only) into an [`observation::Observation`];
+//! 3. [`facts`]: turn it into the core's [`hpcc_core::Facts`] (pure, table-tested);
+//! 4. [`hpcc_core::decide`]: the next status and at most one action;
+//! 5. [`status`]: record the status (intent first) as a [`status::Recorded`] decision;
+//! 6. [`act`]: perform the recorded action (per-vault writes serialized);
+//! 7. [`publish`]: events and metrics.
+//!
+//! [`reads`] budgets Azure reads across reconciles; [`namespaces`] keeps each namespace's allowed vault scopes
+//! from a watch.
 
 pub mod act;
+pub mod facts;
+pub mod finalizer;
 pub mod metrics;
+pub mod namespaces;
+pub mod observation;
 pub mod observe;
+pub mod publish;
+pub mod reads;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use hpcc_api::v1alpha1::{HpcCache, HpcCacheStatus};
+use hpcc_azure::{Azure, AzureError, ErrorClass};
+use hpcc_core::{Action, ActionError, Input, Timing};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use hpcc_api::v1alpha1::{HpcCache, HpcCacheStatus};
-use hpcc_azure::{Azure, AzureError};
-use hpcc_core::{Action, ActionError, Decision, Input, Timing};
-
+use act::Actor;
+use finalizer::Finalizer;
 pub use metrics::Metrics;
-use observe::RecentReads;
+use namespaces::NamespaceScopes;
+use reads::RecentReads;
 
-/// The finalizer that keeps an `HpcCache` until its Azure cache is handled by `deletionPolicy`.
-pub const FINALIZER: &str = "hpccache.io/finalizer";
-/// Field manager for server-side apply of status.
-pub const MANAGER: &str = "hpc-cache-operator";
 /// After an action, look again soon: the next step usually follows quickly.
 const AFTER_ACTION: Duration = Duration::from_secs(1);
 
@@ -69,6 +84,8 @@ pub struct Context {
     pub settings: Settings,
     recorder: Recorder,
     reads: RecentReads,
+    actor: Actor,
+    namespaces: NamespaceScopes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +98,20 @@ pub enum Error {
 
 impl Context {
     pub fn new(client: Client, azure: Azure, metrics: Metrics, settings: Settings) -> Arc<Self> {
-        let reporter = Reporter { controller: MANAGER.into(), instance: settings.instance.clone() };
+        let reporter = Reporter { controller: status::MANAGER.into(), instance: settings.instance.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
         // Half a poll: a cache is never seen more than that late, and the caches of a resource group share a list.
         let reads = RecentReads::new(settings.facts_ttl, settings.timing.poll / 2);
-        Arc::new(Self { client, azure, metrics, settings, recorder, reads })
+        Arc::new(Self {
+            client,
+            azure,
+            metrics,
+            settings,
+            recorder,
+            reads,
+            actor: Actor::default(),
+            namespaces: NamespaceScopes::default(),
+        })
     }
 }
 
@@ -108,9 +134,32 @@ pub async fn run(
     if let Some(sel) = &ctx.settings.label_selector {
         wc = wc.labels(sel);
     }
+    let mut namespaces = watcher::Config::default();
+    if let Some(ns) = &ctx.settings.namespace {
+        namespaces = namespaces.fields(&format!("metadata.name={ns}"));
+    }
     ctx.metrics.set_ready();
     info!(namespace = ?ctx.settings.namespace, selector = ?ctx.settings.label_selector, "controller started");
-    Controller::new(api, wc)
+    let controller = Controller::new(api, wc);
+    let objects = controller.store();
+    let scopes_ctx = ctx.clone();
+    controller
+        .watches(Api::<Namespace>::all(ctx.client.clone()), namespaces, move |ns: Namespace| {
+            // A changed vault-scope annotation re-triggers the namespace's objects; other namespace events do not.
+            let changed = scopes_ctx.namespaces.update(&ns);
+            let name = ns.name_any();
+            let refs: Vec<ObjectRef<HpcCache>> = if changed {
+                objects
+                    .state()
+                    .iter()
+                    .filter(|o| o.namespace().as_deref() == Some(&name))
+                    .map(|o| ObjectRef::from_obj(&**o))
+                    .collect()
+            } else {
+                vec![]
+            };
+            refs
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency))
         .shutdown_on_signal()
         .graceful_shutdown_on(stop)
@@ -129,8 +178,27 @@ fn error_policy(obj: Arc<HpcCache>, err: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconciled("error");
     warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, "reconcile error");
     match err {
-        Error::Azure(e) => Requeue::requeue(e.retry_after().unwrap_or(ctx.settings.timing.poll)),
+        Error::Azure(e) => Requeue::requeue(retry_delay(e).unwrap_or(ctx.settings.timing.poll)),
         Error::Kube(_) => Requeue::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// Azure's `Retry-After`, when the classifier says the call is worth repeating and Azure said when.
+fn retry_delay(e: &AzureError) -> Option<Duration> {
+    match e.classify() {
+        ErrorClass::Retryable { after } => after,
+        ErrorClass::Fatal => None,
+    }
+}
+
+/// The Azure error as the machine sees it; retryability is the classifier's answer.
+fn action_error(e: &AzureError) -> ActionError {
+    ActionError {
+        status: e.status(),
+        code: e.code().unwrap_or("Unknown").to_string(),
+        message: e.to_string(),
+        retryable: e.is_retryable(),
+        retry_after: retry_delay(e),
     }
 }
 
@@ -143,166 +211,95 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
     let Some(obj) = api.get_opt(&name).await? else {
         return Ok(Requeue::await_change());
     };
-    let deleting = obj.metadata.deletion_timestamp.is_some();
-
-    if !deleting && !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = obj.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        return Ok(Requeue::requeue(Duration::from_millis(100)));
+    match finalizer::ensure(&api, &obj).await? {
+        Finalizer::Held => {}
+        Finalizer::Added => return Ok(Requeue::requeue(Duration::from_millis(100))),
+        Finalizer::Released => return Ok(Requeue::await_change()),
     }
-    if deleting && !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Requeue::await_change());
-    }
-
     let status = obj.status.clone().unwrap_or_default();
-    let namespace = Api::<Namespace>::all(ctx.client.clone()).get_metadata(&ns).await?;
-    let allowed = namespace.annotations().get(hpcc_core::ALLOWED_VAULT_SCOPES_ANNOTATION).cloned();
-    let (observed, vault) = match observe::observe(&ctx.azure, &ctx.reads, &obj, allowed.as_deref()).await {
+    let scopes = ctx.namespaces.allowed_vault_scopes(&ctx.client, &ns).await?;
+
+    let observation = match observe::observe(&ctx.azure, &ctx.reads, &obj, scopes.as_deref()).await {
         Ok(o) => o,
-        Err(e) => {
-            // Report why we cannot see Azure, then retry.
-            let now = Timestamp::now();
-            let failed = hpcc_core::action_failed(
-                &status,
-                obj.metadata.generation,
-                &Action::None,
-                &action_error(&e),
-                now,
-                ctx.settings.timing,
-            );
-            write_status(&api, &name, &status, &failed.status).await?;
-            publish(&ctx, &obj, &failed).await;
-            return Err(e.into());
-        }
+        Err(e) => return Err(report_unobservable(&ctx, &api, &obj, &status, e).await),
     };
-    let input = Input {
+    let known_protected = obj.spec.encryption.as_ref().is_some_and(|e| ctx.reads.vault_protected(&e.key_vault_id));
+    let facts = facts::facts(&obj.spec, &observation, known_protected);
+    let decision = hpcc_core::decide(&Input {
         spec: &obj.spec,
         generation: obj.metadata.generation,
         status: &status,
-        deleting,
+        deleting: obj.metadata.deletion_timestamp.is_some(),
         cache_id: &observe::cache_id(&obj).to_string(),
         owner: &act::owner(&obj),
-        observed: &observed,
+        facts: &facts,
         timing: ctx.settings.timing,
-    };
-    let decision = hpcc_core::decide(&input);
-    // Intent first: the status (create time, grant record, recreation count) is stored before acting.
-    write_status(&api, &name, &status, &decision.status).await?;
-    publish(&ctx, &obj, &decision).await;
-    record_metrics(&ctx, &ns, &name, &decision, observed.now);
+    });
+    let recorded = status::record(&api, &name, &status, decision).await?;
+    publish::events(&ctx.recorder, &obj, recorded.decision()).await;
+    publish::metrics(&ctx.metrics, &ns, &name, recorded.decision(), facts.now);
 
-    if decision.action == Action::RemoveFinalizer {
-        let finalizers: Vec<String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        ctx.metrics.set_phase(&ns, &name, None);
-        ctx.metrics.set_deadline(&ns, &name, None);
-        ctx.metrics.reconciled("finalized");
-        info!(namespace = %ns, name = %name, "finalizer removed");
-        return Ok(Requeue::await_change());
-    }
-    if decision.action == Action::None {
-        ctx.metrics.reconciled("ok");
-        return Ok(Requeue::requeue(decision.requeue_after));
-    }
-
-    info!(namespace = %ns, name = %name, action = ?decision.action, "acting");
-    let result = if decision.action == Action::EnableVaultProtection {
-        let vault_id = obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
-        let lock = ctx.reads.vault_write_lock(vault_id);
-        let _held = lock.lock().await;
-        if ctx.reads.vault_protected(vault_id) {
-            Ok(()) // another reconcile protected this vault a moment ago
-        } else {
-            let r = act::perform(&ctx.azure, &obj, vault.as_ref(), &decision.action).await;
-            if r.is_ok() {
-                ctx.reads.mark_vault_protected(vault_id);
-            }
-            r
+    match recorded.action() {
+        Action::RemoveFinalizer => {
+            finalizer::remove(&api, &obj).await?;
+            publish::forget(&ctx.metrics, &ns, &name);
+            ctx.metrics.reconciled("finalized");
+            info!(namespace = %ns, name = %name, "finalizer removed");
+            return Ok(Requeue::await_change());
         }
-    } else {
-        act::perform(&ctx.azure, &obj, vault.as_ref(), &decision.action).await
-    };
+        Action::None => {
+            ctx.metrics.reconciled("ok");
+            return Ok(Requeue::requeue(recorded.decision().requeue_after));
+        }
+        action => info!(namespace = %ns, name = %name, ?action, "acting"),
+    }
+    let result = ctx.actor.perform(&ctx.azure, &ctx.reads, &obj, observation.vault(), &recorded).await;
     ctx.reads.forget_cache(&observe::cache_id(&obj));
+    let decided = &recorded.decision().status;
     match result {
         Ok(()) => {
-            let mut after = decision.status.clone();
-            hpcc_core::action_succeeded(&mut after, &decision.action);
-            write_status(&api, &name, &decision.status, &after).await?;
+            let mut after = decided.clone();
+            hpcc_core::action_succeeded(&mut after, recorded.action());
+            status::write(&api, &name, decided, &after).await?;
             ctx.metrics.reconciled("ok");
             Ok(Requeue::requeue(AFTER_ACTION))
         }
         Err(e) => {
             let failed = hpcc_core::action_failed(
-                &decision.status,
+                decided,
                 obj.metadata.generation,
-                &decision.action,
+                recorded.action(),
                 &action_error(&e),
-                observed.now,
+                facts.now,
                 ctx.settings.timing,
             );
-            write_status(&api, &name, &decision.status, &failed.status).await?;
-            publish(&ctx, &obj, &failed).await;
+            status::write(&api, &name, decided, &failed.status).await?;
+            publish::events(&ctx.recorder, &obj, &failed).await;
             ctx.metrics.reconciled("azure_error");
             Ok(Requeue::requeue(failed.requeue_after))
         }
     }
 }
 
-fn action_error(e: &AzureError) -> ActionError {
-    ActionError {
-        status: e.status(),
-        code: e.code().unwrap_or("Unknown").to_string(),
-        message: e.to_string(),
-        // Without an answer from Azure (token, transport, decoding) nothing was refused: try again.
-        retryable: e.is_retryable() || e.status().is_none(),
-        retry_after: e.retry_after(),
-    }
-}
-
-/// Server-side apply of the whole status, skipped when nothing changed.
-async fn write_status(
+/// Azure could not be read: say why in the status, then let the error policy retry.
+async fn report_unobservable(
+    ctx: &Context,
     api: &Api<HpcCache>,
-    name: &str,
-    old: &HpcCacheStatus,
-    new: &HpcCacheStatus,
-) -> Result<(), kube::Error> {
-    if old == new {
-        return Ok(());
+    obj: &HpcCache,
+    status: &HpcCacheStatus,
+    e: AzureError,
+) -> Error {
+    let failed = hpcc_core::action_failed(
+        status,
+        obj.metadata.generation,
+        &Action::None,
+        &action_error(&e),
+        Timestamp::now(),
+        ctx.settings.timing,
+    );
+    if let Err(k) = status::write(api, &obj.name_any(), status, &failed.status).await {
+        return k.into();
     }
-    let body = json!({
-        "apiVersion": HpcCache::api_version(&()),
-        "kind": HpcCache::kind(&()),
-        "status": new,
-    });
-    match api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
-        Ok(_) => Ok(()),
-        // The object is gone (finalizer removed meanwhile): nothing to record.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-async fn publish(ctx: &Context, obj: &HpcCache, decision: &Decision) {
-    let reference = obj.object_ref(&());
-    for e in &decision.events {
-        let ev = KubeEvent {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
-            reason: e.reason.clone(),
-            note: Some(e.message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
-            warn!(error = %err, "could not publish event");
-        }
-    }
-}
-
-fn record_metrics(ctx: &Context, ns: &str, name: &str, d: &Decision, now: Timestamp) {
-    ctx.metrics.set_phase(ns, name, d.status.phase);
-    let left = d.status.authorization_deadline.as_ref().map(|t| t.0.duration_since(now).as_secs());
-    ctx.metrics.set_deadline(ns, name, left);
+    publish::events(&ctx.recorder, obj, &failed).await;
+    e.into()
 }

@@ -20,6 +20,19 @@ pub enum AzureError {
     /// The response body was not what the spec says.
     #[error("could not decode Azure response: {0}")]
     Decode(String),
+    /// What the spec asks for cannot be sent (e.g. an ARM id that does not parse); nothing was sent to Azure.
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+/// What to do about a failed call. [`AzureError::classify`] is the one place that decides it; the in-call retries
+/// of the HTTP client, the reconcile's requeue and the state machine all use its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The same call may succeed later without any change; wait `after` when Azure said how long.
+    Retryable { after: Option<Duration> },
+    /// Only a change (of the spec, of Azure's configuration, by a person) can help.
+    Fatal,
 }
 
 /// Error codes Azure uses for conflicts that clear by themselves.
@@ -27,7 +40,12 @@ const TRANSIENT_CODES: &[&str] = &[
     "RetryableErrorDueToAnotherOperation",
     "AnotherOperationInProgress",
     "OperationNotAllowedDueToAnotherOperation",
+    // A new principal not yet replicated in Entra (role assignments right after an identity was made).
     "PrincipalNotFound",
+    // Key Vault: 409 "... the Key Vault changed from the point the operation began ... serialize the operations"
+    // (bodies in Azure/AzureKeyVault#6 and scylladb/scylla-cluster-tests#13184; Key Vault's common error codes:
+    // "You're requesting multiple operations on same item"). The write did not happen; sending it again works.
+    "ConflictError",
 ];
 
 impl AzureError {
@@ -48,16 +66,28 @@ impl AzureError {
         }
     }
 
-    /// True when the same call may succeed later without any change: throttling, 408/5xx, transport failures and
-    /// self-clearing conflicts. Not for 4xx refusals (bad request, forbidden, not found, retirement 409).
-    pub fn is_retryable(&self) -> bool {
+    /// Retryable: throttling, 408/5xx, self-clearing conflicts, and every failure without an answer from Azure
+    /// (transport, token, an unreadable body: nothing was refused). Fatal: 4xx refusals (bad request, forbidden, not
+    /// found, the retirement 409) and input that cannot be sent.
+    pub fn classify(&self) -> ErrorClass {
+        let retry = |after| ErrorClass::Retryable { after };
         match self {
-            AzureError::Throttled { .. } | AzureError::Transport(_) => true,
-            AzureError::Api { status, code, .. } => {
-                retryable_status(*status) || TRANSIENT_CODES.iter().any(|c| c.eq_ignore_ascii_case(code))
+            AzureError::Throttled { retry_after } => retry(Some(*retry_after)),
+            AzureError::Transport(_) | AzureError::Auth(_) | AzureError::Decode(_) => retry(None),
+            AzureError::Api { status, code, retry_after, .. } => {
+                if retryable_status(*status) || TRANSIENT_CODES.iter().any(|c| c.eq_ignore_ascii_case(code)) {
+                    retry(*retry_after)
+                } else {
+                    ErrorClass::Fatal
+                }
             }
-            AzureError::Auth(_) | AzureError::Decode(_) => false,
+            AzureError::Input(_) => ErrorClass::Fatal,
         }
+    }
+
+    /// Shorthand for [`AzureError::classify`] being retryable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.classify(), ErrorClass::Retryable { .. })
     }
 
     /// How long Azure asked us to wait, if it said.
@@ -88,7 +118,7 @@ impl AzureError {
     }
 }
 
-pub(crate) fn retryable_status(status: u16) -> bool {
+fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
@@ -180,6 +210,23 @@ mod tests {
         );
         assert!(busy.is_retryable());
         assert!(AzureError::Transport("reset".into()).is_retryable());
-        assert!(!AzureError::Auth("no".into()).is_retryable());
+        assert!(AzureError::Auth("token endpoint down".into()).is_retryable(), "no answer from Azure: nothing refused");
+        assert!(AzureError::Decode("truncated".into()).is_retryable());
+        assert_eq!(AzureError::Input("bad id".into()).classify(), ErrorClass::Fatal);
+        assert_eq!(
+            AzureError::from_response(503, b"", Some(Duration::from_secs(7))).classify(),
+            ErrorClass::Retryable { after: Some(Duration::from_secs(7)) }
+        );
+    }
+
+    #[test]
+    fn key_vault_conflict_error_is_retryable() {
+        // The body Key Vault sends when two writes to one vault overlap (Azure/AzureKeyVault#6).
+        let conflict = AzureError::from_response(
+            409,
+            br#"{"error":{"code":"ConflictError","message":"A conflict occurred that prevented the operation from completing. The operation failed because the Key Vault 'kv' changed from the point the operation began. This can happen if parallel operations are being performed on the Key Vault. To prevent this error, serialize the operations so that only one operation is performed on the Key Vault at a time."}}"#,
+            None,
+        );
+        assert!(conflict.is_retryable());
     }
 }

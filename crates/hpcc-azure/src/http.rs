@@ -21,7 +21,7 @@ use url::Url;
 use super::CallObserver;
 use super::challenge::Challenge;
 use super::config::{AzureConfig, CredentialChoice};
-use super::error::{AzureError, retryable_status};
+use super::error::AzureError;
 use super::ratelimit::{Access, SubscriptionLimiter};
 
 /// Longest single backoff step when the server gives no `Retry-After`.
@@ -383,7 +383,8 @@ impl Inner {
                     let date = header_str(&headers, "date").and_then(parse_http_date);
                     let retry_after = parse_retry_after(&headers, date);
                     let resp = Resp { status, headers, body, date, retry_after };
-                    if !retryable_status(status) {
+                    // The one classifier decides whether an error answer is worth sending again.
+                    if status < 400 || !AzureError::from_response(status, &resp.body, retry_after).is_retryable() {
                         return Ok(resp);
                     }
                     // 429 means the request was not processed: always safe to resend.

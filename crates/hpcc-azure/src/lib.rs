@@ -22,7 +22,7 @@ use url::Url;
 
 pub use challenge::Challenge;
 pub use config::{AzureConfig, CloudConfig, CredentialChoice};
-pub use error::AzureError;
+pub use error::{AzureError, ErrorClass};
 pub use id::ResourceId;
 pub use models::{Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
 pub use ratelimit::{Access, SubscriptionLimiter, TokenBucket};
@@ -51,9 +51,9 @@ pub trait CallObserver: Send + Sync {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
 }
 
-/// A value read from Azure plus what the response said about time.
+/// A value from Azure with what its response said about time (`Date`, `Retry-After`).
 #[derive(Debug, Clone)]
-pub struct Observed<T> {
+pub struct Dated<T> {
     pub value: T,
     /// The response `Date` header: Azure's clock.
     pub date: Option<jiff::Timestamp>,
@@ -61,14 +61,14 @@ pub struct Observed<T> {
     pub retry_after: Option<Duration>,
 }
 
-impl<T> Observed<T> {
+impl<T> Dated<T> {
     fn from_resp(value: T, resp: &Resp) -> Self {
         Self { value, date: resp.date, retry_after: resp.retry_after }
     }
 
     /// Keep the timing, change the value.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Observed<U> {
-        Observed { value: f(self.value), date: self.date, retry_after: self.retry_after }
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Dated<U> {
+        Dated { value: f(self.value), date: self.date, retry_after: self.retry_after }
     }
 }
 
@@ -150,12 +150,12 @@ impl Azure {
         op: &'static str,
         id: &ResourceId,
         api_version: &str,
-    ) -> Result<Observed<Option<T>>, AzureError> {
+    ) -> Result<Dated<Option<T>>, AzureError> {
         let req = self.arm(op, Method::GET, self.arm_url(&id.to_string(), api_version), id.subscription());
         let resp = self.inner.send(req).await?;
         match resp.status {
-            200 => Ok(Observed::from_resp(Some(resp.json()?), &resp)),
-            404 => Ok(Observed::from_resp(None, &resp)),
+            200 => Ok(Dated::from_resp(Some(resp.json()?), &resp)),
+            404 => Ok(Dated::from_resp(None, &resp)),
             _ => Err(resp.error()),
         }
     }
@@ -163,7 +163,7 @@ impl Azure {
     // ------------------------------------------------------------------------------------------------ caches
 
     /// GET a cache; `None` when it does not exist.
-    pub async fn get_cache(&self, id: &ResourceId) -> Result<Observed<Option<Cache>>, AzureError> {
+    pub async fn get_cache(&self, id: &ResourceId) -> Result<Dated<Option<Cache>>, AzureError> {
         self.get_optional("caches.get", id, CACHES_API_VERSION).await
     }
 
@@ -172,7 +172,7 @@ impl Azure {
         &self,
         subscription: &str,
         resource_group: Option<&str>,
-    ) -> Result<Observed<Vec<Cache>>, AzureError> {
+    ) -> Result<Dated<Vec<Cache>>, AzureError> {
         let scope = match resource_group {
             Some(rg) => ResourceId::resource_group_scope(subscription, rg),
             None => ResourceId::subscription_scope(subscription),
@@ -199,23 +199,23 @@ impl Azure {
             last = Some(resp);
         }
         let resp = last.expect("at least one page");
-        Ok(Observed::from_resp(all, &resp))
+        Ok(Dated::from_resp(all, &resp))
     }
 
     /// PUT a cache (create or update). Returns Azure's 200/201 body; after a 202 without body, re-reads the cache.
     /// Never waits for the long-running operation: re-observe with [`Azure::get_cache`].
-    pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Observed<Cache>, AzureError> {
+    pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Dated<Cache>, AzureError> {
         let mut req =
             self.arm("caches.put", Method::PUT, self.arm_url(&id.to_string(), CACHES_API_VERSION), id.subscription());
         req.body = Some(serde_json::to_vec(cache).map_err(|e| AzureError::Decode(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
-            200 | 201 if !resp.body.is_empty() => Ok(Observed::from_resp(resp.json()?, &resp)),
+            200 | 201 if !resp.body.is_empty() => Ok(Dated::from_resp(resp.json()?, &resp)),
             200..=202 => {
                 let retry_after = resp.retry_after;
                 let got = self.get_cache(id).await?;
                 match got.value {
-                    Some(c) => Ok(Observed { value: c, date: got.date, retry_after: retry_after.or(got.retry_after) }),
+                    Some(c) => Ok(Dated { value: c, date: got.date, retry_after: retry_after.or(got.retry_after) }),
                     None => {
                         Err(AzureError::Decode(format!("cache {id} accepted ({}) but not found on GET", resp.status)))
                     }
@@ -227,7 +227,7 @@ impl Azure {
 
     /// PATCH a cache with a JSON merge body (e.g. a new `encryptionSettings`). Non-blocking; not retried on 5xx
     /// (a PATCH is not guaranteed idempotent), only on 429.
-    pub async fn patch_cache(&self, id: &ResourceId, patch: &serde_json::Value) -> Result<Observed<()>, AzureError> {
+    pub async fn patch_cache(&self, id: &ResourceId, patch: &serde_json::Value) -> Result<Dated<()>, AzureError> {
         let mut req = self.arm(
             "caches.patch",
             Method::PATCH,
@@ -237,13 +237,13 @@ impl Azure {
         req.body = Some(serde_json::to_vec(patch).map_err(|e| AzureError::Decode(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
-            200..=202 => Ok(Observed::from_resp((), &resp)),
+            200..=202 => Ok(Dated::from_resp((), &resp)),
             _ => Err(resp.error()),
         }
     }
 
     /// DELETE a cache. Non-blocking: `Accepted` while Azure works on it, `Gone` once it no longer exists.
-    pub async fn delete_cache(&self, id: &ResourceId) -> Result<Observed<DeleteOutcome>, AzureError> {
+    pub async fn delete_cache(&self, id: &ResourceId) -> Result<Dated<DeleteOutcome>, AzureError> {
         let req = self.arm(
             "caches.delete",
             Method::DELETE,
@@ -252,8 +252,8 @@ impl Azure {
         );
         let resp = self.inner.send(req).await?;
         match resp.status {
-            202 => Ok(Observed::from_resp(DeleteOutcome::Accepted, &resp)),
-            200 | 204 | 404 => Ok(Observed::from_resp(DeleteOutcome::Gone, &resp)),
+            202 => Ok(Dated::from_resp(DeleteOutcome::Accepted, &resp)),
+            200 | 204 | 404 => Ok(Dated::from_resp(DeleteOutcome::Gone, &resp)),
             _ => Err(resp.error()),
         }
     }
@@ -261,12 +261,12 @@ impl Azure {
     // ------------------------------------------------------------------------------------------------ vaults
 
     /// GET a Key Vault (management plane); `None` when it does not exist.
-    pub async fn get_vault(&self, id: &ResourceId) -> Result<Observed<Option<Vault>>, AzureError> {
+    pub async fn get_vault(&self, id: &ResourceId) -> Result<Dated<Option<Vault>>, AzureError> {
         self.get_optional("vaults.get", id, VAULTS_API_VERSION).await
     }
 
     /// PATCH `enableSoftDelete: true, enablePurgeProtection: true` (both irreversible; `false` is never sent).
-    pub async fn enable_vault_protection(&self, id: &ResourceId) -> Result<Observed<Vault>, AzureError> {
+    pub async fn enable_vault_protection(&self, id: &ResourceId) -> Result<Dated<Vault>, AzureError> {
         let mut req = self.arm(
             "vaults.patch",
             Method::PATCH,
@@ -279,7 +279,7 @@ impl Azure {
         req.body = Some(body.to_string().into_bytes());
         let resp = self.inner.send(req).await?;
         match resp.status {
-            200 | 201 => Ok(Observed::from_resp(resp.json()?, &resp)),
+            200 | 201 => Ok(Dated::from_resp(resp.json()?, &resp)),
             _ => Err(resp.error()),
         }
     }

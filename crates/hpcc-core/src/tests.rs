@@ -1,7 +1,15 @@
 //! Table tests of the state machine: every phase, every observation that moves it, and the actions it picks.
 
+use super::machine::*;
 use super::*;
+use crate::validate::strip_version;
 use hpcc_api::v1alpha1::{AuthorizationTimeoutPolicy, AzureLocation, CacheIdentity, Encryption};
+use hpcc_api::v1alpha1::{
+    DeletionPolicy, GrantKind, GrantRecord, HpcCacheSpec, HpcCacheStatus, IdentityType, KeyAccess, Phase,
+};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::time::Duration;
 
 const SUB: &str = "11111111-2222-3333-4444-555555555555";
 const VAULT: &str =
@@ -58,22 +66,21 @@ fn user_assigned(mut s: HpcCacheSpec) -> HpcCacheSpec {
     s
 }
 
-fn observed() -> Observed {
-    Observed {
+fn facts() -> Facts {
+    Facts {
         now: t0(),
         cache: None,
         key: Some(KeyFacts::Valid { kid: KID.into() }),
         vault: Some(VaultFacts::Usable { protected: true, rbac: false }),
         identity: None,
-        identity_error: None,
     }
 }
 
 fn cache(prov: &str, health: &str) -> CacheFacts {
     CacheFacts {
         id: CACHE_ID.into(),
-        provisioning_state: prov.into(),
-        health_state: Some(health.into()),
+        provisioning_state: ProvisioningState::parse(prov),
+        health_state: Some(HealthState::parse(health)),
         status_description: None,
         principal_id: Some("sa-principal".into()),
         tenant_id: Some("tenant".into()),
@@ -88,13 +95,13 @@ fn cache(prov: &str, health: &str) -> CacheFacts {
 struct Case {
     spec: HpcCacheSpec,
     status: HpcCacheStatus,
-    observed: Observed,
+    facts: Facts,
     deleting: bool,
 }
 
 impl Case {
     fn new() -> Self {
-        Self { spec: spec(), status: HpcCacheStatus::default(), observed: observed(), deleting: false }
+        Self { spec: spec(), status: HpcCacheStatus::default(), facts: facts(), deleting: false }
     }
     fn run(&self) -> Decision {
         decide(&Input {
@@ -104,7 +111,7 @@ impl Case {
             deleting: self.deleting,
             cache_id: CACHE_ID,
             owner: OWNER,
-            observed: &self.observed,
+            facts: &self.facts,
             timing: Timing::default(),
         })
     }
@@ -141,8 +148,8 @@ fn valid_system_assigned_spec_creates_and_records_intent() {
 fn microsoft_managed_keys_create_without_key_checks() {
     let mut c = Case::new();
     c.spec.encryption = None;
-    c.observed.key = None;
-    c.observed.vault = None;
+    c.facts.key = None;
+    c.facts.vault = None;
     let d = c.run();
     assert_eq!(d.action, Action::CreateCache { key_url: None });
     assert_eq!(cond(&d, "KeyValid").reason, "MicrosoftManagedKey");
@@ -151,17 +158,17 @@ fn microsoft_managed_keys_create_without_key_checks() {
 #[test]
 fn invalid_keys_and_vaults_stall_before_any_create() {
     let cases = [
-        (Some(KeyFacts::Invalid { reason: "KeyNotRSA".into(), message: "EC".into() }), observed().vault, "KeyNotRSA"),
+        (Some(KeyFacts::Invalid { reason: Reason::KeyNotRSA, message: "EC".into() }), facts().vault, "KeyNotRSA"),
         (
-            observed().key,
-            Some(VaultFacts::Invalid { reason: "VaultRegionMismatch".into(), message: "westus".into() }),
+            facts().key,
+            Some(VaultFacts::Invalid { reason: Reason::VaultRegionMismatch, message: "westus".into() }),
             "VaultRegionMismatch",
         ),
     ];
     for (key, vault, reason) in cases {
         let mut c = Case::new();
-        c.observed.key = key;
-        c.observed.vault = vault;
+        c.facts.key = key;
+        c.facts.vault = vault;
         let d = c.run();
         assert_eq!(d.action, Action::None, "{reason}");
         assert_eq!(d.status.phase, Some(Phase::Pending));
@@ -175,7 +182,7 @@ fn invalid_keys_and_vaults_stall_before_any_create() {
 #[test]
 fn key_not_yet_checked_waits_in_pending() {
     let mut c = Case::new();
-    c.observed.key = None;
+    c.facts.key = None;
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(d.status.phase, Some(Phase::Pending));
@@ -185,7 +192,7 @@ fn key_not_yet_checked_waits_in_pending() {
 #[test]
 fn unprotected_vault_is_fixed_in_automatic_and_reported_in_manual() {
     let mut c = Case::new();
-    c.observed.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
+    c.facts.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
     assert_eq!(c.run().action, Action::EnableVaultProtection);
     c.spec.key_access = KeyAccess::Manual;
     let d = c.run();
@@ -197,7 +204,7 @@ fn unprotected_vault_is_fixed_in_automatic_and_reported_in_manual() {
 fn user_assigned_without_access_is_granted_before_create() {
     let mut c = Case::new();
     c.spec = user_assigned(spec());
-    c.observed.identity = Some(IdentityFacts {
+    c.facts.identity = Some(IdentityFacts::Usable {
         principal_id: "ua".into(),
         tenant_id: Some("tenant".into()),
         has_key_access: Some(false),
@@ -221,12 +228,12 @@ fn user_assigned_without_access_is_granted_before_create() {
 fn user_assigned_with_access_creates_directly_and_never_waits() {
     let mut c = Case::new();
     c.spec = user_assigned(spec());
-    c.observed.identity =
-        Some(IdentityFacts { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(true) });
+    c.facts.identity =
+        Some(IdentityFacts::Usable { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(true) });
     let d = c.run();
     assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
     c.status = d.status;
-    c.observed.cache = Some(CacheFacts { principal_id: None, ..cache("Creating", "Transitioning") });
+    c.facts.cache = Some(CacheFacts { principal_id: None, ..cache("Creating", "Transitioning") });
     let d = c.run();
     assert_eq!(d.status.phase, Some(Phase::Creating));
     assert_eq!(d.status.principal_id.as_deref(), Some("ua"));
@@ -237,8 +244,8 @@ fn user_assigned_manual_without_access_creates_and_waits() {
     let mut c = Case::new();
     c.spec = user_assigned(spec());
     c.spec.key_access = KeyAccess::Manual;
-    c.observed.identity =
-        Some(IdentityFacts { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(false) });
+    c.facts.identity =
+        Some(IdentityFacts::Usable { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(false) });
     assert!(matches!(c.run().action, Action::CreateCache { .. }));
 }
 
@@ -246,7 +253,8 @@ fn user_assigned_manual_without_access_creates_and_waits() {
 fn missing_user_assigned_identity_stalls() {
     let mut c = Case::new();
     c.spec = user_assigned(spec());
-    c.observed.identity_error = Some(("IdentityNotFound".into(), "no such identity".into()));
+    c.facts.identity =
+        Some(IdentityFacts::Invalid { reason: Reason::IdentityNotFound, message: "no such identity".into() });
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(cond(&d, "Stalled").reason, "IdentityNotFound");
@@ -257,7 +265,7 @@ fn creating_cache_reports_azure_state_and_clears_intent() {
     let mut c = Case::new();
     c.status.create_requested_at = Some(Time(t0() - mins(1)));
     c.status.phase = Some(Phase::Creating);
-    c.observed.cache = Some(cache("Creating", "Transitioning"));
+    c.facts.cache = Some(cache("Creating", "Transitioning"));
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(d.status.phase, Some(Phase::Creating));
@@ -272,7 +280,7 @@ fn creating_cache_reports_azure_state_and_clears_intent() {
 fn created_at_falls_back_to_recorded_intent() {
     let mut c = Case::new();
     c.status.create_requested_at = Some(Time(t0() - mins(2)));
-    c.observed.cache = Some(CacheFacts { created_at: None, ..cache("Creating", "WaitingForKey") });
+    c.facts.cache = Some(CacheFacts { created_at: None, ..cache("Creating", "WaitingForKey") });
     let d = c.run();
     assert_eq!(d.status.authorization_deadline, Some(Time(t0() - mins(2) + mins(90))));
 }
@@ -280,7 +288,7 @@ fn created_at_falls_back_to_recorded_intent() {
 #[test]
 fn waiting_for_key_automatic_grants_system_principal() {
     let mut c = Case::new();
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
     let d = c.run();
     assert_eq!(d.status.phase, Some(Phase::WaitingForKey));
     assert_eq!(d.action, Action::Grant(grant("sa-principal", true)));
@@ -294,7 +302,7 @@ fn waiting_for_key_automatic_grants_system_principal() {
     assert_eq!(cond(&d, "KeyAuthorized").reason, "GrantPropagating");
     // Azure took the grant and is transitioning: still Authorizing, the grant is no longer awaited.
     c.status = d.status;
-    c.observed.cache = Some(cache("Creating", "Transitioning"));
+    c.facts.cache = Some(cache("Creating", "Transitioning"));
     let d = c.run();
     assert_eq!(d.status.phase, Some(Phase::Authorizing));
     assert_eq!(d.action, Action::None);
@@ -304,8 +312,8 @@ fn waiting_for_key_automatic_grants_system_principal() {
 #[test]
 fn rbac_vault_grants_by_role_assignment() {
     let mut c = Case::new();
-    c.observed.vault = Some(VaultFacts::Usable { protected: true, rbac: true });
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.vault = Some(VaultFacts::Usable { protected: true, rbac: true });
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
     match c.run().action {
         Action::Grant(g) => assert_eq!(g.kind, GrantKind::RoleAssignment),
         other => panic!("expected a grant, got {other:?}"),
@@ -315,8 +323,8 @@ fn rbac_vault_grants_by_role_assignment() {
 #[test]
 fn waiting_for_key_enables_vault_protection_first() {
     let mut c = Case::new();
-    c.observed.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
     assert_eq!(c.run().action, Action::EnableVaultProtection);
 }
 
@@ -324,8 +332,8 @@ fn waiting_for_key_enables_vault_protection_first() {
 fn manual_mode_reports_principal_and_deadline_and_never_grants() {
     let mut c = Case::new();
     c.spec.key_access = KeyAccess::Manual;
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
-    c.observed.now = t0() + mins(10);
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.now = t0() + mins(10);
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(d.status.phase, Some(Phase::WaitingForKey));
@@ -335,7 +343,7 @@ fn manual_mode_reports_principal_and_deadline_and_never_grants() {
     assert!(msg.contains("sa-principal") && msg.contains("80m00s left"), "{msg}");
     assert!(!d.events.iter().any(|e| e.reason == "AuthorizationDeadlineApproaching"), "no warning 80 minutes out");
     // 20 minutes before the deadline: a Warning event, and a requeue well before the deadline.
-    c.observed.now = t0() + mins(70);
+    c.facts.now = t0() + mins(70);
     let d = c.run();
     assert!(d.events.iter().any(|e| e.warning && e.reason == "AuthorizationDeadlineApproaching"));
     assert!(d.requeue_after <= Duration::from_secs(15));
@@ -345,8 +353,8 @@ fn manual_mode_reports_principal_and_deadline_and_never_grants() {
 fn requeue_tightens_near_the_deadline() {
     let mut c = Case::new();
     c.spec.key_access = KeyAccess::Manual;
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
-    c.observed.now = t0() + mins(90) - SignedDuration::from_secs(20);
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.now = t0() + mins(90) - SignedDuration::from_secs(20);
     let d = c.run();
     assert_eq!(d.requeue_after, Duration::from_secs(5), "a quarter of the 20 s left");
 }
@@ -355,8 +363,8 @@ fn requeue_tightens_near_the_deadline() {
 fn missed_deadline_fails_with_fail_policy() {
     let mut c = Case::new();
     c.spec.key_access = KeyAccess::Manual;
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
-    c.observed.now = t0() + mins(91);
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.now = t0() + mins(91);
     let d = c.run();
     assert_eq!(d.status.phase, Some(Phase::Failed));
     assert_eq!(d.action, Action::None);
@@ -369,7 +377,7 @@ fn missed_deadline_fails_with_fail_policy() {
 fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     let mut c = Case::new();
     c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
-    c.observed.cache = Some(cache("Failed", "Down"));
+    c.facts.cache = Some(cache("Failed", "Down"));
     let d = c.run();
     assert_eq!(d.action, Action::DeleteCache);
     assert_eq!(d.status.phase, Some(Phase::Deleting));
@@ -381,14 +389,14 @@ fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     assert_eq!(d.status.recreations, 1);
     // Azure deleting: wait.
     c.status = d.status;
-    c.observed.cache = Some(cache("Deleting", "Transitioning"));
+    c.facts.cache = Some(cache("Deleting", "Transitioning"));
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(cond(&d, "Reconciling").reason, "Recreating");
     // Gone, but the old system principal's grant was recorded: revoke it first.
     c.status = d.status;
     c.status.grants = vec![grant("sa-principal", true)];
-    c.observed.cache = None;
+    c.facts.cache = None;
     let d = c.run();
     assert_eq!(d.action, Action::RevokeGrant(grant("sa-principal", true)));
     c.status = d.status;
@@ -408,7 +416,7 @@ fn recreation_limit_reached_fails() {
     let mut c = Case::new();
     c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
     c.status.recreations = 2;
-    c.observed.cache = Some(cache("Failed", "Down"));
+    c.facts.cache = Some(cache("Failed", "Down"));
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(d.status.phase, Some(Phase::Failed));
@@ -419,7 +427,7 @@ fn recreation_limit_reached_fails() {
 fn healthy_cache_is_ready_and_resyncs_slowly() {
     let mut c = Case::new();
     c.status.phase = Some(Phase::Authorizing);
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
     let d = c.run();
     assert_eq!(d.status.phase, Some(Phase::Ready));
     assert_eq!(d.action, Action::None);
@@ -437,18 +445,18 @@ fn healthy_cache_is_ready_and_resyncs_slowly() {
 fn key_version_change_updates_then_returns_to_ready() {
     let mut c = Case::new();
     c.status.phase = Some(Phase::Ready);
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
-    c.observed.key = Some(KeyFacts::Valid { kid: KID2.into() });
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.key = Some(KeyFacts::Valid { kid: KID2.into() });
     let d = c.run();
     assert_eq!(d.action, Action::UpdateCache { key_url: Some(KID2.into()) });
     assert_eq!(d.status.phase, Some(Phase::Updating));
     c.status = d.status;
-    c.observed.cache = Some(CacheFacts { key_url: Some(KID2.into()), ..cache("Updating", "Healthy") });
+    c.facts.cache = Some(CacheFacts { key_url: Some(KID2.into()), ..cache("Updating", "Healthy") });
     let d = c.run();
     assert_eq!(d.status.phase, Some(Phase::Updating));
     assert_eq!(d.action, Action::None);
     c.status = d.status;
-    c.observed.cache = Some(CacheFacts { key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
+    c.facts.cache = Some(CacheFacts { key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
     assert_eq!(c.run().status.phase, Some(Phase::Ready));
 }
 
@@ -456,11 +464,11 @@ fn key_version_change_updates_then_returns_to_ready() {
 fn rotation_flag_reset_by_azure_is_reapplied_but_versions_are_not_fought() {
     let mut c = Case::new();
     c.spec.encryption.as_mut().unwrap().rotate_to_latest_key_version = true;
-    c.observed.cache = Some(CacheFacts { rotation_enabled: false, ..cache("Succeeded", "Healthy") });
+    c.facts.cache = Some(CacheFacts { rotation_enabled: false, ..cache("Succeeded", "Healthy") });
     assert!(matches!(c.run().action, Action::UpdateCache { .. }), "flag reset to false is re-applied");
     // Azure rotated to a newer version by itself: not drift.
-    c.observed.key = Some(KeyFacts::Valid { kid: KID.into() });
-    c.observed.cache =
+    c.facts.key = Some(KeyFacts::Valid { kid: KID.into() });
+    c.facts.cache =
         Some(CacheFacts { rotation_enabled: true, key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
     assert_eq!(c.run().action, Action::None);
 }
@@ -468,8 +476,8 @@ fn rotation_flag_reset_by_azure_is_reapplied_but_versions_are_not_fought() {
 #[test]
 fn invalid_new_key_keeps_the_cache_and_stalls() {
     let mut c = Case::new();
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
-    c.observed.key = Some(KeyFacts::Invalid { reason: "KeyDisabled".into(), message: "disabled".into() });
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.key = Some(KeyFacts::Invalid { reason: Reason::KeyDisabled, message: "disabled".into() });
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(cond(&d, "Stalled").reason, "KeyDisabled");
@@ -479,7 +487,7 @@ fn invalid_new_key_keeps_the_cache_and_stalls() {
 fn tag_drift_is_patched() {
     let mut c = Case::new();
     c.spec.tags.insert("team".into(), "genomics".into());
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
     assert!(matches!(c.run().action, Action::UpdateCache { .. }));
 }
 
@@ -489,11 +497,11 @@ fn deletion_follows_policy() {
     let mut c = Case::new();
     c.deleting = true;
     c.status.grants = vec![grant("sa-principal", true)];
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
     assert_eq!(c.run().action, Action::DeleteCache);
-    c.observed.cache = Some(cache("Deleting", "Transitioning"));
+    c.facts.cache = Some(cache("Deleting", "Transitioning"));
     assert_eq!(c.run().action, Action::None);
-    c.observed.cache = None;
+    c.facts.cache = None;
     assert_eq!(c.run().action, Action::RevokeGrant(grant("sa-principal", true)));
     c.status.grants = vec![grant("ua", false)];
     assert_eq!(c.run().action, Action::RemoveFinalizer, "a user-assigned grant outlives the cache");
@@ -501,7 +509,7 @@ fn deletion_follows_policy() {
     assert_eq!(c.run().action, Action::RemoveFinalizer);
     // Orphan: never deletes.
     c.spec.deletion_policy = DeletionPolicy::Orphan;
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
     let d = c.run();
     assert_eq!(d.action, Action::RemoveFinalizer);
     assert_eq!(d.status.phase, Some(Phase::Deleting));
@@ -521,7 +529,7 @@ fn rejected_create_stalls_and_is_not_retried_until_the_spec_changes() {
     let f = action_failed(&d.status, Some(1), &d.action, &err, t0(), Timing::default());
     assert_eq!(f.status.phase, Some(Phase::Failed));
     let stalled = f.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
-    assert_eq!(stalled.reason, REASON_CREATE_REJECTED);
+    assert_eq!(stalled.reason, Reason::CreateRejected.as_str());
     assert!(stalled.message.contains("product retirement"));
     c.status = f.status;
     let again = c.run();
@@ -534,7 +542,7 @@ fn rejected_create_stalls_and_is_not_retried_until_the_spec_changes() {
         deleting: false,
         cache_id: CACHE_ID,
         owner: OWNER,
-        observed: &c.observed,
+        facts: &c.facts,
         timing: Timing::default(),
     });
     assert!(matches!(next.action, Action::CreateCache { .. }));
@@ -559,10 +567,10 @@ fn retryable_errors_requeue_after_retry_after() {
 #[test]
 fn conditions_keep_transition_time_while_status_is_unchanged() {
     let mut c = Case::new();
-    c.observed.cache = Some(cache("Creating", "Transitioning"));
+    c.facts.cache = Some(cache("Creating", "Transitioning"));
     let first = c.run();
     c.status = first.status.clone();
-    c.observed.now = t0() + mins(5);
+    c.facts.now = t0() + mins(5);
     let second = c.run();
     assert_eq!(cond(&first, "Reconciling").last_transition_time, cond(&second, "Reconciling").last_transition_time);
 }
@@ -574,8 +582,8 @@ fn key_checks() {
     assert_eq!(ok, KeyFacts::Valid { kid: KID.into() });
     assert!(matches!(check_key(KID, "RSA-HSM", Some(2048), true, None, None, now), KeyFacts::Valid { .. }));
     let reason = |f: KeyFacts| match f {
-        KeyFacts::Invalid { reason, .. } => reason,
-        KeyFacts::Valid { .. } => "Valid".into(),
+        KeyFacts::Invalid { reason, .. } => reason.as_str(),
+        KeyFacts::Valid { .. } => "Valid",
     };
     assert_eq!(reason(check_key(KID, "EC", None, true, None, None, now)), "KeyNotRSA");
     assert_eq!(reason(check_key(KID, "RSA", Some(4096), true, None, None, now)), "KeySizeUnsupported");
@@ -592,7 +600,7 @@ fn vault_checks() {
         VaultFacts::Usable { protected: false, rbac: true }
     );
     assert!(
-        matches!(check_vault("westus", "eastus", true, true, false), VaultFacts::Invalid { reason, .. } if reason == "VaultRegionMismatch")
+        matches!(check_vault("westus", "eastus", true, true, false), VaultFacts::Invalid { reason, .. } if reason == Reason::VaultRegionMismatch)
     );
 }
 
@@ -622,13 +630,13 @@ fn vault_policy() {
 #[test]
 fn a_disallowed_vault_is_never_granted_on() {
     let mut c = Case::new();
-    c.observed.vault = Some(VaultFacts::Invalid { reason: "VaultNotAllowed".into(), message: "no".into() });
-    c.observed.key = None;
+    c.facts.vault = Some(VaultFacts::Invalid { reason: Reason::VaultNotAllowed, message: "no".into() });
+    c.facts.key = None;
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(cond(&d, "Stalled").reason, "VaultNotAllowed");
     // Even for an existing cache waiting for its key.
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(cond(&d, "Stalled").reason, "VaultNotAllowed");
@@ -655,7 +663,7 @@ fn an_unreadable_cache_is_reported_as_stalled_with_azures_message() {
 #[test]
 fn a_failed_grant_is_not_remembered_as_made_and_is_retried_soon() {
     let mut c = Case::new();
-    c.observed.cache = Some(cache("Creating", "WaitingForKey"));
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
     let d = c.run();
     let Action::Grant(g) = d.action.clone() else { panic!("expected a grant, got {:?}", d.action) };
     let err = ActionError {
@@ -676,19 +684,19 @@ fn a_failed_grant_is_not_remembered_as_made_and_is_retried_soon() {
 fn authorized(mut c: Case) -> Case {
     c.status.authorized_at = Some(Time(t0() + mins(20)));
     c.status.phase = Some(Phase::Ready);
-    c.observed.now = t0() + mins(60 * 24 * 90);
+    c.facts.now = t0() + mins(60 * 24 * 90);
     c
 }
 
 #[test]
 fn the_window_ends_when_the_cache_is_first_ready() {
     let mut c = Case::new();
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
-    c.observed.now = t0() + mins(20);
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.now = t0() + mins(20);
     let d = c.run();
     assert_eq!(d.status.authorized_at, Some(Time(t0() + mins(20))));
     c.status = d.status;
-    c.observed.now = t0() + mins(500);
+    c.facts.now = t0() + mins(500);
     assert_eq!(c.run().status.authorized_at, Some(Time(t0() + mins(20))), "recorded once");
 }
 
@@ -699,7 +707,7 @@ fn an_old_cache_updating_or_failing_is_never_deleted_by_the_window() {
     {
         let mut c = authorized(Case::new());
         c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
-        c.observed.cache = Some(cache(prov, health));
+        c.facts.cache = Some(cache(prov, health));
         let d = c.run();
         assert_eq!(d.action, Action::None, "{prov}/{health}");
         assert_eq!(d.status.recreations, 0, "{prov}/{health}");
@@ -716,7 +724,7 @@ fn an_old_cache_updating_or_failing_is_never_deleted_by_the_window() {
 fn an_old_cache_that_lost_key_access_is_granted_again_not_failed() {
     let mut c = authorized(Case::new());
     c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
-    c.observed.cache = Some(cache("Succeeded", "WaitingForKey"));
+    c.facts.cache = Some(cache("Succeeded", "WaitingForKey"));
     let d = c.run();
     assert_eq!(d.action, Action::Grant(grant("sa-principal", true)));
     assert_eq!(cond(&d, "KeyAuthorized").reason, "KeyAccessLost");
@@ -734,11 +742,11 @@ fn moving_to_a_new_vault_protects_and_grants_before_pointing_the_cache_at_it() {
     let mut c = authorized(Case::new());
     c.status.grants = vec![GrantRecord { made: true, ..grant("sa-principal", true) }];
     c.spec.encryption.as_mut().unwrap().key_vault_id = new_vault.clone();
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
-    c.observed.key = Some(KeyFacts::Valid { kid: new_kid.into() });
-    c.observed.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.key = Some(KeyFacts::Valid { kid: new_kid.into() });
+    c.facts.vault = Some(VaultFacts::Usable { protected: false, rbac: false });
     assert_eq!(c.run().action, Action::EnableVaultProtection);
-    c.observed.vault = Some(VaultFacts::Usable { protected: true, rbac: false });
+    c.facts.vault = Some(VaultFacts::Usable { protected: true, rbac: false });
     let d = c.run();
     let Action::Grant(g) = d.action.clone() else { panic!("expected a grant, got {:?}", d.action) };
     assert_eq!(g.vault_id, new_vault);
@@ -753,9 +761,9 @@ fn moving_to_a_new_vault_protects_and_grants_before_pointing_the_cache_at_it() {
 #[test]
 fn a_ready_cache_whose_new_vault_is_unusable_is_not_reported_ready() {
     let mut c = authorized(Case::new());
-    c.observed.cache = Some(cache("Succeeded", "Healthy"));
-    c.observed.key = None;
-    c.observed.vault = Some(VaultFacts::Invalid { reason: "VaultNotAllowed".into(), message: "no".into() });
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.key = None;
+    c.facts.vault = Some(VaultFacts::Invalid { reason: Reason::VaultNotAllowed, message: "no".into() });
     let d = c.run();
     assert_eq!(d.action, Action::None);
     assert_eq!(cond(&d, "Ready").status, "False");
@@ -767,7 +775,7 @@ fn tag_drift_with_rotation_keeps_the_version_azure_rotated_to() {
     let mut c = authorized(Case::new());
     c.spec.encryption.as_mut().unwrap().rotate_to_latest_key_version = true;
     c.spec.tags.insert("team".into(), "x".into());
-    c.observed.cache =
+    c.facts.cache =
         Some(CacheFacts { rotation_enabled: true, key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
     assert_eq!(
         c.run().action,
@@ -781,7 +789,7 @@ fn tag_drift_is_patched_on_microsoft_managed_caches_too() {
     let mut c = authorized(Case::new());
     c.spec.encryption = None;
     c.spec.tags.insert("team".into(), "x".into());
-    c.observed.cache = Some(CacheFacts { key_url: None, key_vault_id: None, ..cache("Succeeded", "Healthy") });
+    c.facts.cache = Some(CacheFacts { key_url: None, key_vault_id: None, ..cache("Succeeded", "Healthy") });
     assert_eq!(c.run().action, Action::UpdateCache { key_url: None });
 }
 
@@ -796,7 +804,7 @@ fn only_an_azure_refusal_blocks_re_creation() {
         retry_after: None,
     };
     let f = action_failed(&d.status, Some(1), &d.action, &no_answer, t0(), Timing::default());
-    assert_ne!(cond(&f, "Stalled").reason, REASON_CREATE_REJECTED);
+    assert_ne!(cond(&f, "Stalled").reason, Reason::CreateRejected.as_str());
     assert_eq!(f.status.phase, Some(Phase::Creating));
 }
 
@@ -825,7 +833,7 @@ fn a_cache_owned_by_another_object_is_left_alone() {
     let mut c = authorized(Case::new());
     let mut theirs = cache("Succeeded", "Healthy");
     theirs.tags.insert(OWNER_TAG.into(), "other-ns/other".into());
-    c.observed.cache = Some(theirs.clone());
+    c.facts.cache = Some(theirs.clone());
     c.spec.tags.insert("team".into(), "x".into());
     let d = c.run();
     assert_eq!(d.action, Action::None, "no tag or key update on someone else's cache");
@@ -839,7 +847,7 @@ fn a_cache_owned_by_another_object_is_left_alone() {
 #[test]
 fn a_cache_made_outside_the_operator_is_adopted_with_the_owner_tag() {
     let mut c = authorized(Case::new());
-    c.observed.cache = Some(CacheFacts { tags: Default::default(), ..cache("Succeeded", "Healthy") });
+    c.facts.cache = Some(CacheFacts { tags: Default::default(), ..cache("Succeeded", "Healthy") });
     assert!(matches!(c.run().action, Action::UpdateCache { .. }), "the owner tag is added");
     assert_eq!(desired_tags(&c.spec, OWNER).get(OWNER_TAG).map(String::as_str), Some(OWNER));
 }

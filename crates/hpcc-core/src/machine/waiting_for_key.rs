@@ -1,0 +1,100 @@
+//! The cache waits for its identity to be granted the key: grant it (Automatic) or ask a person (Manual), inside
+//! Azure's window; and a healthy cache that lost its key access.
+
+use std::time::Duration;
+
+use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, KeyAccess, Phase};
+use jiff::Timestamp;
+
+use super::{Draft, format_left};
+use crate::decision::{Action, DEADLINE_WARNING, Event};
+use crate::facts::CacheFacts;
+use crate::reason::Reason;
+
+impl Draft<'_> {
+    pub(super) fn waiting_for_key(&mut self, cache: &CacheFacts, deadline: Option<Timestamp>) -> Action {
+        let left = deadline.map(|d| d.duration_since(self.input.facts.now));
+        let left_text = left.map_or("unknown time".to_string(), format_left);
+        let deadline_text = deadline.map_or("unknown".to_string(), |d| d.to_string());
+        // Look again well before the deadline: at most a quarter of the time left (floor: a second, or the poll).
+        if let Some(left) = left {
+            let quarter = Duration::try_from(left / 4).unwrap_or_default();
+            let floor = self.input.timing.poll.min(Duration::from_secs(1));
+            self.requeue_after = self.input.timing.poll.min(quarter).max(floor);
+        }
+        let Some(principal) = self.cache_principal(cache) else {
+            self.progressing(
+                Phase::WaitingForKey,
+                Reason::WaitingForIdentity,
+                "Azure has not reported the cache's identity yet",
+            );
+            return Action::None;
+        };
+        if self.spec().key_access == KeyAccess::Manual {
+            let msg = format!(
+                "grant principal {principal} get, wrapKey and unwrapKey on key {} in vault {} before {deadline_text} ({left_text} left)",
+                self.spec().encryption.as_ref().map(|e| e.key_name.as_str()).unwrap_or_default(),
+                self.spec().encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default(),
+            );
+            self.cond(C::KeyAuthorized, S::False, Reason::AwaitingManualGrant, &msg);
+            self.progressing(Phase::WaitingForKey, Reason::AwaitingManualGrant, &msg);
+            if left.is_some_and(|l| l <= DEADLINE_WARNING) {
+                self.events.push(Event::warning(Reason::AuthorizationDeadlineApproaching, msg));
+            }
+            return Action::None;
+        }
+        if let Some((reason, message)) = self.vault_invalid() {
+            self.cond(C::KeyAuthorized, S::False, reason, &message);
+            self.stalled(Phase::WaitingForKey, reason, &format!("cannot grant access: {message}"));
+            return Action::None;
+        }
+        if self.grant_made_for(&principal) {
+            let msg = format!("access granted to {principal}; waiting for Azure to pick up the key ({left_text} left)");
+            self.cond(C::KeyAuthorized, S::Unknown, Reason::GrantPropagating, &msg);
+            self.progressing(Phase::Authorizing, Reason::KeyAccessPropagating, &msg);
+            return Action::None;
+        }
+        if self.vault_unprotected() {
+            self.progressing(
+                Phase::Authorizing,
+                Reason::EnablingPurgeProtection,
+                "turning on soft delete and purge protection on the Key Vault",
+            );
+            return Action::EnableVaultProtection;
+        }
+        let msg = format!("granting {principal} access to the key ({left_text} left before {deadline_text})");
+        let grant = self.grant(&principal, cache.tenant_id.clone());
+        self.cond(C::KeyAuthorized, S::False, Reason::Granting, &msg);
+        // The phase says what Azure reports until the grant is made; then Authorizing until Azure picks it up.
+        self.progressing(Phase::WaitingForKey, Reason::Granting, &msg);
+        grant
+    }
+
+    /// A cache that was authorized is waiting for its key again (access revoked out of band): grant again in
+    /// Automatic mode, ask a person in Manual mode. No deadline applies and the cache is never deleted.
+    pub(super) fn key_access_lost(&mut self, cache: &CacheFacts) -> Action {
+        self.status.authorization_deadline = None;
+        let Some(principal) = self.cache_principal(cache) else {
+            self.progressing(
+                Phase::WaitingForKey,
+                Reason::WaitingForIdentity,
+                "Azure has not reported the cache's identity",
+            );
+            return Action::None;
+        };
+        let msg = format!("the cache lost access to its key; principal {principal} needs get, wrapKey and unwrapKey");
+        self.cond(C::KeyAuthorized, S::False, Reason::KeyAccessLost, &msg);
+        if self.spec().key_access == KeyAccess::Manual {
+            self.progressing(Phase::WaitingForKey, Reason::KeyAccessLost, &msg);
+            self.events.push(Event::warning(Reason::KeyAccessLost, msg));
+            return Action::None;
+        }
+        if let Some((reason, message)) = self.vault_invalid() {
+            self.stalled(Phase::WaitingForKey, reason, &format!("cannot grant access again: {message}"));
+            return Action::None;
+        }
+        let grant = self.grant(&principal, cache.tenant_id.clone());
+        self.progressing(Phase::WaitingForKey, Reason::KeyAccessLost, &format!("{msg}; granting it again"));
+        grant
+    }
+}

@@ -1,0 +1,45 @@
+//! The finalizer that keeps an `HpcCache` until its Azure cache is handled by `deletionPolicy`.
+
+use hpcc_api::v1alpha1::HpcCache;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+pub const FINALIZER: &str = "hpccache.io/finalizer";
+
+/// Where the object stands with the finalizer.
+pub enum Finalizer {
+    /// Ours is on the object: go on.
+    Held,
+    /// It was just added: look again once the write is seen.
+    Added,
+    /// The object is being deleted and ours is gone: nothing left to do.
+    Released,
+}
+
+/// Adds the finalizer to a live object that lacks it.
+pub async fn ensure(api: &Api<HpcCache>, obj: &HpcCache) -> Result<Finalizer, kube::Error> {
+    let held = obj.finalizers().iter().any(|f| f == FINALIZER);
+    match (held, obj.metadata.deletion_timestamp.is_some()) {
+        (true, _) => Ok(Finalizer::Held),
+        (false, true) => Ok(Finalizer::Released),
+        (false, false) => {
+            let mut finalizers = obj.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            patch(api, obj, finalizers).await?;
+            Ok(Finalizer::Added)
+        }
+    }
+}
+
+/// Removes the finalizer, letting Kubernetes delete the object.
+pub async fn remove(api: &Api<HpcCache>, obj: &HpcCache) -> Result<(), kube::Error> {
+    let finalizers = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    patch(api, obj, finalizers).await
+}
+
+/// A merge patch guarded by the resourceVersion the decision was made on, so a concurrent change is never lost.
+async fn patch(api: &Api<HpcCache>, obj: &HpcCache, finalizers: Vec<String>) -> Result<(), kube::Error> {
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(drop)
+}

@@ -1,0 +1,58 @@
+//! Record status: the decision's status is written (server-side apply) before its action is taken. [`Recorded`]
+//! makes that order a type: [`act`](super::act) takes only a `Recorded`, and only [`record`] makes one.
+
+use hpcc_api::v1alpha1::{HpcCache, HpcCacheStatus};
+use hpcc_core::{Action, Decision};
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+/// Field manager for server-side apply of status.
+pub const MANAGER: &str = "hpc-cache-operator";
+
+/// A decision whose status (the intent: create time, grant record, re-creation count) is stored.
+pub struct Recorded(Decision);
+
+impl Recorded {
+    pub fn decision(&self) -> &Decision {
+        &self.0
+    }
+
+    pub fn action(&self) -> &Action {
+        &self.0.action
+    }
+}
+
+/// Stores the decision's status (skipped when it did not change) and returns it as recorded.
+pub async fn record(
+    api: &Api<HpcCache>,
+    name: &str,
+    old: &HpcCacheStatus,
+    decision: Decision,
+) -> Result<Recorded, kube::Error> {
+    write(api, name, old, &decision.status).await?;
+    Ok(Recorded(decision))
+}
+
+/// Server-side apply of the whole status, skipped when nothing changed.
+pub async fn write(
+    api: &Api<HpcCache>,
+    name: &str,
+    old: &HpcCacheStatus,
+    new: &HpcCacheStatus,
+) -> Result<(), kube::Error> {
+    if old == new {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": HpcCache::api_version(&()),
+        "kind": HpcCache::kind(&()),
+        "status": new,
+    });
+    match api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        // The object is gone (finalizer removed meanwhile): nothing to record.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}

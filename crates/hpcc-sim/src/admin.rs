@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::Inner;
 use super::faults::FaultRule;
 use super::seed::Seed;
+use super::server::Shared;
 
-pub fn router(inner: Arc<Inner>) -> Router {
+pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/clock", get(clock))
         .route("/clock/advance", post(advance))
@@ -24,23 +24,23 @@ pub fn router(inner: Arc<Inner>) -> Router {
         .route("/grants", post(grant))
         .route("/faults", get(list_faults).post(add_faults).delete(clear_faults))
         .route("/state", get(state))
-        .with_state(inner)
+        .with_state(shared)
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": msg.into()}))).into_response()
 }
 
-fn now_json(inner: &Inner) -> Value {
-    json!({"now": inner.clock.now().to_string(), "speed": inner.clock.speed()})
+fn now_json(shared: &Shared) -> Value {
+    json!({"now": shared.clock.now().to_string(), "speed": shared.clock.speed()})
 }
 
-async fn clock(State(inner): State<Arc<Inner>>) -> Response {
-    axum::Json(now_json(&inner)).into_response()
+async fn clock(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(now_json(&shared)).into_response()
 }
 
 /// Body `{"minutes": N}` and/or `{"seconds": N}` (numbers, may be fractional).
-async fn advance(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+async fn advance(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
@@ -59,14 +59,14 @@ async fn advance(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     if !total.is_finite() || total < 0.0 {
         return err(StatusCode::BAD_REQUEST, "the clock only moves forward");
     }
-    inner.clock.advance(Duration::from_secs_f64(total));
-    let now = inner.clock.now();
-    inner.world().tick(now);
-    axum::Json(now_json(&inner)).into_response()
+    shared.clock.advance(Duration::from_secs_f64(total));
+    let now = shared.clock.now();
+    shared.world().tick(now);
+    axum::Json(now_json(&shared)).into_response()
 }
 
-async fn requests(State(inner): State<Arc<Inner>>) -> Response {
-    let log = inner.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+async fn requests(State(shared): State<Arc<Shared>>) -> Response {
+    let log = shared.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut out = String::new();
     for r in log {
         out.push_str(&serde_json::to_string(&r).unwrap_or_default());
@@ -75,19 +75,19 @@ async fn requests(State(inner): State<Arc<Inner>>) -> Response {
     ([("content-type", "application/x-ndjson")], out).into_response()
 }
 
-async fn clear_requests(State(inner): State<Arc<Inner>>) -> Response {
-    inner.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
+async fn clear_requests(State(shared): State<Arc<Shared>>) -> Response {
+    shared.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn seed(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+async fn seed(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let text = String::from_utf8_lossy(&body);
     let seed = match Seed::from_yaml(&text) {
         Ok(s) => s,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid seed: {e}")),
     };
-    let now = inner.clock.now();
-    let mut w = inner.world();
+    let now = shared.clock.now();
+    let mut w = shared.world();
     w.tick(now);
     if let Err(e) = w.apply_seed(&seed, now) {
         return err(StatusCode::BAD_REQUEST, format!("invalid seed: {e}"));
@@ -97,7 +97,7 @@ async fn seed(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
 }
 
 /// `{"vaultName" | "vaultId": …, "principalId": …}`.
-async fn grant(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+async fn grant(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
@@ -107,8 +107,8 @@ async fn grant(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     let (Some(vault), Some(principal)) = (vault, principal) else {
         return err(StatusCode::BAD_REQUEST, "give vaultName or vaultId, and principalId");
     };
-    let now = inner.clock.now();
-    let mut w = inner.world();
+    let now = shared.clock.now();
+    let mut w = shared.world();
     w.tick(now);
     match w.grant(vault, principal, now, "admin") {
         Ok(what) => {
@@ -119,13 +119,13 @@ async fn grant(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     }
 }
 
-async fn list_faults(State(inner): State<Arc<Inner>>) -> Response {
-    let f = inner.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
+async fn list_faults(State(shared): State<Arc<Shared>>) -> Response {
+    let f = shared.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
     axum::Json(json!(f)).into_response()
 }
 
 /// A rule or a list of rules; appended to the active rules.
-async fn add_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+async fn add_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
@@ -150,18 +150,18 @@ async fn add_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
         }
     }
     let n = rules.len();
-    inner.faults.lock().unwrap_or_else(|e| e.into_inner()).extend(rules);
+    shared.faults.lock().unwrap_or_else(|e| e.into_inner()).extend(rules);
     axum::Json(json!({"added": n})).into_response()
 }
 
-async fn clear_faults(State(inner): State<Arc<Inner>>) -> Response {
-    inner.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
+async fn clear_faults(State(shared): State<Arc<Shared>>) -> Response {
+    shared.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn state(State(inner): State<Arc<Inner>>) -> Response {
-    let now = inner.clock.now();
-    let mut w = inner.world();
+async fn state(State(shared): State<Arc<Shared>>) -> Response {
+    let now = shared.clock.now();
+    let mut w = shared.world();
     w.tick(now);
     let caches: Vec<Value> = w
         .caches

@@ -8,8 +8,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Inner;
-use super::http::{Out, Req};
+use super::state::World;
+use super::wire::{Out, Req};
 
 /// Token lifetime in seconds (real time: clients cache tokens by their own clock).
 pub const TOKEN_LIFETIME_SECS: u64 = 3599;
@@ -75,10 +75,11 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
     )
 }
 
-pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
-    let base = inner.base_url.as_str().trim_end_matches('/').to_string();
-    let host = inner.base_url.host_str().unwrap_or("127.0.0.1").to_string();
-    let tenant_of_world = inner.world().tenant_id.clone();
+/// The Entra endpoints; `base_url` is the authority host.
+pub fn handle(tokens: &Tokens, base_url: &url::Url, w: &World, r: &Req, segs: &[String]) -> Out {
+    let base = base_url.as_str().trim_end_matches('/').to_string();
+    let host = base_url.host_str().unwrap_or("127.0.0.1").to_string();
+    let tenant_of_world = w.tenant_id.clone();
     if segs[0].eq_ignore_ascii_case("common") && segs.len() == 3 {
         let tenant_discovery = format!("{base}/{tenant_of_world}/v2.0/.well-known/openid-configuration");
         return Out::json(
@@ -200,10 +201,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
             ),
         );
     }
-    let principal = {
-        let w = inner.world();
-        w.principal_by_client_id(&client_id).cloned()
-    };
+    let principal = w.principal_by_client_id(&client_id).cloned();
     let Some(principal) = principal else {
         return entra_error(
             StatusCode::BAD_REQUEST,
@@ -245,7 +243,7 @@ pub fn handle(inner: &Inner, r: &Req, segs: &[String]) -> Out {
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
         );
     }
-    let token = issue_token(inner, &aud, &tenant_of_world, &principal.object_id, &principal.client_id);
+    let token = tokens.issue(&aud, &tenant_of_world, &principal.object_id, &principal.client_id);
     let mut out = Out::json(
         StatusCode::OK,
         json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME_SECS, "ext_expires_in": TOKEN_LIFETIME_SECS, "access_token": token}),
@@ -314,25 +312,6 @@ pub fn check_assertion(assertion: &str, p: &super::state::Principal) -> Result<(
     }
 }
 
-pub fn issue_token(inner: &Inner, aud: &str, tid: &str, oid: &str, appid: &str) -> String {
-    let now = jsonwebtoken::get_current_timestamp();
-    let claims = Claims {
-        aud: aud.to_string(),
-        iss: format!("https://sts.windows.net/{tid}/"),
-        iat: now,
-        nbf: now.saturating_sub(300),
-        exp: now + TOKEN_LIFETIME_SECS,
-        tid: tid.to_string(),
-        oid: oid.to_string(),
-        sub: oid.to_string(),
-        appid: appid.to_string(),
-        idtyp: "app".into(),
-        ver: "1.0".into(),
-    };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&inner.jwt_key))
-        .unwrap_or_default()
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFail {
     Missing,
@@ -343,39 +322,71 @@ pub enum AuthFail {
     WrongTenant(String),
 }
 
-/// Verify `Authorization: Bearer …` for one of `audiences`.
-pub fn verify_bearer(inner: &Inner, r: &Req, audiences: &[&str]) -> Result<Claims, AuthFail> {
-    let Some(h) = r.header("authorization") else {
-        return Err(AuthFail::Missing);
-    };
-    let Some(tok) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) else {
-        return Err(AuthFail::Malformed);
-    };
-    let mut v = Validation::new(Algorithm::HS256);
-    v.validate_aud = false;
-    v.required_spec_claims.clear();
-    v.validate_exp = true;
-    v.leeway = 0;
-    let data = jsonwebtoken::decode::<Claims>(tok.trim(), &DecodingKey::from_secret(&inner.jwt_key), &v).map_err(
-        |e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFail::Expired,
-            _ => AuthFail::Invalid,
-        },
-    )?;
-    let c = data.claims;
-    if !audiences.contains(&c.aud.as_str()) {
-        return Err(AuthFail::WrongAudience(c.aud));
+/// Signs and checks the access tokens the token endpoint hands out (HS256 with a key made at start).
+pub struct Tokens {
+    key: Vec<u8>,
+}
+
+impl Tokens {
+    /// A fresh random signing key, so tokens of another run are refused.
+    pub fn generate() -> Tokens {
+        let mut key = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+        Tokens { key }
     }
-    let tenant = inner.world().tenant_id.clone();
-    if !c.tid.eq_ignore_ascii_case(&tenant) {
-        return Err(AuthFail::WrongTenant(c.tid));
+
+    pub fn issue(&self, aud: &str, tid: &str, oid: &str, appid: &str) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            aud: aud.to_string(),
+            iss: format!("https://sts.windows.net/{tid}/"),
+            iat: now,
+            nbf: now.saturating_sub(300),
+            exp: now + TOKEN_LIFETIME_SECS,
+            tid: tid.to_string(),
+            oid: oid.to_string(),
+            sub: oid.to_string(),
+            appid: appid.to_string(),
+            idtyp: "app".into(),
+            ver: "1.0".into(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&self.key))
+            .unwrap_or_default()
     }
-    Ok(c)
+
+    /// Verify `Authorization: Bearer …` for one of `audiences`, issued in `tenant`.
+    pub fn verify_bearer(&self, r: &Req, audiences: &[&str], tenant: &str) -> Result<Claims, AuthFail> {
+        let Some(h) = r.header("authorization") else {
+            return Err(AuthFail::Missing);
+        };
+        let Some(tok) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) else {
+            return Err(AuthFail::Malformed);
+        };
+        let mut v = Validation::new(Algorithm::HS256);
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        v.validate_exp = true;
+        v.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(tok.trim(), &DecodingKey::from_secret(&self.key), &v).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFail::Expired,
+                _ => AuthFail::Invalid,
+            },
+        )?;
+        let c = data.claims;
+        if !audiences.contains(&c.aud.as_str()) {
+            return Err(AuthFail::WrongAudience(c.aud));
+        }
+        if !c.tid.eq_ignore_ascii_case(tenant) {
+            return Err(AuthFail::WrongTenant(c.tid));
+        }
+        Ok(c)
+    }
 }
 
 /// ARM's 401 answers.
-pub fn arm_unauthorized(inner: &Inner, f: &AuthFail) -> Out {
-    let authority = inner.base_url.as_str().to_string();
+pub fn arm_unauthorized(authority: &url::Url, f: &AuthFail) -> Out {
+    let authority = authority.as_str().to_string();
     let (code, msg, desc) = match f {
         AuthFail::Missing => (
             "AuthenticationFailed",

@@ -8,13 +8,13 @@ use axum::http::{Method, StatusCode};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use super::arm::{Ctx, Route, method_not_allowed, resource_not_found};
 use super::clock::arm_time;
-use super::http::{Out, Req};
+use super::route::{Ctx, Route};
 use super::state::{
-    Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, Operation, Phase, Principal,
+    Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, Operation, Principal, Stage,
     UPDATE_DURATION, World, new_uuid, parse_key_url, sdur, validate_cmk_key,
 };
+use super::wire::{Out, Req, method_not_allowed, resource_not_found};
 
 /// SKUs and their allowed cache sizes (GB), from the `Skus_List` example.
 pub const SKUS: &[(&str, &[i64])] = &[
@@ -337,7 +337,7 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
     if w.caches.contains_key(&key) {
         return update(ctx, w, &key, spec, true, rg, name);
     }
-    if ctx.inner.cfg.retired {
+    if ctx.retired {
         return Out::arm_error(
             StatusCode::CONFLICT,
             "OperationNotAllowed",
@@ -518,7 +518,7 @@ fn new_operation(
 }
 
 fn lro_headers(ctx: &Ctx, out: Out, sub: &str, location: &str, op: &str) -> Out {
-    let base = ctx.inner.base_url.as_str().trim_end_matches('/');
+    let base = ctx.endpoints.base_url.as_str().trim_end_matches('/');
     let loc = norm_location(location);
     let v = ctx.api_version;
     out.with_header(
@@ -616,7 +616,7 @@ fn update(ctx: &Ctx, w: &mut World, key: &str, spec: Spec, full_put: bool, rg: &
                 Err(o) => return o,
             };
             let key_changed = c.encryption.as_ref().is_none_or(|e| !e.key_url.eq_ignore_ascii_case(&enc.key_url));
-            if key_changed && c.timeline.phase(ctx.now, &w.timing) == Phase::Healthy {
+            if key_changed && c.timeline.stage(ctx.now, &w.timing) == Stage::Healthy {
                 let vault = &w.vaults[&enc.vault_name.to_ascii_lowercase()];
                 let reach = c
                     .identity
@@ -638,7 +638,7 @@ fn update(ctx: &Ctx, w: &mut World, key: &str, spec: Spec, full_put: bool, rg: &
             new_enc = Some(enc);
         }
     }
-    let healthy = c.timeline.phase(ctx.now, &w.timing) == Phase::Healthy;
+    let healthy = c.timeline.stage(ctx.now, &w.timing) == Stage::Healthy;
     {
         let m = w.caches.get_mut(key).expect("exists");
         if let Some(t) = spec.tags.clone() {
@@ -708,7 +708,7 @@ fn asc_operation(ctx: &Ctx, w: &World, r: &Req, sub: &str, location: &str, op_id
             "InProgress" => Out::empty(StatusCode::ACCEPTED)
                 .with_header(
                     "location",
-                    format!("{}{}", ctx.inner.base_url.as_str().trim_end_matches('/'), r_path_query(r)),
+                    format!("{}{}", ctx.endpoints.base_url.as_str().trim_end_matches('/'), r_path_query(r)),
                 )
                 .with_header("retry-after", RETRY_AFTER_SECS.to_string()),
             "Succeeded" => match (op.kind, w.caches.get(&op.cache_key)) {

@@ -6,8 +6,7 @@ use axum::http::StatusCode;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-use super::Inner;
-use super::http::{Out, Req};
+use super::wire::{Out, Req};
 
 /// One rule (admin `POST /faults`). `route` matches `"METHOD /path"` as a substring or, when it compiles, a regex.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,10 +62,9 @@ pub enum Action {
     Respond(Out),
 }
 
-/// What the fault rules say about this request (first firing rule wins).
-pub fn check(inner: &Inner, r: &Req) -> Action {
+/// What the fault rules say about this request (first firing rule wins; it uses up one of its `count`).
+pub fn check(rules: &mut [FaultRule], r: &Req) -> Action {
     let target = format!("{} {}", r.method, r.path);
-    let mut rules = inner.faults.lock().unwrap_or_else(|e| e.into_inner());
     let mut fired = None;
     for rule in rules.iter_mut() {
         if rule.count == Some(0) || !rule.matches(&target) {

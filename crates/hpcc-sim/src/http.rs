@@ -1,94 +1,28 @@
-//! Request/response plumbing shared by the Entra, ARM and Key Vault fronts: parsing, common headers, the
-//! request log, fault injection hook and ARM token buckets.
+//! The main listener: turns each HTTP request into a [`Req`], applies fault injection, dispatches it to the Entra,
+//! Key Vault or ARM front, logs it and writes the answer with the headers Azure always sends.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use serde_json::Value;
 
-use super::{Inner, RequestRecord, arm, auth, faults, keys};
+use super::arm;
+use super::auth;
+use super::clock::http_date;
+use super::faults;
+use super::keys;
+use super::request_log::RequestRecord;
+use super::server::Shared;
+use super::wire::{Out, Req};
 
-/// A parsed incoming request.
-#[derive(Debug, Clone)]
-pub struct Req {
-    pub method: Method,
-    /// Host without port, lower-case.
-    pub host: String,
-    pub host_port: String,
-    pub path: String,
-    pub query: String,
-    pub params: Vec<(String, String)>,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new().fallback(handle).with_state(shared)
 }
 
-impl Req {
-    /// Query parameter by case-insensitive name.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    /// Path segments without empty ones (ARM ignores a trailing slash).
-    pub fn segments(&self) -> Vec<String> {
-        self.path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
-    }
-    pub fn json(&self) -> Result<Value, String> {
-        if self.body.is_empty() {
-            return Err("The request content was invalid and could not be deserialized: 'empty body'.".into());
-        }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| format!("The request content was invalid and could not be deserialized: '{e}'."))
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
-}
-
-/// A handler's answer, turned into an HTTP response by [`finish`].
-#[derive(Debug, Clone)]
-pub struct Out {
-    pub status: StatusCode,
-    pub headers: Vec<(String, String)>,
-    pub body: Option<Value>,
-    pub principal: Option<String>,
-    /// Reset the connection instead of answering (fault injection).
-    pub drop: bool,
-}
-
-impl Out {
-    pub fn json(status: StatusCode, body: Value) -> Out {
-        Out { status, headers: vec![], body: Some(body), principal: None, drop: false }
-    }
-    pub fn empty(status: StatusCode) -> Out {
-        Out { status, headers: vec![], body: None, principal: None, drop: false }
-    }
-    pub fn with_header(mut self, k: &str, v: impl Into<String>) -> Out {
-        self.headers.push((k.to_string(), v.into()));
-        self
-    }
-    /// ARM / CloudError body `{"error": {"code", "message"}}`.
-    pub fn arm_error(status: StatusCode, code: &str, message: impl Into<String>) -> Out {
-        Out::json(status, serde_json::json!({"error": {"code": code, "message": message.into()}}))
-    }
-}
-
-pub fn router(inner: Arc<Inner>) -> Router {
-    Router::new().fallback(handle).with_state(inner)
-}
-
-async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 8 * 1024 * 1024).await.unwrap_or_default();
     let host_port = parts
@@ -112,17 +46,18 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         headers: parts.headers,
         body,
     };
-    let arrived = inner.clock.now();
-    let out = match faults::check(&inner, &r) {
+    let arrived = shared.clock.now();
+    let fault = faults::check(&mut shared.faults.lock().unwrap_or_else(|e| e.into_inner()), &r);
+    let out = match fault {
         faults::Action::Respond(o) => o,
         faults::Action::Delay(d) => {
             tokio::time::sleep(d).await;
-            dispatch(&inner, &r)
+            dispatch(&shared, &r)
         }
-        faults::Action::None => dispatch(&inner, &r),
+        faults::Action::None => dispatch(&shared, &r),
     };
     {
-        let mut log = inner.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = shared.log.lock().unwrap_or_else(|e| e.into_inner());
         log.push(RequestRecord {
             time: arrived,
             method: r.method.to_string(),
@@ -133,7 +68,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             principal: out.principal.clone(),
         });
     }
-    finish(&inner, out)
+    finish(&shared, out)
 }
 
 fn strip_port(h: &str) -> &str {
@@ -143,18 +78,19 @@ fn strip_port(h: &str) -> &str {
     h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
 }
 
-fn dispatch(inner: &Inner, r: &Req) -> Out {
+fn dispatch(shared: &Shared, r: &Req) -> Out {
     if let Some(vault) = keys::vault_from_host(&r.host) {
-        return keys::handle(inner, r, &vault);
+        return keys::handle(&shared.tokens, &shared.endpoints, &shared.world(), r, &vault);
     }
     let segs = r.segments();
     if auth::is_entra_path(&segs) {
-        return auth::handle(inner, r, &segs);
+        return auth::handle(&shared.tokens, &shared.endpoints.base_url, &shared.world(), r, &segs);
     }
-    arm::handle(inner, r, &segs)
+    arm::handle(shared, r, &segs)
 }
 
-pub fn finish(inner: &Inner, out: Out) -> Response {
+/// The HTTP response for `out`, with the headers every Azure front sends.
+pub fn finish(shared: &Shared, out: Out) -> Response {
     if out.drop {
         // Send the status line, then fail the body: the client sees the connection die mid-response.
         let stream = futures::stream::once(async {
@@ -175,7 +111,7 @@ pub fn finish(inner: &Inner, out: Out) -> Response {
     }
     let rid = uuid::Uuid::new_v4().to_string();
     for (k, v) in [
-        ("date", super::clock::http_date(inner.clock.now())),
+        ("date", http_date(shared.clock.now())),
         ("x-ms-request-id", rid.clone()),
         ("x-ms-correlation-request-id", rid),
     ] {
@@ -191,76 +127,9 @@ pub fn finish(inner: &Inner, out: Out) -> Response {
     resp
 }
 
-/// ARM operation classes for throttling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OpClass {
-    Reads,
-    Writes,
-    Deletes,
-}
-
-impl OpClass {
-    pub fn of(m: &Method) -> OpClass {
-        match *m {
-            Method::GET | Method::HEAD => OpClass::Reads,
-            Method::DELETE => OpClass::Deletes,
-            _ => OpClass::Writes,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            OpClass::Reads => "reads",
-            OpClass::Writes => "writes",
-            OpClass::Deletes => "deletes",
-        }
-    }
-    /// (bucket size, refill per second): ARM's regional token bucket limits per subscription and principal.
-    pub fn limits(self) -> (f64, f64) {
-        match self {
-            OpClass::Reads => (250.0, 25.0),
-            OpClass::Writes => (200.0, 10.0),
-            OpClass::Deletes => (200.0, 10.0),
-        }
-    }
-}
-
-/// Token buckets per (subscription, principal, class). Refilled in real time (clients wait in real time).
-#[derive(Debug, Default)]
-pub struct Buckets {
-    b: HashMap<(String, String, OpClass), (f64, Instant)>,
-}
-
-impl Buckets {
-    /// Take one token: `Ok(remaining)` or `Err(retry_after_seconds)`.
-    pub fn take(&mut self, sub: &str, principal: &str, class: OpClass) -> Result<u64, u64> {
-        let (cap, rate) = class.limits();
-        let now = Instant::now();
-        let e = self.b.entry((sub.to_ascii_lowercase(), principal.to_ascii_lowercase(), class)).or_insert((cap, now));
-        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * rate).min(cap);
-        e.1 = now;
-        if e.0 >= 1.0 {
-            e.0 -= 1.0;
-            Ok(e.0.floor() as u64)
-        } else {
-            Err(((1.0 - e.0) / rate).ceil().max(1.0) as u64)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_run_dry() {
-        let mut b = Buckets::default();
-        for i in 0..200 {
-            assert_eq!(b.take("s", "p", OpClass::Writes), Ok(199 - i));
-        }
-        assert!(b.take("s", "p", OpClass::Writes).is_err());
-        assert!(b.take("s", "other", OpClass::Writes).is_ok(), "per principal");
-        assert!(b.take("s", "p", OpClass::Reads).is_ok(), "per class");
-    }
 
     #[test]
     fn ports_stripped() {

@@ -3,10 +3,10 @@
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::Inner;
-use super::auth::{self, AuthFail, VAULT_AUDIENCES};
-use super::http::{Out, Req};
-use super::state::{Key, KeyVersion, Vault};
+use super::auth::{AuthFail, Tokens, VAULT_AUDIENCES};
+use super::endpoints::Endpoints;
+use super::state::{Key, KeyVersion, Vault, World};
+use super::wire::{Out, Req};
 
 pub const KEYVAULT_API_VERSIONS: &[&str] = &["7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"];
 pub const HOST_SUFFIX: &str = ".vault.localhost";
@@ -25,16 +25,19 @@ fn kv_error(status: StatusCode, code: &str, message: impl Into<String>, inner: O
     Out::json(status, e)
 }
 
-fn challenge(inner: &Inner, out: Out) -> Out {
-    let tenant = inner.world().tenant_id.clone();
+fn challenge(endpoints: &Endpoints, tenant: &str, out: Out) -> Out {
     out.with_header(
         "www-authenticate",
-        format!("Bearer authorization=\"{}{tenant}\", resource=\"https://vault.azure.net\"", inner.base_url.as_str()),
+        format!(
+            "Bearer authorization=\"{}{tenant}\", resource=\"https://vault.azure.net\"",
+            endpoints.base_url.as_str()
+        ),
     )
 }
 
-pub fn handle(inner: &Inner, r: &Req, vault_name: &str) -> Out {
-    let claims = match auth::verify_bearer(inner, r, VAULT_AUDIENCES) {
+/// The data plane of `vault_name`, as the caller `r` sees it.
+pub fn handle(tokens: &Tokens, endpoints: &Endpoints, w: &World, r: &Req, vault_name: &str) -> Out {
+    let claims = match tokens.verify_bearer(r, VAULT_AUDIENCES, &w.tenant_id) {
         Ok(c) => c,
         Err(f) => {
             let msg = match f {
@@ -50,15 +53,15 @@ pub fn handle(inner: &Inner, r: &Req, vault_name: &str) -> Out {
                 ),
                 AuthFail::Invalid => "AKV10002: Invalid token.".to_string(),
             };
-            return challenge(inner, kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", msg, None));
+            return challenge(endpoints, &w.tenant_id, kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", msg, None));
         }
     };
-    let mut out = handle_authenticated(inner, r, vault_name, &claims.oid);
+    let mut out = handle_authenticated(endpoints, w, r, vault_name, &claims.oid);
     out.principal = Some(claims.oid);
     out.with_header("x-ms-keyvault-service-version", "1.9.0.0").with_header("x-ms-keyvault-region", "simulated")
 }
 
-fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> Out {
+fn handle_authenticated(endpoints: &Endpoints, w: &World, r: &Req, vault_name: &str, oid: &str) -> Out {
     match r.param("api-version") {
         Some(v) if KEYVAULT_API_VERSIONS.contains(&v) => {}
         Some(v) => {
@@ -89,8 +92,6 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
             None,
         );
     }
-    let now = inner.clock.now();
-    let w = inner.world();
     let Some(vault) = w.vaults.get(&vault_name.to_ascii_lowercase()) else {
         return kv_error(
             StatusCode::NOT_FOUND,
@@ -102,8 +103,7 @@ fn handle_authenticated(inner: &Inner, r: &Req, vault_name: &str, oid: &str) -> 
     if !vault.tenant_id.eq_ignore_ascii_case(&w.tenant_id) {
         return kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10032: Invalid issuer.", None);
     }
-    let _ = now;
-    let base = inner.vault_uri(&vault.name).to_string();
+    let base = endpoints.vault_uri(&vault.name).to_string();
     // /keys/{name}, /keys/{name}/, /keys/{name}/{version}, /keys/{name}/versions
     let segs: Vec<&str> = r.path.split('/').filter(|s| !s.is_empty()).collect();
     let (name, rest) = match segs.as_slice() {

@@ -2,23 +2,40 @@
 //! (`Microsoft.StorageCache/caches`, `Microsoft.KeyVault/vaults`, role assignments, user-assigned identities) and
 //! the Key Vault keys data plane, with a simulated clock, fault injection, throttling and a request log.
 //!
-//! See `docs/simulator.md`. Layout: [`clock`] (time), [`seed`] (initial world), [`state`] (the world and its
-//! pure rules), `http` (request/response plumbing shared by the fronts), `auth` (Entra + tokens), `arm`
-//! (ARM routing and conventions), `caches`, `vaults` (vaults, role assignments, identities), `keys` (data
-//! plane), `faults`, `admin`, `tls`.
+//! See `docs/simulator.md`. Layout, from the bottom up; a module names only modules listed before it (no import
+//! circles, checked by the workspace test `module_graph`):
+//! - leaves: [`clock`] (simulated time), [`seed`] (the initial world), `config` ([`SimConfig`]), `request_log`
+//!   ([`RequestRecord`]), `endpoints` (the simulator's URLs), `wire` (the request/response types every front
+//!   shares, ARM's common errors), `tls` (the test CA);
+//! - [`state`] (the world and its pure rules);
+//! - `throttle` (ARM token buckets), `faults` (fault rules), `route` (which ARM resource a path names, and the
+//!   context its handler gets), `auth` (Entra, issuing and checking tokens);
+//! - the resource handlers, each given only what it reads: `caches`, `vaults` (vaults, role assignments,
+//!   identities), `keys` (Key Vault data plane);
+//! - `server` (what the listeners share);
+//! - the fronts: `arm` (bearer, throttling, authorization, then the ARM handlers), `http` (the main listener:
+//!   faults, dispatch, request log), `admin` (the admin listener);
+//! - this root: [`Simulator`], [`run_cli`].
 
 mod admin;
 mod arm;
 mod auth;
 mod caches;
 pub mod clock;
+mod config;
+mod endpoints;
 mod faults;
 mod http;
 mod keys;
+mod request_log;
+mod route;
 pub mod seed;
+mod server;
 pub mod state;
+mod throttle;
 mod tls;
 mod vaults;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,97 +43,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde::Serialize;
 
+pub use config::SimConfig;
+pub use request_log::RequestRecord;
 pub use seed::Seed;
 
+use auth::Tokens;
 use clock::SimClock;
-use state::{Timing, World};
-
-/// How the simulator runs. All durations are simulated time.
-#[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// ARM + Entra + Key Vault listener (must be loopback). Default `127.0.0.1:0`.
-    pub listen: SocketAddr,
-    /// Plain-HTTP admin API listener (must be loopback). Default `127.0.0.1:0`.
-    pub admin_listen: SocketAddr,
-    /// Simulated seconds per real second. Default 1.0.
-    pub speed: f64,
-    pub seed: Option<Seed>,
-    /// Time a CMK cache may wait for key access before it fails. Default 90 min.
-    pub authorization_window: Duration,
-    /// From "the cache identity can reach the key" to `Healthy`/`Succeeded`. Default 5 min.
-    pub key_ready_delay: Duration,
-    /// Creation time when key access exists from the start (or without CMK). Default 10 min.
-    pub create_delay: Duration,
-    /// Product-retirement mode: creating a cache answers 409 `OperationNotAllowed`.
-    pub retired: bool,
-    /// Enforce ARM token buckets (subscription reads 250/25 per s, writes 200/10, deletes 200/10).
-    pub throttling: bool,
-    /// Serve ARM/Entra/Key Vault over plain HTTP instead of HTTPS.
-    pub plain_http: bool,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            speed: 1.0,
-            seed: None,
-            authorization_window: Duration::from_secs(90 * 60),
-            key_ready_delay: Duration::from_secs(5 * 60),
-            create_delay: Duration::from_secs(10 * 60),
-            retired: false,
-            throttling: false,
-            plain_http: false,
-        }
-    }
-}
-
-/// One entry of the request log.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct RequestRecord {
-    /// Simulated time the request arrived.
-    pub time: jiff::Timestamp,
-    pub method: String,
-    /// Host the request was sent to (`127.0.0.1:PORT` or `{vault}.vault.localhost:PORT`).
-    pub host: String,
-    pub path: String,
-    pub query: String,
-    pub status: u16,
-    /// Object id of the caller, when it presented a valid token.
-    pub principal: Option<String>,
-}
-
-pub(crate) struct Inner {
-    pub cfg: SimConfig,
-    pub clock: SimClock,
-    pub world: Mutex<World>,
-    pub log: Mutex<Vec<RequestRecord>>,
-    pub faults: Mutex<Vec<faults::FaultRule>>,
-    pub buckets: Mutex<http::Buckets>,
-    pub jwt_key: Vec<u8>,
-    pub base_url: url::Url,
-    pub admin_url: url::Url,
-    pub ca_pem: String,
-    pub port: u16,
-}
-
-impl Inner {
-    pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    pub fn vault_uri(&self, name: &str) -> url::Url {
-        let scheme = if self.cfg.plain_http { "http" } else { "https" };
-        url::Url::parse(&format!("{scheme}://{}.vault.localhost:{}/", name.to_ascii_lowercase(), self.port))
-            .expect("valid vault url")
-    }
-}
+use endpoints::Endpoints;
+use server::Shared;
+use state::{Delays, World};
+use throttle::Buckets;
 
 /// A running simulator. Dropping it (or [`Simulator::shutdown`]) stops its listeners.
 pub struct Simulator {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     handles: Vec<axum_server::Handle<SocketAddr>>,
     ca_file: Option<PathBuf>,
 }
@@ -133,16 +74,14 @@ impl Simulator {
             std::net::TcpListener::bind(cfg.admin_listen).with_context(|| format!("binding {}", cfg.admin_listen))?;
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let scheme = if cfg.plain_http { "http" } else { "https" };
-        let base_url = url::Url::parse(&format!("{scheme}://{addr}/"))?;
-        let admin_url = url::Url::parse(&format!("http://{admin_addr}/"))?;
+        let endpoints = Endpoints::new(addr, admin_addr, cfg.plain_http)?;
 
         let tls = if cfg.plain_http { None } else { Some(tls::generate(addr)?) };
         let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone()).unwrap_or_default();
 
         let now = jiff::Timestamp::now();
         let clock = SimClock::new(now, cfg.speed);
-        let mut world = World::new(Timing {
+        let mut world = World::new(Delays {
             authorization_window: cfg.authorization_window,
             key_ready_delay: cfg.key_ready_delay,
             create_delay: cfg.create_delay,
@@ -152,35 +91,30 @@ impl Simulator {
         }
         world.ensure_operator();
 
-        let mut jwt_key = vec![0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut jwt_key);
-
-        let inner = Arc::new(Inner {
+        let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             clock,
             world: Mutex::new(world),
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
-            buckets: Mutex::new(http::Buckets::default()),
-            jwt_key,
-            base_url,
-            admin_url,
+            buckets: Mutex::new(Buckets::default()),
+            tokens: Tokens::generate(),
+            endpoints,
             ca_pem,
-            port: addr.port(),
         });
 
-        let ca_file = if inner.ca_pem.is_empty() {
+        let ca_file = if shared.ca_pem.is_empty() {
             None
         } else {
             let dir = std::env::temp_dir().join(format!("hpcc-sim-{}-{}", std::process::id(), addr.port()));
             std::fs::create_dir_all(&dir)?;
             let f = dir.join("ca.pem");
-            std::fs::write(&f, &inner.ca_pem)?;
+            std::fs::write(&f, &shared.ca_pem)?;
             Some(f)
         };
 
         let main_handle = axum_server::Handle::new();
-        let app = http::router(inner.clone());
+        let app = http::router(shared.clone());
         match tls {
             Some(t) => {
                 let server = axum_server::from_tcp_rustls(listener, t.rustls_config)?.handle(main_handle.clone());
@@ -200,39 +134,39 @@ impl Simulator {
             }
         }
         let admin_handle = axum_server::Handle::new();
-        let admin_app = admin::router(inner.clone());
+        let admin_app = admin::router(shared.clone());
         let admin_server = axum_server::from_tcp(admin_listener)?.handle(admin_handle.clone());
         tokio::spawn(async move {
             if let Err(e) = admin_server.serve(admin_app.into_make_service()).await {
                 tracing::error!("simulator admin listener stopped: {e}");
             }
         });
-        Ok(Simulator { inner, handles: vec![main_handle, admin_handle], ca_file })
+        Ok(Simulator { shared, handles: vec![main_handle, admin_handle], ca_file })
     }
 
     /// `https://127.0.0.1:PORT/`: the ARM endpoint and the Entra authority host.
     pub fn base_url(&self) -> url::Url {
-        self.inner.base_url.clone()
+        self.shared.endpoints.base_url.clone()
     }
 
     /// `http://127.0.0.1:ADMINPORT/`
     pub fn admin_url(&self) -> url::Url {
-        self.inner.admin_url.clone()
+        self.shared.endpoints.admin_url.clone()
     }
 
     /// PEM of the generated test CA; empty with `plain_http`.
     pub fn ca_pem(&self) -> &str {
-        &self.inner.ca_pem
+        &self.shared.ca_pem
     }
 
     /// `https://{vault}.vault.localhost:PORT/` (routed by the Host header; resolve it to 127.0.0.1).
     pub fn vault_uri(&self, vault_name: &str) -> url::Url {
-        self.inner.vault_uri(vault_name)
+        self.shared.endpoints.vault_uri(vault_name)
     }
 
     /// Tenant of the simulated world.
     pub fn tenant_id(&self) -> String {
-        self.inner.world().tenant_id.clone()
+        self.shared.world().tenant_id.clone()
     }
 
     /// The env-file pairs (see `docs/simulator.md`).
@@ -241,7 +175,7 @@ impl Simulator {
     }
 
     fn env_with_ca(&self, ca: Option<&Path>) -> Vec<(String, String)> {
-        let w = self.inner.world();
+        let w = self.shared.world();
         let op = w.operator().cloned();
         let mut v = vec![
             ("AZURE_TENANT_ID".to_string(), w.tenant_id.clone()),
@@ -267,11 +201,11 @@ impl Simulator {
         };
         let dir = std::fs::canonicalize(&dir).with_context(|| format!("env file directory {}", dir.display()))?;
         let fname = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "sim.env".into());
-        let ca = if self.inner.ca_pem.is_empty() {
+        let ca = if self.shared.ca_pem.is_empty() {
             None
         } else {
             let ca = dir.join(format!("{fname}.ca.pem"));
-            std::fs::write(&ca, &self.inner.ca_pem).with_context(|| format!("writing {}", ca.display()))?;
+            std::fs::write(&ca, &self.shared.ca_pem).with_context(|| format!("writing {}", ca.display()))?;
             Some(ca)
         };
         let mut out = String::from("# written by `hpc-cache-operator simulate`\n");
@@ -284,23 +218,23 @@ impl Simulator {
 
     /// The request log.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.inner.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Jump the simulated clock ahead.
     pub fn advance(&self, d: Duration) {
-        self.inner.clock.advance(d);
+        self.shared.clock.advance(d);
     }
 
     /// Simulated now.
     pub fn now(&self) -> jiff::Timestamp {
-        self.inner.clock.now()
+        self.shared.clock.now()
     }
 
     /// Merge a seed into the running world.
     pub fn seed(&self, seed: &Seed) -> anyhow::Result<()> {
         let now = self.now();
-        let mut w = self.inner.world();
+        let mut w = self.shared.world();
         w.apply_seed(seed, now).map_err(|e| anyhow::anyhow!(e))?;
         w.tick(now);
         Ok(())
@@ -309,7 +243,7 @@ impl Simulator {
     /// Grant `principal_id` CMK access to a vault, as a person would in the portal.
     pub fn grant(&self, vault: &str, principal_id: &str) -> anyhow::Result<String> {
         let now = self.now();
-        let mut w = self.inner.world();
+        let mut w = self.shared.world();
         w.tick(now);
         let r = w.grant(vault, principal_id, now, "admin").map_err(|e| anyhow::anyhow!(e))?;
         w.tick(now);

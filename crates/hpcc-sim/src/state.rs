@@ -298,7 +298,7 @@ impl CacheIdentity {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Phase {
+pub enum Stage {
     /// Waiting for the identity to get key access (CMK only).
     WaitingForKey,
     /// Being built; health `Transitioning`.
@@ -320,9 +320,9 @@ pub struct CacheTimeline {
     pub deleting_until: Option<Timestamp>,
 }
 
-/// Simulation timing knobs (from [`super::SimConfig`]).
+/// How long the simulated cache takes for each step, in simulated time (from `SimConfig`).
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Timing {
+pub struct Delays {
     pub authorization_window: Duration,
     pub key_ready_delay: Duration,
     pub create_delay: Duration,
@@ -330,7 +330,7 @@ pub struct Timing {
 
 impl CacheTimeline {
     /// When creation completes, if it can.
-    pub fn ready_at(&self, t: &Timing) -> Option<Timestamp> {
+    pub fn ready_at(&self, t: &Delays) -> Option<Timestamp> {
         if self.failed_at.is_some() {
             return None;
         }
@@ -345,20 +345,20 @@ impl CacheTimeline {
         }
     }
 
-    pub fn phase(&self, now: Timestamp, t: &Timing) -> Phase {
+    pub fn stage(&self, now: Timestamp, t: &Delays) -> Stage {
         if self.failed_at.is_some_and(|f| f <= now) {
-            return Phase::Failed;
+            return Stage::Failed;
         }
         match self.ready_at(t) {
-            Some(r) if r <= now => Phase::Healthy,
-            Some(_) => Phase::Transitioning,
-            None => Phase::WaitingForKey,
+            Some(r) if r <= now => Stage::Healthy,
+            Some(_) => Stage::Transitioning,
+            None => Stage::WaitingForKey,
         }
     }
 
     /// Record the effect of the clock reaching `now` given whether the identity can reach the key now.
     /// Call at every request (before and after any mutation) so that `access_at` is the instant access appeared.
-    pub fn observe(&mut self, now: Timestamp, has_access: bool, t: &Timing) {
+    pub fn observe(&mut self, now: Timestamp, has_access: bool, t: &Delays) {
         if !self.cmk || self.access_at.is_some() || self.failed_at.is_some() {
             return;
         }
@@ -371,23 +371,23 @@ impl CacheTimeline {
     }
 
     /// `(provisioningState, health.state, statusDescription)` at `now`.
-    pub fn status(&self, now: Timestamp, t: &Timing) -> (&'static str, &'static str, &'static str) {
+    pub fn status(&self, now: Timestamp, t: &Delays) -> (&'static str, &'static str, &'static str) {
         if self.deleting_until.is_some() {
             return ("Deleting", "Transitioning", "Cache is being deleted.");
         }
-        match self.phase(now, t) {
-            Phase::Failed => (
+        match self.stage(now, t) {
+            Stage::Failed => (
                 "Failed",
                 "Down",
                 "The cache identity was not given access to the encryption key within the authorization window; the cache must be re-created.",
             ),
-            Phase::WaitingForKey => (
+            Stage::WaitingForKey => (
                 "Creating",
                 "WaitingForKey",
                 "Waiting for the cache identity to be given access to the encryption key.",
             ),
-            Phase::Transitioning => ("Creating", "Transitioning", "Cache is being created."),
-            Phase::Healthy => {
+            Stage::Transitioning => ("Creating", "Transitioning", "Cache is being created."),
+            Stage::Healthy => {
                 if self.updating_until.is_some_and(|u| now < u) {
                     ("Updating", "Healthy", "Cache is healthy.")
                 } else {
@@ -477,11 +477,11 @@ pub struct World {
     pub operations: BTreeMap<String, Operation>,
     /// Role definition GUIDs known besides [`KNOWN_ROLES`] (lower-case).
     pub extra_roles: BTreeSet<String>,
-    pub timing: Timing,
+    pub timing: Delays,
 }
 
 impl World {
-    pub fn new(timing: Timing) -> World {
+    pub fn new(timing: Delays) -> World {
         let mut w = World {
             tenant_id: DEFAULT_TENANT.to_string(),
             operator_object_id: String::new(),
@@ -831,12 +831,12 @@ impl World {
                         op.end_time = Some(now);
                         op.error = Some(("Canceled".into(), "The cache was deleted before creation completed.".into()));
                     }
-                    Some(c) => match c.timeline.phase(now, &timing) {
-                        Phase::Healthy => {
+                    Some(c) => match c.timeline.stage(now, &timing) {
+                        Stage::Healthy => {
                             op.status = "Succeeded".into();
                             op.end_time = c.timeline.ready_at(&timing);
                         }
-                        Phase::Failed => {
+                        Stage::Failed => {
                             op.status = "Failed".into();
                             op.end_time = c.timeline.failed_at;
                             op.error = Some((
@@ -963,8 +963,8 @@ mod tests {
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
-    fn timing() -> Timing {
-        Timing {
+    fn timing() -> Delays {
+        Delays {
             authorization_window: Duration::from_secs(90 * 60),
             key_ready_delay: Duration::from_secs(5 * 60),
             create_delay: Duration::from_secs(10 * 60),
@@ -1010,10 +1010,10 @@ mod tests {
         let t = timing();
         let mut c = tl(true);
         c.observe(c.created_at, true, &t);
-        assert_eq!(c.phase(ts("2025-01-01T00:09:59Z"), &t), Phase::Transitioning);
-        assert_eq!(c.phase(ts("2025-01-01T00:10:00Z"), &t), Phase::Healthy);
+        assert_eq!(c.stage(ts("2025-01-01T00:09:59Z"), &t), Stage::Transitioning);
+        assert_eq!(c.stage(ts("2025-01-01T00:10:00Z"), &t), Stage::Healthy);
         let p = tl(false);
-        assert_eq!(p.phase(ts("2025-01-01T00:10:00Z"), &t), Phase::Healthy);
+        assert_eq!(p.stage(ts("2025-01-01T00:10:00Z"), &t), Stage::Healthy);
     }
 
     fn kv(kty: &str, size: u32) -> KeyVersion {

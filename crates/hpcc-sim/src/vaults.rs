@@ -4,10 +4,10 @@
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::arm::{Ctx, Route, method_not_allowed, resource_not_found};
 use super::clock::arm_time;
-use super::http::{Out, Req};
+use super::route::{Ctx, Route};
 use super::state::{AccessPolicy, Permissions, RoleAssignment, Vault, World, scope_covers};
+use super::wire::{Out, Req, method_not_allowed, resource_not_found};
 
 pub const PURGE_PROTECTION_FALSE: &str = "The property \"enablePurgeProtection\" cannot be set to false. Enabling the purge protection for a vault is an irreversible action.";
 pub const SOFT_DELETE_FALSE: &str = "The property \"enableSoftDelete\" cannot be set to false. Enabling the soft delete for a vault is an irreversible action.";
@@ -165,7 +165,7 @@ pub fn vault_json(ctx: &Ctx, v: &Vault) -> Value {
         "enableSoftDelete": v.enable_soft_delete,
         "softDeleteRetentionInDays": v.soft_delete_retention_in_days,
         "enableRbacAuthorization": v.enable_rbac_authorization,
-        "vaultUri": ctx.inner.vault_uri(&v.name).to_string(),
+        "vaultUri": ctx.endpoints.vault_uri(&v.name).to_string(),
         "provisioningState": "Succeeded",
         "publicNetworkAccess": v.public_network_access,
     });

@@ -1,0 +1,73 @@
+//! ARM throttling: token buckets per subscription, principal and operation class, and the 429 they answer with.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+
+use super::wire::{OpClass, Out};
+
+impl OpClass {
+    /// (bucket size, refill per second): ARM's regional token bucket limits per subscription and principal.
+    pub fn limits(self) -> (f64, f64) {
+        match self {
+            OpClass::Reads => (250.0, 25.0),
+            OpClass::Writes => (200.0, 10.0),
+            OpClass::Deletes => (200.0, 10.0),
+        }
+    }
+}
+
+/// Token buckets per (subscription, principal, class). Refilled in real time (clients wait in real time).
+#[derive(Debug, Default)]
+pub struct Buckets {
+    b: HashMap<(String, String, OpClass), (f64, Instant)>,
+}
+
+impl Buckets {
+    /// Take one token: `Ok(remaining)` or `Err(retry_after_seconds)`.
+    pub fn take(&mut self, sub: &str, principal: &str, class: OpClass) -> Result<u64, u64> {
+        let (cap, rate) = class.limits();
+        let now = Instant::now();
+        let e = self.b.entry((sub.to_ascii_lowercase(), principal.to_ascii_lowercase(), class)).or_insert((cap, now));
+        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * rate).min(cap);
+        e.1 = now;
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            Ok(e.0.floor() as u64)
+        } else {
+            Err(((1.0 - e.0) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// ARM's 429 when a bucket is empty.
+pub fn throttled(sub: &str, principal: &str, class: OpClass, retry: u64) -> Out {
+    let verb = match class {
+        OpClass::Reads => "read",
+        OpClass::Writes => "write",
+        OpClass::Deletes => "delete",
+    };
+    Out::arm_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "SubscriptionRequestsThrottled",
+        format!("Number of '{verb}' requests for subscription '{sub}' actor '{principal}' exceeded. Please try again after '{retry}' seconds after the first request. The results will be cached for a while."),
+    )
+    .with_header("retry-after", retry.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_run_dry() {
+        let mut b = Buckets::default();
+        for i in 0..200 {
+            assert_eq!(b.take("s", "p", OpClass::Writes), Ok(199 - i));
+        }
+        assert!(b.take("s", "p", OpClass::Writes).is_err());
+        assert!(b.take("s", "other", OpClass::Writes).is_ok(), "per principal");
+        assert!(b.take("s", "p", OpClass::Reads).is_ok(), "per class");
+    }
+}

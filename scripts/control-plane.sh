@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts and stops a local Kubernetes control plane (etcd + kube-apiserver) on loopback ports.
-# This is the ONE place that knows the flags: `make dev-cluster` and the Rust test harness (tests/support) both use it.
+# This is the ONE place that knows the flags: `make dev-cluster` and the Rust test harness (crates/hpcc-test-support) both use it.
 #
 #   scripts/control-plane.sh start DIR   # start in DIR (created); prints DIR/kubeconfig when /readyz answers ok
 #   scripts/control-plane.sh stop DIR    # stop what `start DIR` started

@@ -303,3 +303,49 @@ async fn report_unobservable(
     publish::events(&ctx.recorder, obj, &failed).await;
     e.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hpcc_api::v1alpha1::{GrantKind, GrantRecord};
+
+    #[test]
+    fn a_revoke_refused_with_key_vault_conflict_error_is_kept_and_retried() {
+        // Key Vault's answer when two writes to one vault overlap (Azure/AzureKeyVault#6): the revoke did not
+        // happen and must be sent again, never forgotten (which would leak the access).
+        let conflict = AzureError::Api {
+            status: 409,
+            code: "ConflictError".into(),
+            message: "the Key Vault changed from the point the operation began".into(),
+            retry_after: None,
+        };
+        let grant = GrantRecord {
+            vault_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv".into(),
+            principal_id: "p".into(),
+            tenant_id: None,
+            kind: GrantKind::AccessPolicy,
+            system_assigned: true,
+            made: true,
+        };
+        let status = HpcCacheStatus { grants: vec![grant.clone()], ..Default::default() };
+        let failed = hpcc_core::action_failed(
+            &status,
+            Some(1),
+            &Action::RevokeGrant(grant),
+            &action_error(&conflict),
+            Timestamp::UNIX_EPOCH,
+            Timing::default(),
+        );
+        assert_eq!(failed.status.grants, status.grants, "the grant is still recorded, so it is revoked later");
+        assert!(!failed.events.iter().any(|e| e.reason == "GrantNotRevoked"));
+        let reconciling = failed.status.conditions.iter().find(|c| c.type_ == "Reconciling").unwrap();
+        assert_eq!((reconciling.status.as_str(), reconciling.reason.as_str()), ("True", "AzureRetrying"));
+        assert_eq!(failed.requeue_after, Timing::default().poll);
+    }
+
+    #[test]
+    fn spec_input_errors_are_not_retried() {
+        let e = AzureError::Input("keyVaultId: not an ARM id".into());
+        assert!(!action_error(&e).retryable);
+    }
+}

@@ -18,11 +18,16 @@ use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderValue};
 use url::Url;
 
-use super::CallObserver;
 use super::challenge::Challenge;
 use super::config::{AzureConfig, CredentialChoice};
 use super::error::AzureError;
 use super::ratelimit::{Access, SubscriptionLimiter};
+
+/// Receives one call per HTTP attempt (and per token request), e.g. for Prometheus metrics.
+pub trait CallObserver: Send + Sync {
+    /// `operation` like `caches.get`, `vaults.patch`, `keys.get`, `token`; `status` is `None` for transport errors.
+    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+}
 
 /// Longest single backoff step when the server gives no `Retry-After`.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -36,7 +41,7 @@ pub(crate) enum Auth {
     None,
 }
 
-pub(crate) struct Req {
+pub(crate) struct Call {
     pub op: &'static str,
     pub method: Method,
     pub url: Url,
@@ -313,7 +318,7 @@ impl Inner {
 
     /// Send with rate limiting, retries and observation. Returns every final response (the caller maps statuses),
     /// except a 429 that could not be waited out, which becomes [`AzureError::Throttled`].
-    pub async fn send(&self, req: Req) -> Result<Resp, AzureError> {
+    pub async fn send(&self, req: Call) -> Result<Resp, AzureError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let bucket = req.limit.as_ref().map(|(sub, access)| (self.limiter.bucket(sub, *access), *access));
         let body = req.body;
@@ -441,7 +446,7 @@ impl Inner {
         let key = Self::challenge_key(&url);
         let cached = self.challenges.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let req =
-            |auth| Req { op, method: Method::GET, url: url.clone(), body: None, auth, limit: None, idempotent: true };
+            |auth| Call { op, method: Method::GET, url: url.clone(), body: None, auth, limit: None, idempotent: true };
         let first_auth = match cached.as_ref().and_then(Challenge::token_scope) {
             Some(scope) => Auth::Scope(scope),
             None => Auth::None,

@@ -27,7 +27,8 @@ pub use id::ResourceId;
 pub use models::{Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
 pub use ratelimit::{Access, SubscriptionLimiter, TokenBucket};
 
-use http::{Auth, Req, Resp};
+pub use http::CallObserver;
+use http::{Auth, Call, Resp};
 
 /// `Microsoft.StorageCache` api-version (accepted by every version's schema for the fields used).
 pub const CACHES_API_VERSION: &str = "2024-03-01";
@@ -44,12 +45,6 @@ pub const KEYVAULT_API_VERSION: &str = "7.5";
 pub const KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
 /// Key permissions a CMK cache identity needs in an access-policy vault.
 pub const CMK_KEY_PERMISSIONS: [&str; 3] = ["get", "wrapKey", "unwrapKey"];
-
-/// Receives one call per HTTP attempt (and per token request), e.g. for Prometheus metrics.
-pub trait CallObserver: Send + Sync {
-    /// `operation` like `caches.get`, `vaults.patch`, `keys.get`, `token`; `status` is `None` for transport errors.
-    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
-}
 
 /// A value from Azure with what its response said about time (`Date`, `Retry-After`).
 #[derive(Debug, Clone)]
@@ -131,10 +126,10 @@ impl Azure {
         u
     }
 
-    fn arm(&self, op: &'static str, method: Method, url: Url, subscription: &str) -> Req {
+    fn arm(&self, op: &'static str, method: Method, url: Url, subscription: &str) -> Call {
         let access = if method == Method::GET { Access::Read } else { Access::Write };
         let idempotent = method != Method::PATCH && method != Method::POST;
-        Req {
+        Call {
             op,
             method,
             url,

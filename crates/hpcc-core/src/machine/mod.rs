@@ -7,13 +7,15 @@
 //! - [`existing_cache`]: Azure has the cache: follow its provisioning and health states;
 //! - [`waiting_for_key`]: the cache waits for its identity to be granted the key;
 //! - [`drift`]: a healthy cache whose key settings or tags differ from the spec;
-//! - [`failure`]: a failed cache (re-create or stop) and a failed action.
+//! - [`failure`]: a cache that failed before it was ever healthy (re-create or stop);
+//! - [`outcome`]: what an action's success records, and how its failure is reported and retried.
 
 mod deleting;
 mod drift;
 mod existing_cache;
 mod failure;
 mod no_cache;
+mod outcome;
 mod waiting_for_key;
 
 use std::time::Duration;
@@ -29,7 +31,7 @@ use crate::decision::{Action, Decision, Event, Input};
 use crate::facts::{CacheFacts, VaultFacts};
 use crate::reason::Reason;
 
-pub use failure::{action_failed, action_succeeded};
+pub use outcome::{action_failed, action_succeeded};
 
 /// Decides the next step. Pure and total: every input gives a decision, never a panic.
 pub fn decide(input: &Input) -> Decision {

@@ -30,6 +30,8 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator (kubeconfig from KUBECONFIG/~/.kube/config, or in-cluster; Azure settings from the environment).
+    // A flag given twice takes its last value (extra arguments after a deployment's own).
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Print the HpcCache CustomResourceDefinition as YAML.
     Crd,

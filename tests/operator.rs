@@ -574,6 +574,34 @@ async fn a_namespace_may_only_use_the_vaults_its_admin_allows() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_changed_namespace_annotation_is_applied_without_touching_the_object() {
+    // A Stalled object is looked at again only after the resync (10 minutes here): what moves it is the watch on
+    // its Namespace, whose vault-scope annotation a cluster admin widens.
+    let s = Scenario::with_args("nswatch", SimConfig::default(), &["--resync-seconds", "600"]).await;
+    let annotate = |scope: &str| {
+        let out = s
+            .cluster
+            .kubectl()
+            .args(["annotate", "--overwrite", "namespace", &s.ns])
+            .arg(format!("hpccache.io/allowed-vault-scopes=/subscriptions/{SUB}/resourceGroups/{scope}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    annotate("other-rg");
+    let name = s.apply("system-assigned.yaml");
+    let stalled = |o: &HpcCache| {
+        o.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"))
+    };
+    let o = s.wait(&name, "Stalled", stalled).await;
+    assert_eq!(condition(&o, "Stalled").1, "VaultNotAllowed");
+    let generation = o.metadata.generation;
+    annotate("security-rg");
+    s.wait_phase(&name, Phase::Ready).await;
+    assert_eq!(s.get(&name).await.metadata.generation, generation, "the object itself was not changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_label_selector_shards_objects_between_operators() {
     let s = Scenario::with_args("shard", SimConfig::default(), &["--selector", "shard=a"]).await;
     let mine = cache_manifest(

@@ -4,8 +4,8 @@
 use hpcc_api::v1alpha1::HpcCacheSpec;
 use hpcc_azure::{CMK_KEY_PERMISSIONS, Cache};
 use hpcc_core::{
-    CacheFacts, Facts, HealthState, IdentityFacts, KeyFacts, ProvisioningState, Reason, VaultFacts, check_key,
-    check_vault,
+    CacheFacts, Facts, HealthState, IdentityFacts, KeyFacts, KeyProperties, ProvisioningState, Reason, VaultFacts,
+    check_key, check_vault,
 };
 use jiff::Timestamp;
 
@@ -79,15 +79,16 @@ fn key_facts(spec: &HpcCacheSpec, read: &KeyRead, now: Timestamp) -> KeyFacts {
         ),
         KeyRead::Found(bundle) => {
             let a = &bundle.attributes;
-            check_key(
-                bundle.key.kid.as_deref().unwrap_or_default(),
-                bundle.key.kty.as_deref().unwrap_or_default(),
-                bundle.rsa_bits().map(|b| b as usize),
-                a.enabled.unwrap_or(true),
-                a.nbf.and_then(|s| Timestamp::from_second(s).ok()),
-                a.exp.and_then(|s| Timestamp::from_second(s).ok()),
-                now,
-            )
+            let key = KeyProperties {
+                kid: bundle.key.kid.as_deref().unwrap_or_default(),
+                kty: bundle.key.kty.as_deref().unwrap_or_default(),
+                rsa_bits: bundle.rsa_bits().map(|b| b as usize),
+                key_ops: &bundle.key.key_ops,
+                enabled: a.enabled.unwrap_or(true),
+                not_before: a.nbf.and_then(|s| Timestamp::from_second(s).ok()),
+                expires: a.exp.and_then(|s| Timestamp::from_second(s).ok()),
+            };
+            check_key(&key, now)
         }
     }
 }
@@ -194,6 +195,12 @@ mod tests {
         ))
     }
 
+    fn with_ops(read: KeyRead, ops: &[&str]) -> KeyRead {
+        let KeyRead::Found(mut bundle) = read else { unreachable!() };
+        bundle.key.key_ops = ops.iter().map(|o| o.to_string()).collect();
+        KeyRead::Found(bundle)
+    }
+
     fn observed(vault: Option<VaultRead>, identity: Option<IdentityRead>) -> Observation {
         Observation {
             now: "2026-11-29T10:00:00Z".parse().unwrap(),
@@ -265,6 +272,18 @@ mod tests {
                 VaultRead::Found { vault: ok_vault(), key: KeyRead::NoVaultUri },
                 None,
                 Some("VaultUriMissing"),
+            ),
+            (
+                "sign/verify key",
+                VaultRead::Found { vault: ok_vault(), key: with_ops(key("RSA", 256, true), &["sign", "verify"]) },
+                None,
+                Some("KeyOperationsMissing"),
+            ),
+            (
+                "wrap/unwrap key",
+                VaultRead::Found { vault: ok_vault(), key: with_ops(key("RSA", 256, true), &["wrapKey", "unwrapKey"]) },
+                None,
+                Some("Valid"),
             ),
         ];
         for (name, read, vault_want, key_want) in cases {

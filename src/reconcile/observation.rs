@@ -39,15 +39,19 @@ pub struct References {
 }
 
 impl References {
-    /// None when the spec references nothing that must be read.
-    pub fn of(spec: &HpcCacheSpec, allowed_vault_scopes: Option<&str>) -> Option<Self> {
+    /// None when the spec references nothing that must be read. `cache`: the cache as Azure reports it, if any.
+    pub fn of(spec: &HpcCacheSpec, allowed_vault_scopes: Option<&str>, cache: Option<&Cache>) -> Option<Self> {
         let user_assigned = spec.identity.type_ == IdentityType::UserAssigned;
         if spec.encryption.is_none() && !user_assigned {
             return None;
         }
+        let mut encryption = spec.encryption.clone();
+        if let (Some(enc), Some(version)) = (&mut encryption, cache.and_then(|c| rotated_version(spec, c))) {
+            enc.key_version = Some(version);
+        }
         Some(Self {
             subscription_id: spec.azure.subscription_id.clone(),
-            encryption: spec.encryption.clone(),
+            encryption,
             user_assigned_identity_id: spec.identity.user_assigned_identity_id.clone().filter(|_| user_assigned),
             allowed_vault_scopes: allowed_vault_scopes.map(str::to_string),
         })
@@ -56,6 +60,21 @@ impl References {
     pub fn cache_key(&self) -> String {
         format!("{self:?}")
     }
+}
+
+/// With `rotateToLatestKeyVersion`, Azure moves an existing cache to new versions of its key by itself, so the
+/// version to check is the one the cache uses (a pinned older version may be disabled by now and says nothing
+/// about the cache). None without rotation, or when the cache is on another vault or key than the spec's.
+fn rotated_version(spec: &HpcCacheSpec, cache: &Cache) -> Option<String> {
+    let enc = spec.encryption.as_ref().filter(|e| e.rotate_to_latest_key_version)?;
+    let kek = cache.key_encryption_key()?;
+    if !kek.source_vault.id.eq_ignore_ascii_case(&enc.key_vault_id) {
+        return None;
+    }
+    // https://{vault}.vault.azure.net/keys/{name}/{version}
+    let (_, path) = kek.key_url.trim_end_matches('/').split_once("/keys/")?;
+    let (name, version) = path.split_once('/')?;
+    (name.eq_ignore_ascii_case(&enc.key_name) && !version.is_empty()).then(|| version.to_string())
 }
 
 /// The referenced resources, as read.
@@ -108,4 +127,50 @@ pub enum IdentityRead {
         /// whose policies are in the vault itself).
         role_assigned: Option<bool>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const VAULT: &str =
+        "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv";
+
+    fn spec(rotate: bool, version: Option<&str>) -> HpcCacheSpec {
+        serde_json::from_value(json!({
+            "azure": {"subscriptionId": "11111111-2222-3333-4444-555555555555", "resourceGroup": "rg", "location": "eastus"},
+            "sku": "Standard_2G", "cacheSizeGB": 3072,
+            "subnetId": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s",
+            "encryption": {"keyVaultId": VAULT, "keyName": "k", "keyVersion": version, "rotateToLatestKeyVersion": rotate}
+        }))
+        .unwrap()
+    }
+
+    fn cache(vault: &str, key_url: &str) -> Cache {
+        serde_json::from_value(json!({"properties": {"encryptionSettings": {
+            "keyEncryptionKey": {"keyUrl": key_url, "sourceVault": {"id": vault}}
+        }}}))
+        .unwrap()
+    }
+
+    fn version_read(spec: &HpcCacheSpec, cache: Option<&Cache>) -> Option<String> {
+        References::of(spec, None, cache)?.encryption?.key_version
+    }
+
+    #[test]
+    fn with_rotation_the_version_the_cache_uses_is_checked() {
+        let pinned = Some("aaaa");
+        let rotated = cache(VAULT, "https://kv.vault.azure.net/keys/k/bbbb");
+        assert_eq!(version_read(&spec(true, pinned), Some(&rotated)).as_deref(), Some("bbbb"));
+        assert_eq!(version_read(&spec(true, None), Some(&rotated)).as_deref(), Some("bbbb"));
+        // Before the cache exists, and without rotation, the spec's version.
+        assert_eq!(version_read(&spec(true, pinned), None).as_deref(), pinned);
+        assert_eq!(version_read(&spec(false, pinned), Some(&rotated)).as_deref(), pinned);
+        // A cache still on another key or vault (a key change in progress): the spec's.
+        let other_key = cache(VAULT, "https://kv.vault.azure.net/keys/other/bbbb");
+        assert_eq!(version_read(&spec(true, pinned), Some(&other_key)).as_deref(), pinned);
+        let other_vault = cache(&VAULT.replace("/kv", "/kv2"), "https://kv2.vault.azure.net/keys/k/bbbb");
+        assert_eq!(version_read(&spec(true, pinned), Some(&other_vault)).as_deref(), pinned);
+    }
 }

@@ -29,7 +29,7 @@ pub async fn observe(
     if obj.metadata.deletion_timestamp.is_some() {
         return Ok(observation);
     }
-    let Some(refs) = References::of(&obj.spec, allowed_vault_scopes) else {
+    let Some(refs) = References::of(&obj.spec, allowed_vault_scopes, observation.cache.as_ref()) else {
         return Ok(observation);
     };
     let key = refs.cache_key();

@@ -354,20 +354,42 @@ impl Azure {
             ROLE_ASSIGNMENTS_API_VERSION,
         );
         url.query_pairs_mut().append_pair("$filter", &format!("principalId eq '{principal_id}'"));
-        let resp = self.inner.send(self.arm("roleAssignments.list", Method::GET, url, scope.subscription())).await?;
-        if resp.status != 200 {
-            return Err(resp.error());
-        }
-        let page: models::Page<models::RoleAssignment> = resp.json()?;
         let scope_lower = scope.to_string().to_ascii_lowercase();
-        Ok(page.value.iter().any(|ra| {
+        // With this filter ARM returns the principal's assignments at, above and below the scope; one above may sit
+        // on a management group the subscription belongs to (role assignments REST reference, "List role
+        // assignments for a scope": `$filter=principalId eq {id}`). One below (e.g. on a single key) does not cover
+        // the vault.
+        let covers = |ra: &models::RoleAssignment| {
             let role = ra.properties.role_definition_id.rsplit('/').next().unwrap_or_default();
             let at = ra.properties.scope.as_deref().unwrap_or_default().trim_end_matches('/').to_ascii_lowercase();
-            // An assignment below the vault (e.g. on one key) does not cover the vault.
             role.eq_ignore_ascii_case(role_definition_guid)
                 && ra.properties.principal_id.eq_ignore_ascii_case(principal_id)
-                && (at.is_empty() || scope_lower == at || scope_lower.starts_with(&format!("{at}/")) || at == "/")
-        }))
+                && (at.is_empty()
+                    || at == "/"
+                    || scope_lower == at
+                    || scope_lower.starts_with(&format!("{at}/"))
+                    || at.starts_with("/providers/microsoft.management/managementgroups/"))
+        };
+        let mut next = Some(url);
+        let mut pages = 0;
+        while let Some(u) = next.take() {
+            pages += 1;
+            if pages > 1000 {
+                return Err(AzureError::Decode("more than 1000 pages of role assignments; nextLink loop?".into()));
+            }
+            let resp = self.inner.send(self.arm("roleAssignments.list", Method::GET, u, scope.subscription())).await?;
+            if resp.status != 200 {
+                return Err(resp.error());
+            }
+            let page: models::Page<models::RoleAssignment> = resp.json()?;
+            if page.value.iter().any(covers) {
+                return Ok(true);
+            }
+            if let Some(link) = page.next_link.filter(|n| !n.is_empty()) {
+                next = Some(self.inner.same_origin_link(&link, &self.inner.cfg.cloud.arm_endpoint)?);
+            }
+        }
+        Ok(false)
     }
 
     /// Assign a role to a service principal at `scope` under the deterministic name [`role_assignment_name`]. An

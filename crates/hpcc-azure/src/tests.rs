@@ -483,6 +483,43 @@ async fn role_assignments_are_deterministic_and_idempotent() {
     );
 }
 
+/// A roleAssignments list entry for `principal` with `role` at `scope`.
+fn assignment(principal: &str, role: &str, scope: &str) -> Value {
+    json!({"name": "a", "properties": {
+        "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{role}"),
+        "principalId": principal, "scope": scope
+    }})
+}
+
+#[tokio::test]
+async fn role_lookup_follows_next_link_and_counts_management_groups() {
+    let role = KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER;
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = port.clone();
+    let kv = ResourceId::vault(SUB, "rg", "kv");
+    let below = format!("{kv}/keys/k");
+    let stub = Stub::start(move |s, _| {
+        let port = *p2.lock().unwrap();
+        // ARM's nextLink keeps the query (filter, api-version) and adds a skip token.
+        let next = format!("https://management.azure.com:{port}{}?{}&page=2", s.path, s.query);
+        match (s.query.contains("page=2"), s.query.contains("p-mg"), s.query.contains("p-paged")) {
+            // The principal holds the role on a management group above the subscription.
+            (_, true, _) => json_resp(200, json!({"value": [assignment("p-mg", role, "/providers/Microsoft.Management/managementGroups/platform")]})),
+            // Page 1 has only an assignment below the vault (which does not count); page 2 has the real one.
+            (false, _, true) => json_resp(200, json!({"value": [assignment("p-paged", role, &below)], "nextLink": next})),
+            (true, _, true) => json_resp(200, json!({"value": [assignment("p-paged", role, &format!("/subscriptions/{SUB}"))]})),
+            _ => json_resp(200, json!({"value": [assignment("p-none", role, &below)]})),
+        }
+    })
+    .await;
+    *port.lock().unwrap() = stub.port;
+    let az = stub.client().await;
+    assert!(az.has_role_assignment(&kv, "p-paged", role).await.unwrap(), "found on the second page");
+    assert!(az.has_role_assignment(&kv, "p-mg", role).await.unwrap(), "a management-group assignment covers the vault");
+    assert!(!az.has_role_assignment(&kv, "p-none", role).await.unwrap(), "one on a key below does not");
+    assert_eq!(stub.calls().iter().filter(|c| c.query.contains("page=2")).count(), 1);
+}
+
 #[test]
 fn role_assignment_name_is_deterministic() {
     let kv = ResourceId::vault(SUB, "rg", "kv");

@@ -22,7 +22,9 @@ pub use decision::{
 pub use facts::{CacheFacts, Facts, IdentityFacts, KeyFacts, VaultFacts};
 pub use machine::{action_failed, action_succeeded, decide};
 pub use reason::Reason;
-pub use validate::{ALLOWED_VAULT_SCOPES_ANNOTATION, check_key, check_vault, vault_allowed};
+pub use validate::{
+    ALLOWED_VAULT_SCOPES_ANNOTATION, CMK_KEY_OPERATIONS, KeyProperties, check_key, check_vault, vault_allowed,
+};
 
 #[cfg(test)]
 mod tests;

@@ -94,6 +94,8 @@ reasons! {
     KeyNotRSA,
     /// The key is not 2048 bits.
     KeySizeUnsupported,
+    /// The key's permitted operations (key_ops) lack wrapKey or unwrapKey.
+    KeyOperationsMissing,
     /// The key is disabled.
     KeyDisabled,
     /// The key's not-before time has not come yet.

@@ -575,21 +575,41 @@ fn conditions_keep_transition_time_while_status_is_unchanged() {
     assert_eq!(cond(&first, "Reconciling").last_transition_time, cond(&second, "Reconciling").last_transition_time);
 }
 
+fn key<'a>(kty: &'a str, bits: usize, ops: &'a [String]) -> KeyProperties<'a> {
+    KeyProperties { kid: KID, kty, rsa_bits: Some(bits), key_ops: ops, enabled: true, not_before: None, expires: None }
+}
+
 #[test]
 fn key_checks() {
     let now = t0();
-    let ok = check_key(KID, "RSA", Some(2048), true, None, None, now);
-    assert_eq!(ok, KeyFacts::Valid { kid: KID.into() });
-    assert!(matches!(check_key(KID, "RSA-HSM", Some(2048), true, None, None, now), KeyFacts::Valid { .. }));
+    let all: Vec<String> = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"].map(String::from).into();
+    assert_eq!(check_key(&key("RSA", 2048, &all), now), KeyFacts::Valid { kid: KID.into() });
+    assert!(matches!(check_key(&key("RSA-HSM", 2048, &all), now), KeyFacts::Valid { .. }));
     let reason = |f: KeyFacts| match f {
         KeyFacts::Invalid { reason, .. } => reason.as_str(),
         KeyFacts::Valid { .. } => "Valid",
     };
-    assert_eq!(reason(check_key(KID, "EC", None, true, None, None, now)), "KeyNotRSA");
-    assert_eq!(reason(check_key(KID, "RSA", Some(4096), true, None, None, now)), "KeySizeUnsupported");
-    assert_eq!(reason(check_key(KID, "RSA", Some(2048), false, None, None, now)), "KeyDisabled");
-    assert_eq!(reason(check_key(KID, "RSA", Some(2048), true, Some(now + mins(1)), None, now)), "KeyNotYetValid");
-    assert_eq!(reason(check_key(KID, "RSA", Some(2048), true, None, Some(now), now)), "KeyExpired");
+    assert_eq!(reason(check_key(&KeyProperties { rsa_bits: None, ..key("EC", 0, &all) }, now)), "KeyNotRSA");
+    assert_eq!(reason(check_key(&key("RSA", 4096, &all), now)), "KeySizeUnsupported");
+    assert_eq!(reason(check_key(&KeyProperties { enabled: false, ..key("RSA", 2048, &all) }, now)), "KeyDisabled");
+    let nbf = KeyProperties { not_before: Some(now + mins(1)), ..key("RSA", 2048, &all) };
+    assert_eq!(reason(check_key(&nbf, now)), "KeyNotYetValid");
+    assert_eq!(reason(check_key(&KeyProperties { expires: Some(now), ..key("RSA", 2048, &all) }, now)), "KeyExpired");
+    // Key Vault did not report key_ops: nothing to hold against the key.
+    assert!(matches!(check_key(&key("RSA", 2048, &[]), now), KeyFacts::Valid { .. }));
+}
+
+#[test]
+fn a_key_without_wrap_and_unwrap_is_refused_with_the_missing_operations() {
+    let ops: Vec<String> = ["sign", "verify"].map(String::from).into();
+    let KeyFacts::Invalid { reason, message } = check_key(&key("RSA", 2048, &ops), t0()) else {
+        panic!("a sign/verify key is not usable for a cache")
+    };
+    assert_eq!(reason, Reason::KeyOperationsMissing);
+    assert!(message.contains("does not allow wrapKey and unwrapKey"), "{message}");
+    assert!(message.contains("sign, verify"), "{message}");
+    let ops: Vec<String> = ["WRAPKEY", "unwrapkey"].map(String::from).into();
+    assert!(matches!(check_key(&key("RSA", 2048, &ops), t0()), KeyFacts::Valid { .. }), "case does not matter");
 }
 
 #[test]

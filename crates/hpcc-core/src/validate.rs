@@ -6,16 +6,28 @@ use jiff::Timestamp;
 use crate::facts::{KeyFacts, VaultFacts};
 use crate::reason::Reason;
 
-/// Checks an RSA key as Azure HPC Cache requires it: RSA (or RSA-HSM), 2048 bits, enabled, within nbf/exp.
-pub fn check_key(
-    kid: &str,
-    kty: &str,
-    rsa_bits: Option<usize>,
-    enabled: bool,
-    not_before: Option<Timestamp>,
-    expires: Option<Timestamp>,
-    now: Timestamp,
-) -> KeyFacts {
+/// A key version as Key Vault reports it (`JsonWebKey` and `KeyAttributes`), reduced to what is checked.
+#[derive(Clone, Debug, Default)]
+pub struct KeyProperties<'a> {
+    /// The versioned key URL.
+    pub kid: &'a str,
+    pub kty: &'a str,
+    pub rsa_bits: Option<usize>,
+    /// `key_ops`; empty when Key Vault did not report them.
+    pub key_ops: &'a [String],
+    pub enabled: bool,
+    pub not_before: Option<Timestamp>,
+    pub expires: Option<Timestamp>,
+}
+
+/// The key operations a cache's identity performs with its key: Key Vault refuses any operation not in the key's
+/// `key_ops` (403 Forbidden, inner KeyOperationForbidden), so without these the cache never gets its key.
+pub const CMK_KEY_OPERATIONS: [&str; 2] = ["wrapKey", "unwrapKey"];
+
+/// Checks a key as Azure HPC Cache requires it: RSA (or RSA-HSM), 2048 bits, wrapKey and unwrapKey allowed,
+/// enabled, within nbf/exp.
+pub fn check_key(key: &KeyProperties, now: Timestamp) -> KeyFacts {
+    let KeyProperties { kid, kty, rsa_bits, key_ops, enabled, not_before, expires } = key.clone();
     let invalid = |reason: Reason, message: String| KeyFacts::Invalid { reason, message };
     if kty != "RSA" && kty != "RSA-HSM" {
         return invalid(
@@ -28,6 +40,20 @@ pub fn check_key(
         return invalid(
             Reason::KeySizeUnsupported,
             format!("key {kid} is {bits} bits; Azure HPC Cache needs exactly 2048 bits"),
+        );
+    }
+    let missing: Vec<&str> = CMK_KEY_OPERATIONS
+        .into_iter()
+        .filter(|op| !key_ops.is_empty() && !key_ops.iter().any(|k| k.eq_ignore_ascii_case(op)))
+        .collect();
+    if !missing.is_empty() {
+        return invalid(
+            Reason::KeyOperationsMissing,
+            format!(
+                "key {kid} does not allow {} (its key_ops are {}); Azure HPC Cache needs wrapKey and unwrapKey: add them to the key's permitted operations or use another key",
+                missing.join(" and "),
+                key_ops.join(", ")
+            ),
         );
     }
     if !enabled {

@@ -37,16 +37,96 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The source without comments and without everything from the first `#[cfg(test)]` on (test modules sit last).
+/// The code a module runs with: comments and the contents of string literals removed (a `use` or a path inside
+/// them is text, not a reference), and every item marked `#[cfg(test)]` left out.
 fn code_of(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            let t = l.trim_start();
-            if t.starts_with("//") { "" } else { l }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '/' && at(&chars, i + 1) == '/' {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if chars[i] == '/' && at(&chars, i + 1) == '*' {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && at(&chars, i + 1) == '/') {
+                i += 1;
+            }
+            i += 2;
+        } else if chars[i] == 'r'
+            && (at(&chars, i + 1) == '"'
+                || (at(&chars, i + 1) == '#' && (at(&chars, i + 2) == '"' || at(&chars, i + 2) == '#')))
+        {
+            // r"…", r#"…"#: ends at a quote followed by as many #.
+            let mut hashes = 0;
+            i += 1;
+            while i < chars.len() && chars[i] == '#' {
+                hashes += 1;
+                i += 1;
+            }
+            i += 1;
+            while i < chars.len() && !(chars[i] == '"' && (0..hashes).all(|h| chars.get(i + 1 + h) == Some(&'#'))) {
+                i += 1;
+            }
+            i += 1 + hashes;
+            out.push_str("\"\"");
+        } else if chars[i] == '\'' && (at(&chars, i + 1) == '\\' || at(&chars, i + 2) == '\'') {
+            // A char literal ('"', '\''); a lifetime ('a) has no closing quote and stays.
+            i += if at(&chars, i + 1) == '\\' { 2 } else { 1 };
+            while i < chars.len() && chars[i] != '\'' {
+                i += 1;
+            }
+            i += 1;
+        } else if chars[i] == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    without_test_items(&out)
+}
+
+fn at(chars: &[char], i: usize) -> char {
+    chars.get(i).copied().unwrap_or('\0')
+}
+
+/// Removes each item that follows `#[cfg(test)]`: up to its `;`, or through its balanced `{ … }`.
+fn without_test_items(code: &str) -> String {
+    const MARK: &str = "#[cfg(test)]";
+    let mut out = String::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at]);
+        let item = &rest[at + MARK.len()..];
+        let (mut depth, mut end) = (0usize, item.len());
+        for (k, c) in item.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth > 0 => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = k + 1;
+                        break;
+                    }
+                }
+                ';' if depth == 0 => {
+                    end = k + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn is_ident(c: char) -> bool {
@@ -265,6 +345,16 @@ fn the_checker_sees_a_circle() {
     std::fs::write(src.join("lib.rs"), "mod a;\nmod b;\npub use a::A;\n").unwrap();
     std::fs::write(src.join("a.rs"), "use super::{b};\npub struct A(b::B, Vec::<u8>, std::fmt::Error);\n").unwrap();
     assert!(circles(src).is_empty(), "{:?}", circles(src));
+    // Text is not a reference: a `use` inside a string literal hides nothing, and means nothing.
+    let b =
+        "pub const S: &str = \"use crate::a::A; \\\" r\";\nconst Q: char = '\"';\npub struct B<'x>(&'x crate::a::A);\n";
+    std::fs::write(src.join("b.rs"), b).unwrap();
+    std::fs::write(src.join("a.rs"), "use super::b::B;\npub struct A;\n").unwrap();
+    std::fs::write(src.join("lib.rs"), "mod a;\nmod b;\n").unwrap();
+    assert_eq!(circles(src), vec![vec!["a".to_string(), "b".into(), "a".into()]], "the path after the string counts");
+    // A test item in the middle of a file hides only itself.
+    std::fs::write(src.join("b.rs"), "#[cfg(test)]\nmod t { use crate::a::A; }\npub struct B(crate::a::A);\n").unwrap();
+    assert_eq!(circles(src).len(), 1);
     // ... and a test module reaching into its parent is not one.
     std::fs::write(src.join("b.rs"), "pub struct B;\n#[cfg(test)]\nmod tests { use crate::a::A; }\n").unwrap();
     assert!(circles(src).is_empty());

@@ -73,14 +73,16 @@ impl Actor {
         match recorded.action() {
             Action::None | Action::RemoveFinalizer => Ok(()),
             Action::EnableVaultProtection => {
-                let id = parse_id(obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default())?;
+                // The spec's id is the key of the protected-vault memory (observe records it the same way).
+                let vault_id = obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
+                let id = parse_id(vault_id)?;
                 let lock = self.vault_lock(&id);
                 let _held = lock.lock().await;
-                if reads.vault_protected(&id.to_string()) {
+                if reads.vault_protected(vault_id) {
                     return Ok(()); // another reconcile protected this vault a moment ago
                 }
                 azure.enable_vault_protection(&id).await?;
-                reads.mark_vault_protected(&id.to_string());
+                reads.mark_vault_protected(vault_id);
                 Ok(())
             }
             Action::Grant(g) => {

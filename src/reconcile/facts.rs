@@ -45,8 +45,7 @@ fn vault_facts(spec: &HpcCacheSpec, read: &VaultRead, known_protected: bool) -> 
             let mut facts = check_vault(
                 vault.location.as_deref().unwrap_or_default(),
                 &spec.azure.location,
-                vault.properties.enable_soft_delete.unwrap_or(true),
-                vault.properties.enable_purge_protection == Some(true),
+                vault.is_protected(),
                 vault.properties.enable_rbac_authorization == Some(true),
             );
             if let VaultFacts::Usable { protected, .. } = &mut facts {

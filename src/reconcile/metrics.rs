@@ -141,8 +141,11 @@ impl Metrics {
     }
 
     /// The answer to one probe or scrape: (status, content type, body).
-    fn respond(&self, path: &str) -> (u16, &'static str, String) {
+    fn respond(&self, method: &hyper::Method, path: &str) -> (u16, &'static str, String) {
         const TEXT: &str = "text/plain; charset=utf-8";
+        if method != hyper::Method::GET && method != hyper::Method::HEAD {
+            return (405, TEXT, "method not allowed".into());
+        }
         match path {
             "/metrics" => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.render()),
             "/healthz" => (200, TEXT, "ok".into()),
@@ -156,11 +159,19 @@ impl Metrics {
     /// warrant a web framework: hyper is already in the binary through kube and reqwest.
     pub async fn serve(self, listener: tokio::net::TcpListener) {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: retrying at once would spin; wait for some to be freed.
+                    tracing::warn!(error = %e, "cannot accept a metrics connection");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
             let metrics = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (status, content_type, body) = metrics.respond(req.uri().path());
+                    let (status, content_type, body) = metrics.respond(req.method(), req.uri().path());
                     let resp = hyper::Response::builder()
                         .status(status)
                         .header("content-type", content_type)
@@ -198,6 +209,38 @@ mod tests {
         assert!(text.contains("hpccache_objects{phase=\"WaitingForKey\"} 1"), "{text}");
         m.set_phase("a", "y", None);
         assert!(m.render().contains("hpccache_objects{phase=\"Ready\"} 1"));
+    }
+
+    #[test]
+    fn probes_and_scrapes_answer_get_only() {
+        let m = Metrics::new();
+        let get = hyper::Method::GET;
+        assert_eq!(m.respond(&get, "/healthz").0, 200);
+        assert_eq!(m.respond(&get, "/readyz").0, 503, "not ready before the controller runs");
+        m.set_ready();
+        assert_eq!(m.respond(&get, "/readyz").0, 200);
+        let (status, content_type, body) = m.respond(&get, "/metrics");
+        assert_eq!(status, 200);
+        assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(m.respond(&get, "/nope").0, 404);
+        assert_eq!(m.respond(&hyper::Method::POST, "/metrics").0, 405);
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_serves_http() {
+        let m = Metrics::new();
+        m.set_ready();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(m.clone().serve(listener));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ready"), "{answer}");
     }
 
     #[test]

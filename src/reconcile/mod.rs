@@ -235,7 +235,9 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
         facts: &facts,
         timing: ctx.settings.timing,
     });
-    let recorded = status::record(&api, &name, &status, decision).await?;
+    let Some(recorded) = status::record(&api, &name, &status, decision).await? else {
+        return Ok(Requeue::await_change()); // the object is gone: nothing was recorded, so nothing is done
+    };
     publish::events(&ctx.recorder, &obj, recorded.decision()).await;
     publish::metrics(&ctx.metrics, &ns, &name, recorded.decision(), facts.now);
 

@@ -31,8 +31,10 @@ impl NamespaceScopes {
             return Ok(known.clone());
         }
         let namespace = Api::<Namespace>::all(client.clone()).get_metadata(ns).await?;
-        self.update(&namespace);
-        Ok(namespace.annotations().get(hpcc_core::ALLOWED_VAULT_SCOPES_ANNOTATION).cloned())
+        let read = namespace.annotations().get(hpcc_core::ALLOWED_VAULT_SCOPES_ANNOTATION).cloned();
+        // The watch may have delivered a newer value meanwhile: it wins, and this read only fills a gap.
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        Ok(seen.entry(ns.to_string()).or_insert(read).clone())
     }
 }
 

@@ -85,15 +85,19 @@ impl RecentReads {
 
     /// Stores a list read unless an action on one of its caches happened since the read began (`epoch`).
     pub fn remember_cache_list(&self, cache: &ResourceId, epoch: u64, list: Dated<Vec<Cache>>) {
-        if self.list_epoch(cache) == epoch {
-            self.cache_lists.put(list_key(cache), list);
+        let key = list_key(cache);
+        // Compared and stored under the epochs lock, so a `forget_cache` cannot slip in between.
+        let epochs = self.epochs();
+        if epochs.get(&key).copied().unwrap_or_default() == epoch {
+            self.cache_lists.put(key, list);
         }
     }
 
     /// Forget what was read about a cache's resource group (after acting on the cache).
     pub fn forget_cache(&self, cache: &ResourceId) {
         let key = list_key(cache);
-        *self.epochs().entry(key.clone()).or_default() += 1;
+        let mut epochs = self.epochs();
+        *epochs.entry(key.clone()).or_default() += 1;
         self.cache_lists.remove(&key);
     }
 

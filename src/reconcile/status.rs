@@ -23,26 +23,26 @@ impl Recorded {
     }
 }
 
-/// Stores the decision's status (skipped when it did not change) and returns it as recorded.
+/// Stores the decision's status (skipped when it did not change) and returns it as recorded; None when the object
+/// is gone, so nothing could be recorded and nothing may be done.
 pub async fn record(
     api: &Api<HpcCache>,
     name: &str,
     old: &HpcCacheStatus,
     decision: Decision,
-) -> Result<Recorded, kube::Error> {
-    write(api, name, old, &decision.status).await?;
-    Ok(Recorded(decision))
+) -> Result<Option<Recorded>, kube::Error> {
+    Ok(write(api, name, old, &decision.status).await?.then_some(Recorded(decision)))
 }
 
-/// Server-side apply of the whole status, skipped when nothing changed.
+/// Server-side apply of the whole status, skipped when nothing changed. False when the object is gone.
 pub async fn write(
     api: &Api<HpcCache>,
     name: &str,
     old: &HpcCacheStatus,
     new: &HpcCacheStatus,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     if old == new {
-        return Ok(());
+        return Ok(true);
     }
     let body = json!({
         "apiVersion": HpcCache::api_version(&()),
@@ -50,9 +50,9 @@ pub async fn write(
         "status": new,
     });
     match api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         // The object is gone (finalizer removed meanwhile): nothing to record.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(e),
     }
 }

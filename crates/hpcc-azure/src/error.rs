@@ -90,15 +90,6 @@ impl AzureError {
         matches!(self.classify(), ErrorClass::Retryable { .. })
     }
 
-    /// How long Azure asked us to wait, if it said.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            AzureError::Api { retry_after, .. } => *retry_after,
-            AzureError::Throttled { retry_after } => Some(*retry_after),
-            _ => None,
-        }
-    }
-
     /// True for 404.
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
@@ -195,7 +186,7 @@ mod tests {
     fn retryability() {
         let throttled = AzureError::Throttled { retry_after: Duration::from_secs(30) };
         assert!(throttled.is_retryable());
-        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(30)));
+        assert_eq!(throttled.classify(), ErrorClass::Retryable { after: Some(Duration::from_secs(30)) });
         assert_eq!(throttled.status(), Some(429));
         let retired = AzureError::from_response(
             409,

@@ -400,7 +400,11 @@ impl Inner {
                         if status == 429 {
                             return Err(AzureError::Throttled { retry_after: delay });
                         }
-                        return Ok(Resp { retry_after: Some(delay), ..resp });
+                        // A 408/5xx says nothing about when to come back: suggest the backoff. A transient
+                        // conflict (409 ConflictError, AnotherOperationInProgress) keeps only what Azure said, so
+                        // the reconcile falls back to its poll interval.
+                        let suggested = if status == 408 || status >= 500 { Some(delay) } else { resp.retry_after };
+                        return Ok(Resp { retry_after: suggested, ..resp });
                     }
                     tracing::debug!(op = req.op, status, delay_ms = delay.as_millis() as u64, "retrying");
                     tokio::time::sleep(delay).await;

@@ -202,7 +202,7 @@ impl Azure {
     pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Dated<Cache>, AzureError> {
         let mut req =
             self.arm("caches.put", Method::PUT, self.arm_url(&id.to_string(), CACHES_API_VERSION), id.subscription());
-        req.body = Some(serde_json::to_vec(cache).map_err(|e| AzureError::Decode(e.to_string()))?);
+        req.body = Some(serde_json::to_vec(cache).map_err(|e| AzureError::Input(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
             200 | 201 if !resp.body.is_empty() => Ok(Dated::from_resp(resp.json()?, &resp)),
@@ -229,7 +229,7 @@ impl Azure {
             self.arm_url(&id.to_string(), CACHES_API_VERSION),
             id.subscription(),
         );
-        req.body = Some(serde_json::to_vec(patch).map_err(|e| AzureError::Decode(e.to_string()))?);
+        req.body = Some(serde_json::to_vec(patch).map_err(|e| AzureError::Input(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
             200..=202 => Ok(Dated::from_resp((), &resp)),

@@ -448,6 +448,35 @@ async fn vault_protection_and_access_policies() {
     assert_eq!(calls[2].path, format!("{kv}/accessPolicies/remove"));
 }
 
+/// Key Vault's answer when two writes to one vault overlap (github.com/Azure/AzureKeyVault/issues/6).
+fn conflict_error() -> Response {
+    json_resp(
+        409,
+        json!({"error": {"code": "ConflictError", "message": "A conflict occurred that prevented the operation from completing. The operation failed because the Key Vault 'kv' changed from the point the operation began."}}),
+    )
+}
+
+#[tokio::test]
+async fn a_vault_conflict_is_retried_within_the_call_for_puts_and_left_to_the_poll_for_patches() {
+    let stub = Stub::start(|s, n| match (s.method.clone(), n) {
+        (Method::PUT, 0) => conflict_error(),
+        (Method::PUT, _) => json_resp(200, json!({"properties": s.json()["properties"].clone()})),
+        _ => conflict_error(),
+    })
+    .await;
+    let az = stub.client().await;
+    let kv = ResourceId::vault(SUB, "rg", "kv");
+    // accessPolicies/add is a PUT: sending it again is safe, and the second answer is 200.
+    az.add_access_policy(&kv, TENANT, "obj-1", &CMK_KEY_PERMISSIONS).await.unwrap();
+    assert_eq!(stub.calls().len(), 2);
+    // A PATCH is not resent within the call; the error is retryable with no invented delay, so the reconcile
+    // comes back at its poll interval.
+    let err = az.patch_cache(&cache_id(), &json!({"tags": {}})).await.unwrap_err();
+    assert_eq!(err.code(), Some("ConflictError"));
+    assert_eq!(err.classify(), ErrorClass::Retryable { after: None });
+    assert_eq!(stub.calls().len(), 3);
+}
+
 #[tokio::test]
 async fn role_assignments_are_deterministic_and_idempotent() {
     let stub = Stub::start(|s, n| match (s.method.clone(), n) {

@@ -1,5 +1,6 @@
 //! Azure's provisioning and health states of a cache, typed. Azure adds values over time, so each enum keeps an
-//! unknown value verbatim (`Other`) rather than failing; `status.provisioningState`/`healthState` stay verbatim too.
+//! unknown value verbatim (`Other`) rather than failing. `status.provisioningState`/`healthState` show them as
+//! parsed: a known value in the spec's spelling, an unknown one verbatim.
 //! Values: the `provisioningState` and `health.state` enums of the storagecache 2026-08-01 spec
 //! (tests/fixtures/azure-specs/storagecache-2026-08-01/openapi.caches-excerpt.json).
 

@@ -105,7 +105,8 @@ pub fn desired_tags(spec: &HpcCacheSpec, owner: &str) -> std::collections::BTree
 /// client's one classifier (`hpcc_azure::AzureError::classify`), never here.
 #[derive(Clone, Debug)]
 pub struct ActionError {
-    /// Azure's HTTP status; None when the request never got an answer (transport, token, decoding).
+    /// Azure's HTTP status; None when there is no answer from Azure (transport, token, decoding) or nothing was
+    /// sent (the spec's input could not be).
     pub status: Option<u16>,
     pub code: String,
     pub message: String,

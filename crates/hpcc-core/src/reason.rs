@@ -20,7 +20,7 @@ macro_rules! reasons {
                 }
             }
 
-            /// The one-line description above (for docs and `grant-command`-style tools).
+            /// The one-line description above (the table in `docs/state-machine.md` is made from it).
             pub fn description(self) -> &'static str {
                 match self {
                     $(Reason::$name => concat!($($doc),*).trim_ascii(),)*
@@ -153,11 +153,38 @@ impl std::fmt::Display for Reason {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_reason_is_listed_once_and_described() {
-        let mut seen = std::collections::BTreeSet::new();
+    /// The table of reasons in `docs/state-machine.md` (between its `reasons` markers), generated from [`Reason::ALL`].
+    fn markdown_table() -> String {
+        let mut out = String::from("| reason | when |\n|---|---|\n");
         for r in Reason::ALL {
-            assert!(seen.insert(r.as_str()), "{r} twice");
+            out.push_str(&format!("| `{r}` | {} |\n", r.description()));
+        }
+        out
+    }
+
+    #[test]
+    fn the_documented_reason_table_is_current() {
+        // HPCC_BLESS=1 cargo test -p hpcc-core rewrites the table; without it, a stale table fails.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/state-machine.md");
+        let doc = std::fs::read_to_string(path).expect("docs/state-machine.md");
+        let (begin, end) = ("<!-- reasons:begin -->\n", "<!-- reasons:end -->");
+        let start = doc.find(begin).expect("reasons:begin marker") + begin.len();
+        let stop = doc.find(end).expect("reasons:end marker");
+        let want = markdown_table();
+        if doc[start..stop] != want {
+            if std::env::var_os("HPCC_BLESS").is_some() {
+                std::fs::write(path, format!("{}{want}{}", &doc[..start], &doc[stop..])).unwrap();
+            } else {
+                panic!(
+                    "docs/state-machine.md lists other reasons than Reason::ALL; run HPCC_BLESS=1 cargo test -p hpcc-core"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_reason_is_described() {
+        for r in Reason::ALL {
             assert!(!r.description().is_empty(), "{r} has no description");
         }
         assert_eq!(Reason::KeyNotRSA.as_str(), "KeyNotRSA");

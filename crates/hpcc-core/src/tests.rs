@@ -614,13 +614,10 @@ fn a_key_without_wrap_and_unwrap_is_refused_with_the_missing_operations() {
 
 #[test]
 fn vault_checks() {
-    assert_eq!(check_vault("eastus", "eastus", true, true, false), VaultFacts::Usable { protected: true, rbac: false });
-    assert_eq!(
-        check_vault("East US", "eastus", true, false, true),
-        VaultFacts::Usable { protected: false, rbac: true }
-    );
+    assert_eq!(check_vault("eastus", "eastus", true, false), VaultFacts::Usable { protected: true, rbac: false });
+    assert_eq!(check_vault("East US", "eastus", false, true), VaultFacts::Usable { protected: false, rbac: true });
     assert!(
-        matches!(check_vault("westus", "eastus", true, true, false), VaultFacts::Invalid { reason, .. } if reason == Reason::VaultRegionMismatch)
+        matches!(check_vault("westus", "eastus", true, false), VaultFacts::Invalid { reason, .. } if reason == Reason::VaultRegionMismatch)
     );
 }
 

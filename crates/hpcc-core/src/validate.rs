@@ -69,13 +69,8 @@ pub fn check_key(key: &KeyProperties, now: Timestamp) -> KeyFacts {
 }
 
 /// Checks a vault against the cache: same subscription and region (Azure refuses others).
-pub fn check_vault(
-    vault_location: &str,
-    cache_location: &str,
-    soft_delete: bool,
-    purge_protection: bool,
-    rbac: bool,
-) -> VaultFacts {
+/// `protected`: soft delete and purge protection are both on.
+pub fn check_vault(vault_location: &str, cache_location: &str, protected: bool, rbac: bool) -> VaultFacts {
     if !normalize_region(vault_location).eq_ignore_ascii_case(&normalize_region(cache_location)) {
         return VaultFacts::Invalid {
             reason: Reason::VaultRegionMismatch,
@@ -84,7 +79,7 @@ pub fn check_vault(
             ),
         };
     }
-    VaultFacts::Usable { protected: soft_delete && purge_protection, rbac }
+    VaultFacts::Usable { protected, rbac }
 }
 
 fn normalize_region(r: &str) -> String {

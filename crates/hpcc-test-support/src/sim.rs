@@ -10,6 +10,7 @@
 //! let token = sim::token(&http, &sim, OP_CLIENT, OP_SECRET, "https://management.azure.com/.default").await;
 //! ```
 
+use base64::Engine as _;
 use hpcc_sim::{Seed, Simulator};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
@@ -117,4 +118,16 @@ pub async fn token(http: &Client, sim: &Simulator, client_id: &str, secret: &str
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["token_type"], "Bearer");
     v["access_token"].as_str().unwrap().to_string()
+}
+
+/// A Kubernetes service-account token as the kubelet projects it for workload identity (`AZURE_FEDERATED_TOKEN_FILE`):
+/// a JWT with `iss`, `sub` (`system:serviceaccount:{namespace}:{name}`) and `aud` (`api://AzureADTokenExchange`),
+/// valid for an hour. The signature is a placeholder: the simulator's Entra matches the claims against the
+/// principal's federated credentials and, having no issuer keys, does not verify signatures.
+pub fn service_account_token(issuer: &str, subject: &str, audience: &str) -> String {
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = b64(serde_json::json!({"alg": "RS256", "kid": "hpcc-test", "typ": "JWT"}));
+    let claims = b64(serde_json::json!({"iss": issuer, "sub": subject, "aud": [audience], "iat": now, "nbf": now, "exp": now + 3600}));
+    format!("{header}.{claims}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"unsigned"))
 }

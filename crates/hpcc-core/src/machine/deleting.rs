@@ -2,7 +2,7 @@
 
 use hpcc_api::v1alpha1::{DeletionPolicy, Phase};
 
-use super::Draft;
+use super::draft::Draft;
 use crate::azure_state::ProvisioningState;
 use crate::decision::{Action, OWNER_TAG};
 use crate::facts::CacheFacts;

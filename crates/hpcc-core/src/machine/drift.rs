@@ -2,7 +2,7 @@
 
 use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, KeyAccess, Phase};
 
-use super::Draft;
+use super::draft::Draft;
 use crate::decision::{Action, desired_tags};
 use crate::facts::{CacheFacts, IdentityFacts, KeyFacts};
 use crate::reason::Reason;

@@ -3,7 +3,7 @@
 use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, IdentityType, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::Draft;
+use super::draft::Draft;
 use super::drift::Drift;
 use super::failure::Failure;
 use crate::azure_state::ProvisioningState as P;

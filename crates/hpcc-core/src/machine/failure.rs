@@ -3,7 +3,7 @@
 use hpcc_api::v1alpha1::{AuthorizationTimeoutPolicy, ConditionStatus as S, ConditionType as C, Phase};
 use jiff::Timestamp;
 
-use super::Draft;
+use super::draft::Draft;
 use crate::decision::{Action, Event};
 use crate::facts::CacheFacts;
 use crate::reason::Reason;

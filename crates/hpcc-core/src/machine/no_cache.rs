@@ -5,7 +5,7 @@ use std::ops::ControlFlow::{self, Break, Continue};
 
 use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, IdentityType, KeyAccess, Phase};
 
-use super::Draft;
+use super::draft::Draft;
 use crate::decision::Action;
 use crate::facts::{IdentityFacts, KeyFacts, VaultFacts};
 use crate::reason::Reason;

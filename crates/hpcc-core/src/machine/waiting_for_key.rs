@@ -6,7 +6,7 @@ use std::time::Duration;
 use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, KeyAccess, Phase};
 use jiff::Timestamp;
 
-use super::{Draft, format_left};
+use super::draft::{Draft, format_left};
 use crate::decision::{Action, DEADLINE_WARNING, Event};
 use crate::facts::CacheFacts;
 use crate::reason::Reason;

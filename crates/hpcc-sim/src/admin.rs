@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::faults::FaultRule;
-use super::seed::Seed;
+use super::seed::{Seed, SeedKeyVersion};
 use super::server::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -22,6 +22,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/requests", get(requests).delete(clear_requests))
         .route("/seed", post(seed))
         .route("/grants", post(grant))
+        .route("/keys", post(add_key_version))
         .route("/faults", get(list_faults).post(add_faults).delete(clear_faults))
         .route("/state", get(state))
         .with_state(shared)
@@ -119,6 +120,38 @@ async fn grant(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 }
 
+/// `{"vaultName" | "vaultId": …, "keyName": …, <key version fields of the seed>}`: a new (newest) key version,
+/// as a rotation in Key Vault creates.
+async fn add_key_version(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let mut v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return err(StatusCode::BAD_REQUEST, "expected an object");
+    };
+    let vault = obj.remove("vaultId").or_else(|| obj.remove("vaultName"));
+    obj.remove("vaultName");
+    let key = obj.remove("keyName");
+    let (Some(Value::String(vault)), Some(Value::String(key))) = (vault, key) else {
+        return err(StatusCode::BAD_REQUEST, "give vaultName or vaultId, and keyName");
+    };
+    let version: SeedKeyVersion = match serde_json::from_value(v) {
+        Ok(k) => k,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid key version: {e}")),
+    };
+    let now = shared.clock.now();
+    let mut w = shared.world();
+    w.tick(now);
+    match w.add_key_version(&vault, &key, &version, now) {
+        Ok(id) => {
+            w.tick(now);
+            axum::Json(json!({"version": id})).into_response()
+        }
+        Err(e) => err(StatusCode::BAD_REQUEST, e),
+    }
+}
+
 async fn list_faults(State(shared): State<Arc<Shared>>) -> Response {
     let f = shared.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
     axum::Json(json!(f)).into_response()
@@ -167,7 +200,7 @@ async fn state(State(shared): State<Arc<Shared>>) -> Response {
         .caches
         .values()
         .map(|c| {
-            let (p, h, _) = c.timeline.status(now, &w.timing);
+            let (p, h, _) = c.timeline.status(now, &w.delays);
             json!({"id": c.id(), "provisioningState": p, "health": h, "detail": c})
         })
         .collect();

@@ -1,16 +1,18 @@
 //! ARM front: bearer check, throttling, api-version, authorization (403) and subscription / resource-group
 //! existence, then the resource handlers (`caches`, `vaults`). Which resource a path names is `route`'s business.
 
-use axum::http::StatusCode;
+use std::time::Instant;
+
+use axum::http::{Method, StatusCode};
 
 use super::auth::{self, ARM_AUDIENCES};
 use super::caches;
 use super::route::{Ctx, Route, check_api_version, parse_route};
 use super::server::Shared;
-use super::state::World;
+use super::state::{World, vault_of_scope};
 use super::throttle::throttled;
 use super::vaults;
-use super::wire::{OpClass, Out, Req};
+use super::wire::{OpClass, Out, Req, key_vault_conflict};
 
 pub fn handle(shared: &Shared, r: &Req, segs: &[String]) -> Out {
     let tenant = shared.world().tenant_id.clone();
@@ -70,16 +72,68 @@ fn handle_route(shared: &Shared, r: &Req, route: &Route, principal: &str, class:
     if let Some(e) = check_container(&w, route) {
         return e;
     }
-    let ctx =
-        Ctx { api_version: &api_version, now, principal, endpoints: &shared.endpoints, retired: shared.cfg.retired };
-    let out = match route {
+    let hold = match begin_vault_write(shared, &w, route, &r.method) {
+        Ok(h) => h,
+        Err(conflict) => return conflict,
+    };
+    let ctx = Ctx {
+        api_version: &api_version,
+        now,
+        principal,
+        endpoints: &shared.endpoints,
+        retired: shared.cfg.retired,
+        create_accepted_every: shared.cfg.create_accepted_every,
+        role_assignment_page_size: shared.cfg.role_assignment_page_size,
+    };
+    let mut out = match route {
         Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } | Route::AscOperation { .. } => {
             caches::handle(&ctx, &mut w, r, route)
         }
         _ => vaults::handle(&ctx, &mut w, r, route),
     };
     w.tick(now);
+    // The write stays in flight for a while after the world changed; the world lock is released before the
+    // listener waits it out (`Out::hold`).
+    out.hold = out.hold.or(hold);
     out
+}
+
+/// The vault a request writes to, if it is a Key Vault write: vault PATCH/PUT, `accessPolicies/{kind}` PUT, or a
+/// role assignment PUT/DELETE whose scope is the vault or below it.
+fn vault_write_target(route: &Route, m: &Method) -> Option<String> {
+    match route {
+        Route::Vault { name, .. } if *m == Method::PATCH || *m == Method::PUT => Some(name.to_ascii_lowercase()),
+        Route::VaultAccessPolicy { name, .. } if *m == Method::PUT => Some(name.to_ascii_lowercase()),
+        Route::RoleAssignment { scope, .. } if *m == Method::PUT || *m == Method::DELETE => vault_of_scope(scope),
+        _ => None,
+    }
+}
+
+/// Key Vault write overlap: while one write to a vault is in flight (`SimConfig::vault_write_in_flight`, real
+/// time), another write to it gets 409 `ConflictError` (Azure/AzureKeyVault issue 6: "This can happen if parallel
+/// operations are being performed on the Key Vault"). `Ok(hold)`: how long this write stays in flight.
+fn begin_vault_write(
+    shared: &Shared,
+    w: &World,
+    route: &Route,
+    m: &Method,
+) -> Result<Option<std::time::Duration>, Out> {
+    let d = shared.cfg.vault_write_in_flight;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    let Some(vault) = vault_write_target(route, m) else {
+        return Ok(None);
+    };
+    let mut writes = shared.vault_writes.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    writes.retain(|_, until| *until > now);
+    if writes.contains_key(&vault) {
+        let name = w.vaults.get(&vault).map(|v| v.name.clone()).unwrap_or(vault);
+        return Err(key_vault_conflict(&name));
+    }
+    writes.insert(vault, now + d);
+    Ok(Some(d))
 }
 
 fn check_container(w: &World, route: &Route) -> Option<Out> {

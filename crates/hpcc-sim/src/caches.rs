@@ -16,12 +16,24 @@ use super::state::{
 };
 use super::wire::{Out, Req, method_not_allowed, resource_not_found};
 
-/// SKUs and their allowed cache sizes (GB), from the `Skus_List` example.
+/// SKUs and their allowed cache sizes (GB). Read-write SKUs: the `Skus_List` example (2026-08-01). Read-only
+/// SKUs (`Standard_L*`): not in any Azure spec example read; sizes from Terraform azurerm `azurerm_hpc_cache`
+/// (website/docs/r/hpc_cache.html.markdown: "`Standard_L4_5G` must be set to `21623`. `Standard_L9G` to `43246`
+/// and `Standard_L16G` to `86491`", enforced in `hpc_cache_resource.go`) — unverified against the service.
 pub const SKUS: &[(&str, &[i64])] = &[
     ("Standard_2G", &[3072, 6144, 12288]),
     ("Standard_4G", &[6144, 12288, 24576]),
     ("Standard_8G", &[12288, 24576, 49152]),
+    ("Standard_L4_5G", &[21623]),
+    ("Standard_L9G", &[43246]),
+    ("Standard_L16G", &[86491]),
 ];
+
+/// The retirement answer to every create, verbatim from Terraform azurerm PR 29671 (the acceptance tests' real
+/// 409 response: "OperationNotAllowed: Unable to create HPC Cache due to product retirement. Please open a
+/// support ticket if you reached this in error.").
+pub const RETIREMENT_MESSAGE: &str =
+    "Unable to create HPC Cache due to product retirement. Please open a support ticket if you reached this in error.";
 
 /// Seconds clients are asked to wait between polls.
 pub const RETRY_AFTER_SECS: u64 = 10;
@@ -278,12 +290,9 @@ pub fn validate_encryption(
             ),
         ));
     }
-    if !vault.enable_soft_delete {
-        return Err(bad(
-            "KeyVaultSoftDeleteNotEnabled",
-            format!("The key vault '{}' must have soft delete enabled.", vault.name),
-        ));
-    }
+    // Soft delete is not a reason to refuse: "Azure HPC Cache will enable soft delete if it is not already
+    // configured on the key vault" (MicrosoftDocs/azure-docs articles/hpc-cache/customer-keys.md); the caller
+    // turns it on (`enable_soft_delete`).
     if vault.enable_purge_protection != Some(true) {
         return Err(bad(
             "KeyVaultPurgeProtectionNotEnabled",
@@ -296,23 +305,25 @@ pub fn validate_encryption(
     let Some(key) = vault.key(&ku.name) else {
         return Err(bad("KeyNotFound", format!("The key '{}' was not found in key vault '{}'.", ku.name, vault.name)));
     };
-    let kv = match &ku.version {
-        Some(v) => key.versions.iter().find(|k| k.version.eq_ignore_ascii_case(v)).ok_or_else(|| {
-            bad(
-                "KeyVersionNotFound",
-                format!("The version '{v}' of key '{}' was not found in key vault '{}'.", ku.name, vault.name),
-            )
-        })?,
-        None if rotation == Some(true) => {
-            key.versions.last().ok_or_else(|| bad("KeyNotFound", "The key has no versions."))?
-        }
-        None => {
-            return Err(invalid_param(
-                &format!("{target}.keyUrl"),
-                "The key URL must include a key version unless rotationToLatestKeyVersionEnabled is true.",
-            ));
-        }
+    // A versioned key URL is required, also with rotationToLatestKeyVersionEnabled: the portal asks for a version
+    // ("At cache creation time you must specify a vault, key, and key version", customer-keys.md) and Terraform
+    // validates `key_vault_key_id` with `NestedItemId` ("expected a key vault versioned ID but no version
+    // information was found in"). Azure's own error body for this is not documented: code and text are the
+    // simulator's.
+    let Some(version) = &ku.version else {
+        return Err(invalid_param(
+            &format!("{target}.keyUrl"),
+            format!(
+                "The key URL '{key_url}' has no key version. Specify a versioned key URL (https://{{vault}}.vault.azure.net/keys/{{name}}/{{version}})."
+            ),
+        ));
     };
+    let kv = key.versions.iter().find(|k| k.version.eq_ignore_ascii_case(version)).ok_or_else(|| {
+        bad(
+            "KeyVersionNotFound",
+            format!("The version '{version}' of key '{}' was not found in key vault '{}'.", ku.name, vault.name),
+        )
+    })?;
     validate_cmk_key(key_url, kv, now).map_err(|p| bad(p.code, p.message))?;
     Ok(CacheEncryption {
         key_url: key_url.to_string(),
@@ -321,7 +332,18 @@ pub fn validate_encryption(
         key_name: key.name.clone(),
         key_version: ku.version.clone(),
         rotation_to_latest_key_version_enabled: rotation,
+        rotation_enabled_at: None,
     })
+}
+
+/// "Azure HPC Cache will enable soft delete if it is not already configured on the key vault" (customer-keys.md).
+fn enable_soft_delete(w: &mut World, vault_name: &str, now: Timestamp) {
+    if let Some(v) = w.vaults.get_mut(&vault_name.to_ascii_lowercase())
+        && !v.enable_soft_delete
+    {
+        v.enable_soft_delete = true;
+        v.last_modified_at = now;
+    }
 }
 
 fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Out {
@@ -338,11 +360,7 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
         return update(ctx, w, &key, spec, true, rg, name);
     }
     if ctx.retired {
-        return Out::arm_error(
-            StatusCode::CONFLICT,
-            "OperationNotAllowed",
-            "Unable to create HPC Cache due to product retirement",
-        );
+        return Out::arm_error(StatusCode::CONFLICT, "OperationNotAllowed", RETIREMENT_MESSAGE);
     }
     let Some(location) = spec.location.clone() else {
         return bad("LocationRequired", "The location property is required for this definition.");
@@ -380,8 +398,12 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
     {
         return invalid_param("properties.subnet", format!("The subnet '{subnet}' is not a valid subnet resource id."));
     }
-    // identity
-    let (kind, uai) = spec.identity.clone().unwrap_or_else(|| ("None".to_string(), vec![]));
+    // identity. A CMK create without `identity` is not refused: the cache gets a system-assigned identity, as in
+    // the original flow where "the cache's identity ... does not exist until the cache is created" and is then
+    // authorized on the vault (customer-keys.md, 2020 revision, before identities could be chosen).
+    let wants_cmk = spec.encryption.as_ref().is_some_and(|(u, _, _)| !u.is_empty());
+    let default_kind = if wants_cmk { "SystemAssigned" } else { "None" };
+    let (kind, uai) = spec.identity.clone().unwrap_or_else(|| (default_kind.to_string(), vec![]));
     let wants_user = kind.contains("UserAssigned");
     if wants_user && uai.is_empty() {
         return invalid_param(
@@ -423,7 +445,11 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
                     "A managed identity is required to use a customer-managed encryption key.",
                 );
             }
-            match validate_encryption(w, sub, &location, url, vault, *rot, ctx.now) {
+            // `rotationToLatestKeyVersionEnabled: true` is not applied on create: "For new created resource
+            // `automatically_rotate_key_to_latest_enabled` needs an additional update to set it to true"
+            // (Terraform azurerm hpc_cache_resource.go). The cache reports false until an update sets it.
+            let rot = rot.map(|_| false);
+            match validate_encryption(w, sub, &location, url, vault, rot, ctx.now) {
                 Ok(e) => Some(e),
                 Err(o) => return o,
             }
@@ -455,6 +481,9 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
         None
     };
     let cmk = encryption.is_some();
+    if let Some(e) = &encryption {
+        enable_soft_delete(w, &e.vault_name, ctx.now);
+    }
     let cache = Cache {
         subscription_id: sub.to_string(),
         resource_group: rg.to_string(),
@@ -482,10 +511,30 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
     };
     w.caches.insert(key.clone(), cache);
     w.tick(ctx.now);
+    w.creates += 1;
     let op = new_operation(w, ctx, sub, &location, OpKind::Create, &key, None);
+    // Caches_CreateOrUpdate documents 200, 201 (+ Location, Retry-After) and 202 (Location, Retry-After, no
+    // body) — storagecache 2026-08-01 openapi.json; the example's 202 is `{}`. A deterministic share of creates
+    // (every `create_accepted_every`-th) answers 202 so clients must handle it.
+    if ctx.create_accepted_every > 0 && w.creates.is_multiple_of(u64::from(ctx.create_accepted_every)) {
+        return accepted_headers(ctx, Out::empty(StatusCode::ACCEPTED), sub, &location, &op);
+    }
     let c = &w.caches[&key];
     let out = Out::json(StatusCode::CREATED, cache_json(w, c, ctx.now));
     lro_headers(ctx, out, sub, &location, &op)
+}
+
+/// The 202 of Caches_CreateOrUpdate: `Location` (the operation monitor) and `Retry-After`, as the 2026-08-01 spec
+/// declares for it (no `Azure-AsyncOperation`).
+fn accepted_headers(ctx: &Ctx, out: Out, sub: &str, location: &str, op: &str) -> Out {
+    let base = ctx.endpoints.base_url.as_str().trim_end_matches('/');
+    let loc = norm_location(location);
+    let v = ctx.api_version;
+    out.with_header(
+        "location",
+        format!("{base}/subscriptions/{sub}/providers/Microsoft.StorageCache/locations/{loc}/ascOperations/{op}?monitor=true&api-version={v}"),
+    )
+    .with_header("retry-after", RETRY_AFTER_SECS.to_string())
 }
 
 fn new_operation(
@@ -608,23 +657,34 @@ fn update(ctx: &Ctx, w: &mut World, key: &str, spec: Spec, full_put: bool, rg: &
     if let Some((url, vault, rot)) = &spec.encryption {
         if url.is_empty() {
             if let Some(e) = new_enc.as_mut() {
-                e.rotation_to_latest_key_version_enabled = *rot;
+                set_rotation(e, *rot, &c.encryption, ctx.now);
             }
         } else {
-            let enc = match validate_encryption(w, &c.subscription_id, &c.location, url, vault, *rot, ctx.now) {
+            let mut enc = match validate_encryption(w, &c.subscription_id, &c.location, url, vault, *rot, ctx.now) {
                 Ok(e) => e,
                 Err(o) => return o,
             };
             let key_changed = c.encryption.as_ref().is_none_or(|e| !e.key_url.eq_ignore_ascii_case(&enc.key_url));
-            if key_changed && c.timeline.stage(ctx.now, &w.timing) == Stage::Healthy {
-                let vault = &w.vaults[&enc.vault_name.to_ascii_lowercase()];
-                let reach = c
-                    .identity
-                    .as_ref()
-                    .map(|i| i.principals())
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|p| w.cmk_access(vault, p));
+            if key_changed {
+                // "It is by design that `automatically_rotate_key_to_latest_enabled` changes to `false` when
+                // `key_vault_key_id` is changed, needs to do an additional update to set it back" (Terraform azurerm
+                // hpc_cache_resource.go; PR 16972: "have confirmed with service team that this is by design"). Only
+                // a change of the key URL resets it; an update with the same URL sets it as sent.
+                let had_flag =
+                    c.encryption.as_ref().is_some_and(|e| e.rotation_to_latest_key_version_enabled.is_some());
+                enc.rotation_to_latest_key_version_enabled = (rot.is_some() || had_flag).then_some(false);
+                enc.rotation_enabled_at = None;
+            } else if !full_put && rot.is_none() {
+                // a PATCH that leaves the flag out keeps it
+                if let Some(cur) = &c.encryption {
+                    enc.rotation_to_latest_key_version_enabled = cur.rotation_to_latest_key_version_enabled;
+                    enc.rotation_enabled_at = cur.rotation_enabled_at;
+                }
+            } else {
+                set_rotation(&mut enc, *rot, &c.encryption, ctx.now);
+            }
+            if key_changed && c.timeline.stage(ctx.now, &w.delays) == Stage::Healthy {
+                let reach = c.identity.as_ref().and_then(|i| w.key_access_since(i, &enc)).is_some_and(|t| t <= ctx.now);
                 if !reach {
                     return bad(
                         "KeyVaultAccessDenied",
@@ -635,10 +695,11 @@ fn update(ctx: &Ctx, w: &mut World, key: &str, spec: Spec, full_put: bool, rg: &
                     );
                 }
             }
+            enable_soft_delete(w, &enc.vault_name, ctx.now);
             new_enc = Some(enc);
         }
     }
-    let healthy = c.timeline.stage(ctx.now, &w.timing) == Stage::Healthy;
+    let healthy = c.timeline.stage(ctx.now, &w.delays) == Stage::Healthy;
     {
         let m = w.caches.get_mut(key).expect("exists");
         if let Some(t) = spec.tags.clone() {
@@ -672,6 +733,18 @@ fn update(ctx: &Ctx, w: &mut World, key: &str, spec: Spec, full_put: bool, rg: &
     } else {
         Out::json(StatusCode::OK, cache_json(w, &w.caches[key], ctx.now))
     }
+}
+
+/// Set `rotationToLatestKeyVersionEnabled` as an update sent it (same key URL), remembering when it turned on.
+fn set_rotation(e: &mut CacheEncryption, rot: Option<bool>, current: &Option<CacheEncryption>, now: Timestamp) {
+    let was_on = current
+        .as_ref()
+        .and_then(|c| c.rotation_enabled_at.filter(|_| c.rotation_to_latest_key_version_enabled == Some(true)));
+    e.rotation_to_latest_key_version_enabled = rot;
+    e.rotation_enabled_at = match rot {
+        Some(true) => was_on.or(Some(now)),
+        _ => None,
+    };
 }
 
 fn delete(ctx: &Ctx, w: &mut World, key: &str) -> Out {
@@ -755,7 +828,7 @@ fn strip_secrets(v: &mut Value) {
 
 /// The `Cache` resource as ARM returns it.
 pub fn cache_json(w: &World, c: &Cache, now: Timestamp) -> Value {
-    let (prov, health, desc) = c.timeline.status(now, &w.timing);
+    let (prov, health, desc) = c.timeline.status(now, &w.delays);
     let mut props = Map::new();
     props.insert("cacheSizeGB".into(), json!(c.cache_size_gb));
     props.insert("health".into(), json!({"state": health, "statusDescription": desc, "conditions": []}));

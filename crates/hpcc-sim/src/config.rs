@@ -27,6 +27,25 @@ pub struct SimConfig {
     pub throttling: bool,
     /// Serve ARM/Entra/Key Vault over plain HTTP instead of HTTPS.
     pub plain_http: bool,
+    /// From a grant (access policy permission or role assignment, made after start) to it counting for a cache's
+    /// key access. ARM reads show the grant at once. Default 5 min: Key Vault RBAC documents "up to 10 minutes"
+    /// for role assignments; half of that is a typical wait that still makes clients cope with the delay.
+    /// Seeded access (`grants`, `accessPolicies`, `roleAssignments`) is in effect from the start.
+    pub grant_propagation: Duration,
+    /// With `rotationToLatestKeyVersionEnabled`, how long after a newer enabled key version appears the cache uses
+    /// it. Default 60 min (Microsoft: automatic key rotation updates "within one hour").
+    pub auto_rotation_delay: Duration,
+    /// Real (wall-clock) time a Key Vault write (vault PATCH, accessPolicies add/replace/remove, role assignment
+    /// PUT/DELETE at or below the vault) stays in flight; a second write to the same vault meanwhile gets 409
+    /// `ConflictError`. Default 20 ms; zero disables.
+    pub vault_write_in_flight: Duration,
+    /// Every n-th successful cache create answers 202 without a body (plus `Location`, `Retry-After`) instead of
+    /// 201. Default 3; 0 = always 201.
+    pub create_accepted_every: u32,
+    /// Role assignments per page of a list (`nextLink` for the rest). Default 2.
+    pub role_assignment_page_size: usize,
+    /// The managed-identity endpoint's `IDENTITY_HEADER` secret (`Simulator::managed_identity_env`). Default: random.
+    pub identity_header: String,
 }
 
 impl Default for SimConfig {
@@ -42,6 +61,12 @@ impl Default for SimConfig {
             retired: false,
             throttling: false,
             plain_http: false,
+            grant_propagation: Duration::from_secs(5 * 60),
+            auto_rotation_delay: Duration::from_secs(60 * 60),
+            vault_write_in_flight: Duration::from_millis(20),
+            create_accepted_every: 3,
+            role_assignment_page_size: 2,
+            identity_header: uuid::Uuid::new_v4().to_string(),
         }
     }
 }

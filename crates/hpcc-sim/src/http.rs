@@ -14,6 +14,7 @@ use super::auth;
 use super::clock::http_date;
 use super::faults;
 use super::keys;
+use super::managed_identity;
 use super::request_log::RequestRecord;
 use super::server::Shared;
 use super::wire::{Out, Req};
@@ -49,13 +50,17 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let arrived = shared.clock.now();
     let fault = faults::check(&mut shared.faults.lock().unwrap_or_else(|e| e.into_inner()), &r);
     let out = match fault {
-        faults::Action::Respond(o) => o,
-        faults::Action::Delay(d) => {
+        faults::FaultEffect::Respond(o) => o,
+        faults::FaultEffect::Delay(d) => {
             tokio::time::sleep(d).await;
             dispatch(&shared, &r)
         }
-        faults::Action::None => dispatch(&shared, &r),
+        faults::FaultEffect::None => dispatch(&shared, &r),
     };
+    if let Some(d) = out.hold {
+        // an operation still in flight (Key Vault write overlap); no lock is held here
+        tokio::time::sleep(d).await;
+    }
     {
         let mut log = shared.log.lock().unwrap_or_else(|e| e.into_inner());
         log.push(RequestRecord {
@@ -83,6 +88,9 @@ fn dispatch(shared: &Shared, r: &Req) -> Out {
         return keys::handle(&shared.tokens, &shared.endpoints, &shared.world(), r, &vault);
     }
     let segs = r.segments();
+    if managed_identity::is_path(&segs) {
+        return managed_identity::handle(&shared.tokens, &shared.cfg.identity_header, &shared.world(), r);
+    }
     if auth::is_entra_path(&segs) {
         return auth::handle(&shared.tokens, &shared.endpoints.base_url, &shared.world(), r, &segs);
     }

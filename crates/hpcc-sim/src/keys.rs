@@ -1,6 +1,8 @@
 //! Key Vault data plane (keys), routed by the Host header `{vault}.vault.localhost`.
 
 use axum::http::{Method, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use super::auth::{AuthFail, Tokens, VAULT_AUDIENCES};
@@ -84,6 +86,9 @@ fn handle_authenticated(endpoints: &Endpoints, w: &World, r: &Req, vault_name: &
             );
         }
     }
+    if r.method == Method::POST {
+        return crypto(endpoints, w, r, vault_name, oid);
+    }
     if r.method != Method::GET {
         return kv_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -155,9 +160,105 @@ fn handle_authenticated(endpoints: &Endpoints, w: &World, r: &Req, vault_name: &
     }
 }
 
+/// `POST /keys/{name}/{version}/wrapkey|unwrapkey` (keys.json WrapKey/UnwrapKey). Key Vault checks the caller's
+/// permission, then the version's `key_ops`: an operation the key does not list is refused with 403, inner
+/// `KeyOperationForbidden` ("Operation decrypt is not permitted on this key." — Azure SDK for .NET issue 11518).
+/// No cryptography: the "wrapped" value is an opaque, reversible encoding tied to the version.
+fn crypto(endpoints: &Endpoints, w: &World, r: &Req, vault_name: &str, oid: &str) -> Out {
+    let segs: Vec<&str> = r.path.split('/').filter(|s| !s.is_empty()).collect();
+    let (name, version, op) = match segs.as_slice() {
+        [k, name, version, op] if k.eq_ignore_ascii_case("keys") => (*name, *version, op.to_ascii_lowercase()),
+        _ => {
+            return kv_error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("The requested path '{}' is not supported by the simulator.", r.path),
+                None,
+            );
+        }
+    };
+    let op = match op.as_str() {
+        "wrapkey" => "wrapKey",
+        "unwrapkey" => "unwrapKey",
+        _ => {
+            return kv_error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("The operation '{op}' is not supported by the simulator (wrapkey, unwrapkey)."),
+                None,
+            );
+        }
+    };
+    let Some(vault) = w.vaults.get(&vault_name.to_ascii_lowercase()) else {
+        return kv_error(
+            StatusCode::NOT_FOUND,
+            "VaultNotFound",
+            format!("The vault '{vault_name}' does not exist."),
+            None,
+        );
+    };
+    if !w.key_permission(vault, oid, op) {
+        return forbidden(vault, oid, op);
+    }
+    let Some(kv) = vault.key(name).and_then(|k| k.versions.iter().find(|v| v.version.eq_ignore_ascii_case(version)))
+    else {
+        return kv_error(
+            StatusCode::NOT_FOUND,
+            "KeyNotFound",
+            format!("A key with (name/id) {name}/{version} was not found in this key vault."),
+            None,
+        );
+    };
+    if !kv.allows(op) {
+        return kv_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Operation {op} is not permitted on this key."),
+            Some("KeyOperationForbidden"),
+        );
+    }
+    if !kv.enabled {
+        // simulator's wording: the real text for a disabled key was not found
+        return kv_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Operation {op} is not allowed on a disabled key."),
+            Some("KeyDisabled"),
+        );
+    }
+    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    let (Some(_alg), Some(value)) = (body["alg"].as_str(), body["value"].as_str()) else {
+        return kv_error(StatusCode::BAD_REQUEST, "BadParameter", "The request requires 'alg' and 'value'.", None);
+    };
+    let tag = format!("hpcc-sim:{}:", kv.version);
+    let out = if op == "wrapKey" {
+        URL_SAFE_NO_PAD.encode(format!("{tag}{value}"))
+    } else {
+        let decoded = URL_SAFE_NO_PAD.decode(value.trim_end_matches('=')).ok().and_then(|b| String::from_utf8(b).ok());
+        match decoded.as_deref().and_then(|d| d.strip_prefix(&tag)) {
+            Some(v) => v.to_string(),
+            // the real answer to a value this version did not wrap (Azure SDK for .NET issue 36269)
+            None => {
+                return kv_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    "Error occurred while decoding OAEP padding.",
+                    None,
+                );
+            }
+        }
+    };
+    let kid = format!("{}keys/{name}/{}", endpoints.vault_uri(&vault.name), kv.version);
+    Out::json(StatusCode::OK, json!({"kid": kid, "value": out}))
+}
+
 fn forbidden(vault: &Vault, oid: &str, perm: &str) -> Out {
     if vault.enable_rbac_authorization {
-        let action = "Microsoft.KeyVault/vaults/keys/read";
+        let action = match perm {
+            "wrapKey" => "Microsoft.KeyVault/vaults/keys/wrap/action",
+            "unwrapKey" => "Microsoft.KeyVault/vaults/keys/unwrap/action",
+            _ => "Microsoft.KeyVault/vaults/keys/read",
+        };
         kv_error(
             StatusCode::FORBIDDEN,
             "Forbidden",

@@ -9,7 +9,8 @@
 //!   shares, ARM's common errors), `tls` (the test CA);
 //! - [`state`] (the world and its pure rules);
 //! - `throttle` (ARM token buckets), `faults` (fault rules), `route` (which ARM resource a path names, and the
-//!   context its handler gets), `auth` (Entra, issuing and checking tokens);
+//!   context its handler gets), `auth` (Entra, issuing and checking tokens), `managed_identity` (the host's
+//!   managed-identity token endpoint);
 //! - the resource handlers, each given only what it reads: `caches`, `vaults` (vaults, role assignments,
 //!   identities), `keys` (Key Vault data plane);
 //! - `server` (what the listeners share);
@@ -27,6 +28,7 @@ mod endpoints;
 mod faults;
 mod http;
 mod keys;
+mod managed_identity;
 mod request_log;
 mod route;
 pub mod seed;
@@ -85,6 +87,8 @@ impl Simulator {
             authorization_window: cfg.authorization_window,
             key_ready_delay: cfg.key_ready_delay,
             create_delay: cfg.create_delay,
+            grant_propagation: cfg.grant_propagation,
+            auto_rotation_delay: cfg.auto_rotation_delay,
         });
         if let Some(seed) = &cfg.seed {
             world.apply_seed(seed, now).map_err(|e| anyhow::anyhow!("invalid seed: {e}"))?;
@@ -98,6 +102,7 @@ impl Simulator {
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             buckets: Mutex::new(Buckets::default()),
+            vault_writes: Mutex::new(Default::default()),
             tokens: Tokens::generate(),
             endpoints,
             ca_pem,
@@ -193,6 +198,16 @@ impl Simulator {
         v
     }
 
+    /// `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` of the simulated host's managed-identity endpoint (App Service's
+    /// form), for azure_identity's `ManagedIdentityCredential`; it issues tokens for the seeded user-assigned
+    /// identities. Not part of [`Simulator::env`].
+    pub fn managed_identity_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("IDENTITY_ENDPOINT".to_string(), format!("{}{}", self.base_url(), managed_identity::PATH)),
+            ("IDENTITY_HEADER".to_string(), self.shared.cfg.identity_header.clone()),
+        ]
+    }
+
     /// Write the env file (`KEY=value` lines, shell-quoted) and the CA PEM next to it (`<file>.ca.pem`).
     pub fn write_env_file(&self, path: &Path) -> anyhow::Result<()> {
         let dir = match path.parent() {
@@ -250,6 +265,17 @@ impl Simulator {
         Ok(r)
     }
 
+    /// Add a version to a key (created now, so it is the newest): what a rotation in Key Vault does. Returns the
+    /// version id.
+    pub fn add_key_version(&self, vault: &str, key: &str, version: &seed::SeedKeyVersion) -> anyhow::Result<String> {
+        let now = self.now();
+        let mut w = self.shared.world();
+        w.tick(now);
+        let v = w.add_key_version(vault, key, version, now).map_err(|e| anyhow::anyhow!(e))?;
+        w.tick(now);
+        Ok(v)
+    }
+
     pub async fn shutdown(self) {
         for h in &self.handles {
             h.graceful_shutdown(Some(Duration::from_secs(2)));
@@ -304,6 +330,21 @@ pub struct SimulateArgs {
     /// CMK authorization window in simulated minutes.
     #[arg(long, default_value_t = 90)]
     pub authorization_window_minutes: u64,
+    /// Simulated seconds from a grant to it counting for a cache's key access.
+    #[arg(long, default_value_t = 300)]
+    pub grant_propagation_seconds: u64,
+    /// Simulated minutes from a newer key version to a rotate-to-latest cache using it.
+    #[arg(long, default_value_t = 60)]
+    pub auto_rotation_minutes: u64,
+    /// Real milliseconds a Key Vault write stays in flight (overlapping writes get 409 ConflictError; 0 = off).
+    #[arg(long, default_value_t = 20)]
+    pub vault_write_in_flight_ms: u64,
+    /// Every n-th cache create answers 202 without a body (0 = never).
+    #[arg(long, default_value_t = 3)]
+    pub create_accepted_every: u32,
+    /// Role assignments per list page.
+    #[arg(long, default_value_t = 2)]
+    pub role_assignment_page_size: usize,
 }
 
 pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
@@ -322,6 +363,11 @@ pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
         retired: args.retired,
         throttling: args.throttling,
         plain_http: args.plain_http,
+        grant_propagation: Duration::from_secs(args.grant_propagation_seconds),
+        auto_rotation_delay: Duration::from_secs(args.auto_rotation_minutes * 60),
+        vault_write_in_flight: Duration::from_millis(args.vault_write_in_flight_ms),
+        create_accepted_every: args.create_accepted_every,
+        role_assignment_page_size: args.role_assignment_page_size,
         ..SimConfig::default()
     };
     let sim = Simulator::start(cfg).await?;

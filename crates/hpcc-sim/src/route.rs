@@ -287,6 +287,10 @@ pub struct Ctx<'a> {
     pub endpoints: &'a Endpoints,
     /// Product-retirement mode (`SimConfig::retired`).
     pub retired: bool,
+    /// Every n-th successful cache create answers 202 without a body (`SimConfig::create_accepted_every`; 0 = never).
+    pub create_accepted_every: u32,
+    /// Items per page of a role-assignment list (`SimConfig::role_assignment_page_size`).
+    pub role_assignment_page_size: usize,
 }
 
 #[cfg(test)]

@@ -29,6 +29,44 @@ pub struct Seed {
     /// User Access Administrator roles are always known).
     #[serde(default)]
     pub role_definitions: Vec<String>,
+    /// Management groups and the subscriptions in them: a role assignment at
+    /// `/providers/Microsoft.Management/managementGroups/{name}` applies to everything beneath.
+    #[serde(default)]
+    pub management_groups: Vec<SeedManagementGroup>,
+    /// Role assignments that already exist, at any scope (tenant root `/`, a management group, a subscription, a
+    /// resource group or a resource). Effective at once, like `grants`.
+    #[serde(default)]
+    pub role_assignments: Vec<SeedRoleAssignment>,
+}
+
+/// A management group (Azure: `Microsoft.Management/managementGroups`). Names are unique in the tenant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedManagementGroup {
+    pub name: String,
+    /// Parent management group name; absent = directly under the tenant root group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Subscription ids placed in this group (they are created if the seed names them nowhere else).
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+}
+
+/// A role assignment in the seed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedRoleAssignment {
+    /// `/`, `/providers/Microsoft.Management/managementGroups/{mg}`, `/subscriptions/{s}[/resourceGroups/…]`.
+    pub scope: String,
+    /// A role GUID or a role definition id (`…/providers/Microsoft.Authorization/roleDefinitions/{guid}`).
+    pub role_definition_id: String,
+    pub principal_id: String,
+    /// Default `ServicePrincipal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_type: Option<String>,
+    /// The assignment's GUID name; derived from scope, role and principal when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -185,6 +223,11 @@ pub struct SeedKeyVersion {
     pub exp: Option<Timestamp>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The version's permitted operations (`key_ops` of its JsonWebKey). Key Vault refuses any other operation
+    /// with 403 `KeyOperationForbidden`. Default: `encrypt, decrypt, sign, verify, wrapKey, unwrapKey` for RSA
+    /// keys (the set and order of the GetKey example), `sign, verify` for EC keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ops: Option<Vec<String>>,
 }
 
 impl Default for SeedKeyVersion {
@@ -197,6 +240,7 @@ impl Default for SeedKeyVersion {
             nbf: None,
             exp: None,
             tags: BTreeMap::new(),
+            key_ops: None,
         }
     }
 }
@@ -245,6 +289,20 @@ mod tests {
         assert_eq!(v.location, "westus");
         assert_eq!(v.keys[0].versions[0].kty, "RSA");
         assert_eq!(v.keys[0].versions[0].size, 2048);
+    }
+
+    #[test]
+    fn parses_key_ops_management_groups_and_role_assignments() {
+        let s = Seed::from_yaml(
+            "vaults:\n  - {name: kv1, subscriptionId: s1, resourceGroup: rg, keys: [{name: k, versions: [{keyOps: [sign, verify]}]}]}\nmanagementGroups:\n  - {name: mg1, subscriptions: [s1]}\n  - {name: mg2, parent: mg1}\nroleAssignments:\n  - {scope: /providers/Microsoft.Management/managementGroups/mg2, roleDefinitionId: e147488a-f6f5-4113-8e2d-b22465e65bf6, principalId: p}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.vaults[0].keys[0].versions[0].key_ops.as_deref(),
+            Some(&["sign".to_string(), "verify".to_string()][..])
+        );
+        assert_eq!(s.management_groups[1].parent.as_deref(), Some("mg1"));
+        assert_eq!(s.role_assignments[0].principal_id, "p");
     }
 
     #[test]

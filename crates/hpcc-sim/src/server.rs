@@ -2,7 +2,9 @@
 //! the token key and the URLs. The fronts (`http`, `arm`, `admin`) hold it; the handlers below them get only the
 //! parts they read.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use super::auth::Tokens;
 use super::clock::SimClock;
@@ -20,6 +22,8 @@ pub struct Shared {
     pub log: Mutex<Vec<RequestRecord>>,
     pub faults: Mutex<Vec<FaultRule>>,
     pub buckets: Mutex<Buckets>,
+    /// Key Vault writes in flight: lower-case vault name → real instant the write completes.
+    pub vault_writes: Mutex<BTreeMap<String, Instant>>,
     pub tokens: Tokens,
     pub endpoints: Endpoints,
     pub ca_pem: String,

@@ -59,11 +59,57 @@ pub fn sdur(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
-/// `true` when `scope` is `id` or an ancestor of it (ARM ids, case-insensitive). `/` covers everything.
+/// `true` when `scope` is `id` or an ancestor of it by path (ARM ids, case-insensitive). `/` covers everything.
+/// Management-group ancestry is not a path prefix: see [`World::scope_applies`].
 pub fn scope_covers(scope: &str, id: &str) -> bool {
     let s = scope.trim_end_matches('/').to_ascii_lowercase();
     let i = id.trim_end_matches('/').to_ascii_lowercase();
     s.is_empty() || i == s || i.starts_with(&format!("{s}/"))
+}
+
+/// `/providers/Microsoft.Management/managementGroups/{mg}` → `mg` (any case).
+pub fn management_group_of(scope: &str) -> Option<&str> {
+    let segs: Vec<&str> = scope.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        [p, ns, t, name] | [p, ns, t, name, ..]
+            if p.eq_ignore_ascii_case("providers")
+                && ns.eq_ignore_ascii_case("Microsoft.Management")
+                && t.eq_ignore_ascii_case("managementGroups") =>
+        {
+            Some(name)
+        }
+        _ => None,
+    }
+}
+
+/// `/subscriptions/{s}/…` → `s`.
+pub fn subscription_of(id: &str) -> Option<&str> {
+    let segs: Vec<&str> = id.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        [s, sub, ..] if s.eq_ignore_ascii_case("subscriptions") => Some(sub),
+        _ => None,
+    }
+}
+
+/// The vault a scope is at or below (`…/providers/Microsoft.KeyVault/vaults/{v}[/…]`), lower-case.
+pub fn vault_of_scope(scope: &str) -> Option<String> {
+    let segs: Vec<&str> = scope.split('/').filter(|s| !s.is_empty()).collect();
+    segs.windows(3)
+        .find(|w| w[0].eq_ignore_ascii_case("Microsoft.KeyVault") && w[1].eq_ignore_ascii_case("vaults"))
+        .map(|w| w[2].to_ascii_lowercase())
+}
+
+/// The key operations a key version gets when the seed names none: the set (and order) of the official GetKey
+/// example (`keyvault-data/GetKey-example.json`) for RSA keys; `sign, verify` for EC keys; wrap/unwrap for `oct`.
+pub fn default_key_ops(kty: &str) -> Vec<String> {
+    let ops: &[&str] = if kty.starts_with("RSA") {
+        &["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
+    } else if kty.starts_with("EC") {
+        &["sign", "verify"]
+    } else {
+        &["wrapKey", "unwrapKey"]
+    };
+    ops.iter().map(|s| s.to_string()).collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +192,9 @@ pub struct KeyVersion {
     pub exp: Option<Timestamp>,
     pub created: Timestamp,
     pub tags: BTreeMap<String, String>,
+    /// JsonWebKey `key_ops`: what Key Vault lets callers do with this version (403 `KeyOperationForbidden`
+    /// otherwise; Azure SDK for .NET issue 11518 shows the real answer).
+    pub key_ops: Vec<String>,
 }
 
 impl KeyVersion {
@@ -168,24 +217,27 @@ impl KeyVersion {
             exp: s.exp,
             created,
             tags: s.tags.clone(),
+            key_ops: s.key_ops.clone().unwrap_or_else(|| default_key_ops(&s.kty)),
         }
+    }
+
+    /// Does `key_ops` allow `op` (`wrapKey`, `unwrapKey`, …)? Compared without case (the seed may spell them
+    /// either way).
+    pub fn allows(&self, op: &str) -> bool {
+        self.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op))
     }
 
     /// JsonWebKey: `n`/`e` for RSA, `crv`/`x`/`y` for EC, nothing secret.
     pub fn jwk(&self, kid: &str) -> Value {
-        let mut jwk = serde_json::json!({"kid": kid, "kty": self.kty});
+        let mut jwk = serde_json::json!({"kid": kid, "kty": self.kty, "key_ops": self.key_ops});
         if self.kty.starts_with("RSA") {
-            jwk["key_ops"] = serde_json::json!(["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]);
             jwk["n"] = Value::String(URL_SAFE_NO_PAD.encode(&self.material));
             jwk["e"] = Value::String("AQAB".into());
         } else if self.kty.starts_with("EC") {
-            jwk["key_ops"] = serde_json::json!(["sign", "verify"]);
             jwk["crv"] = Value::String("P-256".into());
             let (x, y) = self.material.split_at(self.material.len() / 2);
             jwk["x"] = Value::String(URL_SAFE_NO_PAD.encode(x));
             jwk["y"] = Value::String(URL_SAFE_NO_PAD.encode(y));
-        } else {
-            jwk["key_ops"] = serde_json::json!(["wrapKey", "unwrapKey"]);
         }
         jwk
     }
@@ -222,6 +274,10 @@ pub struct Vault {
     pub created_at: Timestamp,
     pub last_modified_at: Timestamp,
     pub keys: BTreeMap<String, Key>,
+    /// `{objectId}|{key permission}` (lower-case) → when that access-policy permission takes effect for a cache's
+    /// key access (grant propagation). Kept in step with `access_policies` by [`Vault::restamp_policies`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_effective_at: BTreeMap<String, Timestamp>,
 }
 
 impl Vault {
@@ -234,6 +290,40 @@ impl Vault {
 
     pub fn key(&self, name: &str) -> Option<&Key> {
         self.keys.get(&name.to_ascii_lowercase())
+    }
+
+    /// Bring `policy_effective_at` in step with `access_policies`: key permissions that appeared take effect at
+    /// `effective_at`, permissions that are gone are forgotten (a later re-grant propagates again).
+    pub fn restamp_policies(&mut self, effective_at: Timestamp) {
+        let mut present = BTreeSet::new();
+        for a in &self.access_policies {
+            for p in &a.permissions.keys {
+                present.insert(format!("{}|{}", a.object_id.to_ascii_lowercase(), p.to_ascii_lowercase()));
+            }
+        }
+        self.policy_effective_at.retain(|k, _| present.contains(k));
+        for k in present {
+            self.policy_effective_at.entry(k).or_insert(effective_at);
+        }
+    }
+
+    /// When an access policy of this vault started to give `principal_id` the key permission `perm` (or `all`).
+    pub fn policy_effective_since(&self, principal_id: &str, perm: &str) -> Option<Timestamp> {
+        let has = self
+            .access_policies
+            .iter()
+            .filter(|a| a.object_id.eq_ignore_ascii_case(principal_id))
+            .any(|a| a.has_key_permission(perm));
+        if !has {
+            return None;
+        }
+        let oid = principal_id.to_ascii_lowercase();
+        [perm.to_ascii_lowercase(), "all".to_string()]
+            .iter()
+            .filter_map(|p| self.policy_effective_at.get(&format!("{oid}|{p}")).copied())
+            .min()
+            // a permission the stamps do not know yet (not restamped): effective now-ish, never earlier
+            .or(Some(self.last_modified_at))
     }
 
     pub fn recovery_level(&self) -> &'static str {
@@ -258,6 +348,9 @@ pub struct RoleAssignment {
     pub created_on: Timestamp,
     pub updated_on: Timestamp,
     pub created_by: String,
+    /// When the assignment takes effect for a cache's key access (Key Vault RBAC: "up to 10 minutes").
+    /// [`Timestamp::MIN`] for assignments that already existed (seed).
+    pub effective_at: Timestamp,
 }
 
 impl RoleAssignment {
@@ -276,6 +369,8 @@ pub struct CacheEncryption {
     pub key_name: String,
     pub key_version: Option<String>,
     pub rotation_to_latest_key_version_enabled: Option<bool>,
+    /// When `rotationToLatestKeyVersionEnabled` last became true (an update; creates never turn it on).
+    pub rotation_enabled_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -326,6 +421,10 @@ pub struct Delays {
     pub authorization_window: Duration,
     pub key_ready_delay: Duration,
     pub create_delay: Duration,
+    /// From a grant (access policy or role assignment) to it counting for a cache's key access.
+    pub grant_propagation: Duration,
+    /// With `rotationToLatestKeyVersionEnabled`, from a newer enabled key version appearing to the cache using it.
+    pub auto_rotation_delay: Duration,
 }
 
 impl CacheTimeline {
@@ -356,17 +455,18 @@ impl CacheTimeline {
         }
     }
 
-    /// Record the effect of the clock reaching `now` given whether the identity can reach the key now.
-    /// Call at every request (before and after any mutation) so that `access_at` is the instant access appeared.
-    pub fn observe(&mut self, now: Timestamp, has_access: bool, t: &Delays) {
+    /// Record the effect of the clock reaching `now`, given since when (if at all) the cache identity's key access
+    /// has been in effect (grants propagate, so this can lie between two requests; it can also lie before the
+    /// cache was created). Call at every request, before and after any mutation.
+    pub fn observe(&mut self, now: Timestamp, access_since: Option<Timestamp>, t: &Delays) {
         if !self.cmk || self.access_at.is_some() || self.failed_at.is_some() {
             return;
         }
         let deadline = self.created_at + sdur(t.authorization_window);
-        if now >= deadline {
-            self.failed_at = Some(deadline);
-        } else if has_access {
-            self.access_at = Some(now);
+        match access_since {
+            Some(s) if s <= now && s < deadline => self.access_at = Some(s),
+            _ if now >= deadline => self.failed_at = Some(deadline),
+            _ => {}
         }
     }
 
@@ -477,11 +577,24 @@ pub struct World {
     pub operations: BTreeMap<String, Operation>,
     /// Role definition GUIDs known besides [`KNOWN_ROLES`] (lower-case).
     pub extra_roles: BTreeSet<String>,
-    pub timing: Delays,
+    /// by lower-case name
+    pub management_groups: BTreeMap<String, ManagementGroup>,
+    /// Successful cache creates so far (which of them answer 202 is `SimConfig::create_accepted_every`).
+    pub creates: u64,
+    pub delays: Delays,
+}
+
+/// A management group: its parent (absent = the tenant root group) and the subscriptions directly in it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagementGroup {
+    pub name: String,
+    pub parent: Option<String>,
+    pub subscriptions: BTreeSet<String>,
 }
 
 impl World {
-    pub fn new(timing: Delays) -> World {
+    pub fn new(delays: Delays) -> World {
         let mut w = World {
             tenant_id: DEFAULT_TENANT.to_string(),
             operator_object_id: String::new(),
@@ -493,7 +606,9 @@ impl World {
             caches: BTreeMap::new(),
             operations: BTreeMap::new(),
             extra_roles: BTreeSet::new(),
-            timing,
+            management_groups: BTreeMap::new(),
+            creates: 0,
+            delays,
         };
         w.subscriptions.entry(DEFAULT_SUBSCRIPTION.to_string()).or_default().insert("rg".to_string());
         w
@@ -615,16 +730,88 @@ impl World {
                 created_at: now,
                 last_modified_at: now,
                 keys,
+                policy_effective_at: BTreeMap::new(),
             };
+            let mut vault = vault;
+            // seeded access policies already exist: in effect at once
+            vault.restamp_policies(Timestamp::MIN);
             self.vaults.insert(v.name.to_ascii_lowercase(), vault);
         }
         for r in &seed.role_definitions {
             self.extra_roles.insert(r.to_ascii_lowercase());
         }
+        for mg in &seed.management_groups {
+            if mg.name.is_empty() || mg.name.len() > 90 {
+                return Err(format!("management group name '{}' must be 1-90 characters", mg.name));
+            }
+            let subs: BTreeSet<String> = mg.subscriptions.iter().map(|s| s.to_ascii_lowercase()).collect();
+            for sub in &subs {
+                self.subscriptions.entry(sub.clone()).or_default();
+            }
+            self.management_groups.insert(
+                mg.name.to_ascii_lowercase(),
+                ManagementGroup { name: mg.name.clone(), parent: mg.parent.clone(), subscriptions: subs },
+            );
+        }
         for g in &seed.grants {
-            self.grant(&g.vault, &g.principal_id, now, "seed")?;
+            self.grant_effective_at(&g.vault, &g.principal_id, now, "seed", Timestamp::MIN)?;
+        }
+        for ra in &seed.role_assignments {
+            let guid = role_guid_of(&ra.role_definition_id)
+                .ok_or_else(|| format!("role assignment: '{}' is not a role definition id", ra.role_definition_id))?;
+            let scope = if ra.scope.trim_matches('/').is_empty() {
+                "/".to_string()
+            } else {
+                format!("/{}", ra.scope.trim_matches('/'))
+            };
+            let name = match &ra.name {
+                Some(n) => uuid::Uuid::parse_str(n)
+                    .map_err(|_| format!("role assignment name '{n}' must be a GUID"))?
+                    .to_string(),
+                None => uuid::Uuid::new_v5(
+                    &uuid::Uuid::NAMESPACE_URL,
+                    format!("{scope}|{guid}|{}", ra.principal_id).to_ascii_lowercase().as_bytes(),
+                )
+                .to_string(),
+            };
+            let assignment = RoleAssignment {
+                name,
+                scope,
+                role_definition_guid: guid,
+                principal_id: ra.principal_id.clone(),
+                principal_type: ra.principal_type.clone().unwrap_or_else(|| "ServicePrincipal".into()),
+                description: None,
+                created_on: now,
+                updated_on: now,
+                created_by: "seed".into(),
+                effective_at: Timestamp::MIN,
+            };
+            self.role_assignments.insert(assignment.id().to_ascii_lowercase(), assignment);
         }
         Ok(())
+    }
+
+    /// Append a key version (a rotation done in Key Vault, e.g. by its rotation policy or a person), created now.
+    /// Returns the new version.
+    pub fn add_key_version(
+        &mut self,
+        vault: &str,
+        key: &str,
+        version: &SeedKeyVersion,
+        now: Timestamp,
+    ) -> Result<String, String> {
+        let v = self.vault_by_name_or_id(vault).ok_or_else(|| format!("vault '{vault}' not found"))?;
+        let vname = v.name.to_ascii_lowercase();
+        let v = self.vaults.get_mut(&vname).expect("vault exists");
+        let kv = KeyVersion::from_seed(version, now);
+        let id = kv.version.clone();
+        let k =
+            v.keys.entry(key.to_ascii_lowercase()).or_insert_with(|| Key { name: key.to_string(), versions: vec![] });
+        if k.versions.iter().any(|x| x.version.eq_ignore_ascii_case(&id)) {
+            return Err(format!("key '{key}' already has version '{id}'"));
+        }
+        k.versions.push(kv);
+        Ok(id)
     }
 
     /// Ensure the default operator principal exists when the seed named none.
@@ -662,8 +849,21 @@ impl World {
 
     /// Give `principal_id` the access a cache needs, the way a person would in the portal: an access policy with
     /// get/wrapKey/unwrapKey on an access-policy vault, or the Crypto Service Encryption User role at the vault
-    /// scope on an RBAC vault. Returns a description of what was added.
+    /// scope on an RBAC vault. It counts for cache key access after the grant propagation delay. Returns a
+    /// description of what was added.
     pub fn grant(&mut self, vault: &str, principal_id: &str, now: Timestamp, by: &str) -> Result<String, String> {
+        let effective_at = now + sdur(self.delays.grant_propagation);
+        self.grant_effective_at(vault, principal_id, now, by, effective_at)
+    }
+
+    fn grant_effective_at(
+        &mut self,
+        vault: &str,
+        principal_id: &str,
+        now: Timestamp,
+        by: &str,
+        effective_at: Timestamp,
+    ) -> Result<String, String> {
         let tenant = self.tenant_id.clone();
         let v = self.vault_by_name_or_id(vault).ok_or_else(|| format!("vault '{vault}' not found"))?;
         let vname = v.name.to_ascii_lowercase();
@@ -680,6 +880,7 @@ impl World {
                 created_on: now,
                 updated_on: now,
                 created_by: by.to_string(),
+                effective_at,
             };
             let id = ra.id();
             self.role_assignments.insert(id.to_ascii_lowercase(), ra);
@@ -707,6 +908,7 @@ impl World {
                 }),
             }
             v.last_modified_at = now;
+            v.restamp_policies(effective_at);
             Ok(format!("access policy (keys: get, wrapKey, unwrapKey) on vault {}", v.name))
         }
     }
@@ -715,62 +917,133 @@ impl World {
         KNOWN_ROLES.contains(&guid) || self.extra_roles.contains(&guid.to_ascii_lowercase())
     }
 
-    /// Roles a principal holds over `id` (role guid list), from role assignments at `id` or above.
-    pub fn roles_over(&self, principal_id: &str, id: &str) -> Vec<String> {
+    /// Does a role assignment at `scope` apply to `id`? At or above it by path (`/` is the tenant root), or
+    /// through management groups: an assignment at `/providers/Microsoft.Management/managementGroups/{mg}`
+    /// applies to the group, its descendant groups, their subscriptions and everything in those.
+    pub fn scope_applies(&self, scope: &str, id: &str) -> bool {
+        if scope_covers(scope, id) {
+            return true;
+        }
+        let Some(mg) = management_group_of(scope) else {
+            return false;
+        };
+        let mg = mg.to_ascii_lowercase();
+        if let Some(child) = management_group_of(id) {
+            return self.mg_ancestors(child).contains(&mg);
+        }
+        let Some(sub) = subscription_of(id) else {
+            return false;
+        };
+        let sub = sub.to_ascii_lowercase();
+        self.management_groups
+            .values()
+            .filter(|g| g.subscriptions.contains(&sub))
+            .any(|g| self.mg_ancestors(&g.name).contains(&mg))
+    }
+
+    /// `mg` and its ancestors (lower-case), nearest first; stops at a cycle.
+    fn mg_ancestors(&self, mg: &str) -> Vec<String> {
+        let mut out = vec![];
+        let mut cur = Some(mg.to_ascii_lowercase());
+        while let Some(c) = cur {
+            if out.contains(&c) {
+                break;
+            }
+            cur = self.management_groups.get(&c).and_then(|g| g.parent.as_ref()).map(|p| p.to_ascii_lowercase());
+            out.push(c);
+        }
+        out
+    }
+
+    /// Role assignments of a principal that apply to `id` (at it, above it, or via a management group).
+    pub fn assignments_over<'a>(
+        &'a self,
+        principal_id: &'a str,
+        id: &'a str,
+    ) -> impl Iterator<Item = &'a RoleAssignment> {
         self.role_assignments
             .values()
-            .filter(|r| r.principal_id.eq_ignore_ascii_case(principal_id) && scope_covers(&r.scope, id))
-            .map(|r| r.role_definition_guid.to_ascii_lowercase())
-            .collect()
+            .filter(move |r| r.principal_id.eq_ignore_ascii_case(principal_id) && self.scope_applies(&r.scope, id))
+    }
+
+    /// Roles a principal holds over `id` (role guid list), from role assignments at `id` or above.
+    pub fn roles_over(&self, principal_id: &str, id: &str) -> Vec<String> {
+        self.assignments_over(principal_id, id).map(|r| r.role_definition_guid.to_ascii_lowercase()).collect()
     }
 
     /// Data-plane key permission check (`get`, `list`, `wrapKey`, `unwrapKey`), honouring the vault's model.
+    /// This is what Key Vault answers a caller with at once (the simulator applies grant propagation only to a
+    /// cache's own key access, see [`World::key_permission_since`]).
     pub fn key_permission(&self, vault: &Vault, principal_id: &str, perm: &str) -> bool {
+        self.key_permission_since(vault, principal_id, perm).is_some()
+    }
+
+    /// Since when `principal_id` holds the key permission `perm` on `vault` for a cache's key access (grants
+    /// propagate: Key Vault RBAC "will take up to 10 minutes"), or `None`.
+    pub fn key_permission_since(&self, vault: &Vault, principal_id: &str, perm: &str) -> Option<Timestamp> {
         if vault.enable_rbac_authorization {
-            let roles = self.roles_over(principal_id, &vault.id());
-            roles.iter().any(|r| {
-                let r = r.as_str();
-                match perm {
-                    "get" | "list" => [
-                        ROLE_CRYPTO_SERVICE_ENCRYPTION_USER,
-                        ROLE_CRYPTO_USER,
-                        ROLE_CRYPTO_OFFICER,
-                        ROLE_KV_ADMINISTRATOR,
-                        ROLE_KV_READER,
-                    ]
-                    .contains(&r),
-                    _ => [
-                        ROLE_CRYPTO_SERVICE_ENCRYPTION_USER,
-                        ROLE_CRYPTO_USER,
-                        ROLE_CRYPTO_OFFICER,
-                        ROLE_KV_ADMINISTRATOR,
-                    ]
-                    .contains(&r),
+            let roles: &[&str] = match perm {
+                "get" | "list" => &[
+                    ROLE_CRYPTO_SERVICE_ENCRYPTION_USER,
+                    ROLE_CRYPTO_USER,
+                    ROLE_CRYPTO_OFFICER,
+                    ROLE_KV_ADMINISTRATOR,
+                    ROLE_KV_READER,
+                ],
+                _ => {
+                    &[ROLE_CRYPTO_SERVICE_ENCRYPTION_USER, ROLE_CRYPTO_USER, ROLE_CRYPTO_OFFICER, ROLE_KV_ADMINISTRATOR]
                 }
-            })
+            };
+            let id = vault.id();
+            self.assignments_over(principal_id, &id)
+                .filter(|r| roles.contains(&r.role_definition_guid.to_ascii_lowercase().as_str()))
+                .map(|r| r.effective_at)
+                .min()
         } else {
-            vault
-                .access_policies
-                .iter()
-                .filter(|a| a.object_id.eq_ignore_ascii_case(principal_id))
-                .any(|a| a.has_key_permission(perm))
+            vault.policy_effective_since(principal_id, perm)
         }
     }
 
-    /// Can `principal_id` use keys of `vault` for encryption at rest (get + wrapKey + unwrapKey)?
-    pub fn cmk_access(&self, vault: &Vault, principal_id: &str) -> bool {
-        ["get", "wrapKey", "unwrapKey"].iter().all(|p| self.key_permission(vault, principal_id, p))
+    /// Since when `principal_id` has had what encryption at rest needs on `vault` (get + wrapKey + unwrapKey).
+    pub fn cmk_access_since(&self, vault: &Vault, principal_id: &str) -> Option<Timestamp> {
+        ["get", "wrapKey", "unwrapKey"]
+            .iter()
+            .map(|p| self.key_permission_since(vault, principal_id, p))
+            .try_fold(Timestamp::MIN, |acc, t| t.map(|t| acc.max(t)))
     }
 
-    /// Does any identity of the cache have CMK access to its key vault?
-    pub fn cache_has_key_access(&self, cache: &Cache) -> bool {
+    /// Can `principal_id` use keys of `vault` for encryption at rest at `now` (grants propagated)?
+    pub fn cmk_access(&self, vault: &Vault, principal_id: &str, now: Timestamp) -> bool {
+        self.cmk_access_since(vault, principal_id).is_some_and(|t| t <= now)
+    }
+
+    /// The key version an encryption setting names (the newest one if the URL has no version).
+    pub fn key_version_of(&self, enc: &CacheEncryption) -> Option<&KeyVersion> {
+        let key = self.vaults.get(&enc.vault_name.to_ascii_lowercase())?.key(&enc.key_name)?;
+        match &enc.key_version {
+            Some(v) => key.versions.iter().find(|k| k.version.eq_ignore_ascii_case(v)),
+            None => key.versions.last(),
+        }
+    }
+
+    /// Since when `identity` has been able to use the key of `enc` (`None`: not at all). Key Vault enforces the
+    /// version's `key_ops`: without `wrapKey` and `unwrapKey` the cache's wrap/unwrap calls get 403
+    /// `KeyOperationForbidden`, exactly as if the identity had no access.
+    pub fn key_access_since(&self, identity: &CacheIdentity, enc: &CacheEncryption) -> Option<Timestamp> {
+        let vault = self.vaults.get(&enc.vault_name.to_ascii_lowercase())?;
+        let kv = self.key_version_of(enc)?;
+        if !(kv.allows("wrapKey") && kv.allows("unwrapKey")) {
+            return None;
+        }
+        identity.principals().iter().filter_map(|p| self.cmk_access_since(vault, p)).min()
+    }
+
+    /// Since when any identity of the cache has had key access (see [`World::key_access_since`]).
+    pub fn cache_access_since(&self, cache: &Cache) -> Option<Timestamp> {
         let (Some(enc), Some(ident)) = (&cache.encryption, &cache.identity) else {
-            return false;
+            return None;
         };
-        let Some(vault) = self.vaults.get(&enc.vault_name.to_ascii_lowercase()) else {
-            return false;
-        };
-        ident.principals().iter().any(|p| self.cmk_access(vault, p))
+        self.key_access_since(ident, enc)
     }
 
     /// May `principal` perform ARM `action` on `id`? Seeded `armScopes` allow everything beneath them; otherwise
@@ -795,13 +1068,16 @@ impl World {
 
     /// Advance every clock-driven thing to `now`. Deterministic; call before and after each mutation.
     pub fn tick(&mut self, now: Timestamp) {
-        let timing = self.timing;
+        let timing = self.delays;
         let keys: Vec<String> = self.caches.keys().cloned().collect();
         for k in &keys {
-            let access = self.caches.get(k).map(|c| self.cache_has_key_access(c)).unwrap_or(false);
+            let since = self.caches.get(k).and_then(|c| self.cache_access_since(c));
             if let Some(c) = self.caches.get_mut(k) {
-                c.timeline.observe(now, access, &timing);
+                c.timeline.observe(now, since, &timing);
             }
+        }
+        for k in &keys {
+            self.rotate_to_latest(k, now);
         }
         // Deletions that finished.
         let finished: Vec<String> = self
@@ -869,6 +1145,59 @@ impl World {
             }
         }
     }
+}
+
+impl World {
+    /// Automatic rotation (`rotationToLatestKeyVersionEnabled: true`): the cache moves to the newest enabled
+    /// version of its key by itself, `auto_rotation_delay` after that version appeared (or after rotation was
+    /// turned on, if later). Microsoft documents "within one hour" for the automatic key rotation HPC Cache links
+    /// to (learn.microsoft.com/azure/virtual-machines/disk-encryption#automatic-key-rotation-of-customer-managed-keys).
+    fn rotate_to_latest(&mut self, cache_key: &str, now: Timestamp) {
+        let Some(c) = self.caches.get(cache_key) else { return };
+        if c.timeline.deleting_until.is_some() || c.timeline.failed_at.is_some() {
+            return;
+        }
+        let Some(enc) = &c.encryption else { return };
+        let (Some(true), Some(on_at)) = (enc.rotation_to_latest_key_version_enabled, enc.rotation_enabled_at) else {
+            return;
+        };
+        let Some(key) = self.vaults.get(&enc.vault_name.to_ascii_lowercase()).and_then(|v| v.key(&enc.key_name)) else {
+            return;
+        };
+        let Some(newest) = key.versions.iter().rev().find(|v| v.enabled) else { return };
+        if enc.key_version.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(&newest.version)) {
+            return;
+        }
+        let due = newest.created.max(on_at) + sdur(self.delays.auto_rotation_delay);
+        if due > now {
+            return;
+        }
+        let version = newest.version.clone();
+        let Some(c) = self.caches.get_mut(cache_key) else { return };
+        let Some(enc) = c.encryption.as_mut() else { return };
+        let base = enc.key_url.trim_end_matches('/');
+        let prefix = match &enc.key_version {
+            Some(_) => base.rsplit_once('/').map(|(p, _)| p).unwrap_or(base),
+            None => base,
+        };
+        enc.key_url = format!("{prefix}/{version}");
+        enc.key_version = Some(version);
+        c.last_modified_at = due;
+    }
+}
+
+/// The role GUID of a bare GUID or a role definition id (`…/providers/Microsoft.Authorization/roleDefinitions/{g}`).
+pub fn role_guid_of(def: &str) -> Option<String> {
+    let last = def.trim_end_matches('/').rsplit('/').next()?;
+    let segs: Vec<&str> = def.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.len() > 1
+        && !(segs.len() >= 3
+            && segs[segs.len() - 2].eq_ignore_ascii_case("roleDefinitions")
+            && segs[segs.len() - 3].eq_ignore_ascii_case("Microsoft.Authorization"))
+    {
+        return None;
+    }
+    uuid::Uuid::parse_str(last).ok().map(|u| u.to_string())
 }
 
 fn versions_len(k: &super::seed::SeedKey) -> usize {
@@ -968,6 +1297,8 @@ mod tests {
             authorization_window: Duration::from_secs(90 * 60),
             key_ready_delay: Duration::from_secs(5 * 60),
             create_delay: Duration::from_secs(10 * 60),
+            grant_propagation: Duration::ZERO,
+            auto_rotation_delay: Duration::from_secs(60 * 60),
         }
     }
     fn tl(cmk: bool) -> CacheTimeline {
@@ -986,10 +1317,11 @@ mod tests {
         let t = timing();
         let mut c = tl(true);
         let t10 = ts("2025-01-01T00:10:00Z");
-        c.observe(t10, false, &t);
+        c.observe(t10, None, &t);
         assert_eq!(c.status(t10, &t).1, "WaitingForKey");
         assert_eq!(c.status(t10, &t).0, "Creating");
-        c.observe(ts("2025-01-01T00:20:00Z"), true, &t);
+        let t20 = ts("2025-01-01T00:20:00Z");
+        c.observe(t20, Some(t20), &t);
         assert_eq!(c.status(ts("2025-01-01T00:24:59Z"), &t), ("Creating", "Transitioning", "Cache is being created."));
         assert_eq!(c.status(ts("2025-01-01T00:25:00Z"), &t).0, "Succeeded");
         assert_eq!(c.status(ts("2025-01-01T00:25:00Z"), &t).1, "Healthy");
@@ -999,7 +1331,7 @@ mod tests {
     fn cmk_cache_fails_after_window_even_if_access_comes_late() {
         let t = timing();
         let mut c = tl(true);
-        c.observe(ts("2025-01-01T02:00:00Z"), true, &t);
+        c.observe(ts("2025-01-01T02:00:00Z"), Some(ts("2025-01-01T01:45:00Z")), &t);
         assert_eq!(c.failed_at, Some(ts("2025-01-01T01:30:00Z")));
         assert_eq!(c.status(ts("2025-01-01T02:00:00Z"), &t).0, "Failed");
         assert_eq!(c.status(ts("2025-01-01T02:00:00Z"), &t).1, "Down");
@@ -1009,7 +1341,7 @@ mod tests {
     fn access_at_creation_uses_create_delay() {
         let t = timing();
         let mut c = tl(true);
-        c.observe(c.created_at, true, &t);
+        c.observe(c.created_at, Some(Timestamp::MIN), &t);
         assert_eq!(c.stage(ts("2025-01-01T00:09:59Z"), &t), Stage::Transitioning);
         assert_eq!(c.stage(ts("2025-01-01T00:10:00Z"), &t), Stage::Healthy);
         let p = tl(false);
@@ -1078,13 +1410,13 @@ mod tests {
         .unwrap();
         w.apply_seed(&seed, now).unwrap();
         let p = "11111111-1111-1111-1111-111111111111";
-        assert!(!w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), p));
+        assert!(!w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), p, now));
         w.grant("ap1", p, now, "t").unwrap();
-        assert!(w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), p));
+        assert!(w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), p, now));
         // an access policy does nothing on an RBAC vault
-        assert!(!w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), p));
+        assert!(!w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), p, now));
         w.grant("rb1", p, now, "t").unwrap();
-        assert!(w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), p));
+        assert!(w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), p, now));
         // a role assignment does nothing on an access-policy vault
         let q = "22222222-2222-2222-2222-222222222222";
         w.role_assignments.insert(
@@ -1099,9 +1431,141 @@ mod tests {
                 created_on: now,
                 updated_on: now,
                 created_by: "t".into(),
+                effective_at: now,
             },
         );
-        assert!(!w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), q));
-        assert!(w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), q), "subscription-scope role covers the vault");
+        assert!(!w.cmk_access(w.vault_by_name_or_id("ap1").unwrap(), q, now));
+        assert!(
+            w.cmk_access(w.vault_by_name_or_id("rb1").unwrap(), q, now),
+            "subscription-scope role covers the vault"
+        );
+    }
+
+    #[test]
+    fn access_found_between_requests_counts_from_when_it_took_effect() {
+        let t = timing();
+        let mut c = tl(true);
+        // access took effect at 00:20 but the next request comes at 00:40: ready at 00:25, not 00:45
+        c.observe(ts("2025-01-01T00:40:00Z"), Some(ts("2025-01-01T00:20:00Z")), &t);
+        assert_eq!(c.access_at, Some(ts("2025-01-01T00:20:00Z")));
+        assert_eq!(c.stage(ts("2025-01-01T00:25:00Z"), &t), Stage::Healthy);
+        // access that takes effect only after the window does not save the cache
+        let mut late = tl(true);
+        late.observe(ts("2025-01-01T02:00:00Z"), Some(ts("2025-01-01T01:31:00Z")), &t);
+        assert_eq!(late.stage(ts("2025-01-01T02:00:00Z"), &t), Stage::Failed);
+        // not yet in effect: still waiting
+        let mut soon = tl(true);
+        soon.observe(ts("2025-01-01T00:10:00Z"), Some(ts("2025-01-01T00:12:00Z")), &t);
+        assert_eq!(soon.stage(ts("2025-01-01T00:10:00Z"), &t), Stage::WaitingForKey);
+    }
+
+    fn world_with(seed: &str, propagation: Duration, now: Timestamp) -> World {
+        let mut w = World::new(Delays { grant_propagation: propagation, ..timing() });
+        w.apply_seed(&Seed::from_yaml(seed).unwrap(), now).unwrap();
+        w
+    }
+
+    #[test]
+    fn grants_propagate_before_they_count_for_key_access() {
+        let now = ts("2025-01-01T00:00:00Z");
+        let mut w = world_with(
+            "vaults:\n - {name: ap1, subscriptionId: s, resourceGroup: rg}\n - {name: rb1, subscriptionId: s, resourceGroup: rg, enableRbacAuthorization: true}\n",
+            Duration::from_secs(300),
+            now,
+        );
+        let p = "11111111-1111-1111-1111-111111111111";
+        for v in ["ap1", "rb1"] {
+            w.grant(v, p, now, "t").unwrap();
+            let vault = w.vault_by_name_or_id(v).unwrap();
+            assert!(w.key_permission(vault, p, "get"), "{v}: Key Vault's own answer shows the grant at once");
+            assert!(!w.cmk_access(vault, p, now + SignedDuration::from_secs(299)), "{v}: not yet for the cache");
+            assert!(w.cmk_access(vault, p, now + SignedDuration::from_secs(300)), "{v}");
+        }
+        // removing and re-adding a permission propagates again
+        let v = w.vaults.get_mut("ap1").unwrap();
+        let later = now + SignedDuration::from_mins(30);
+        v.access_policies.clear();
+        v.restamp_policies(later);
+        assert!(w.cmk_access_since(w.vault_by_name_or_id("ap1").unwrap(), p).is_none());
+        w.grant("ap1", p, later, "t").unwrap();
+        assert_eq!(
+            w.cmk_access_since(w.vault_by_name_or_id("ap1").unwrap(), p),
+            Some(later + SignedDuration::from_mins(5))
+        );
+        // seeded access already exists: in effect at once
+        let w = world_with(
+            "vaults:\n - {name: ap2, subscriptionId: s, resourceGroup: rg, accessPolicies: [{objectId: 22222222-2222-2222-2222-222222222222, permissions: {keys: [get, wrapKey, unwrapKey]}}]}\ngrants:\n - {vault: ap2, principalId: 33333333-3333-3333-3333-333333333333}\n",
+            Duration::from_secs(300),
+            now,
+        );
+        let v = w.vault_by_name_or_id("ap2").unwrap();
+        assert!(w.cmk_access(v, "22222222-2222-2222-2222-222222222222", now));
+        assert!(w.cmk_access(v, "33333333-3333-3333-3333-333333333333", now));
+    }
+
+    #[test]
+    fn key_ops_without_wrap_or_unwrap_mean_no_key_access() {
+        let now = ts("2025-01-01T00:00:00Z");
+        let p = "11111111-1111-1111-1111-111111111111";
+        let w = world_with(
+            &format!(
+                "vaults:\n - name: ap1\n   subscriptionId: s\n   resourceGroup: rg\n   keys:\n    - {{name: k, versions: [{{version: aa, keyOps: [sign, verify]}}, {{version: bb, keyOps: [wrapKey]}}, {{version: cc}}]}}\ngrants:\n - {{vault: ap1, principalId: {p}}}\n"
+            ),
+            Duration::ZERO,
+            now,
+        );
+        let ident = CacheIdentity {
+            kind: "SystemAssigned".into(),
+            system_principal_id: Some(p.into()),
+            user_assigned: BTreeMap::new(),
+        };
+        let enc = |v: &str| CacheEncryption {
+            key_url: format!("https://ap1.vault.azure.net/keys/k/{v}"),
+            source_vault_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/ap1".into(),
+            vault_name: "ap1".into(),
+            key_name: "k".into(),
+            key_version: Some(v.into()),
+            rotation_to_latest_key_version_enabled: None,
+            rotation_enabled_at: None,
+        };
+        assert!(w.key_access_since(&ident, &enc("aa")).is_none(), "sign/verify only");
+        assert!(w.key_access_since(&ident, &enc("bb")).is_none(), "wrapKey without unwrapKey");
+        assert!(w.key_access_since(&ident, &enc("cc")).is_some(), "default key_ops include both");
+        let kv = w.key_version_of(&enc("cc")).unwrap();
+        assert_eq!(
+            kv.jwk("x")["key_ops"],
+            serde_json::json!(["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"])
+        );
+        assert_eq!(w.key_version_of(&enc("aa")).unwrap().jwk("x")["key_ops"], serde_json::json!(["sign", "verify"]));
+    }
+
+    #[test]
+    fn management_group_assignments_apply_to_their_subscriptions() {
+        let now = ts("2025-01-01T00:00:00Z");
+        let w = world_with(
+            "managementGroups:\n - {name: root-mg, subscriptions: []}\n - {name: child, parent: root-mg, subscriptions: [s]}\nvaults:\n - {name: rb1, subscriptionId: s, resourceGroup: rg, enableRbacAuthorization: true}\nroleAssignments:\n - {scope: /providers/Microsoft.Management/managementGroups/root-mg, roleDefinitionId: e147488a-f6f5-4113-8e2d-b22465e65bf6, principalId: 44444444-4444-4444-4444-444444444444}\n",
+            Duration::ZERO,
+            now,
+        );
+        let v = w.vault_by_name_or_id("rb1").unwrap();
+        assert!(
+            w.cmk_access(v, "44444444-4444-4444-4444-444444444444", now),
+            "grandparent group's role reaches the vault"
+        );
+        let mg = "/providers/Microsoft.Management/managementGroups/root-mg";
+        assert!(w.scope_applies(mg, "/subscriptions/S/resourceGroups/rg"));
+        assert!(w.scope_applies(mg, "/providers/Microsoft.Management/managementGroups/child"));
+        assert!(!w.scope_applies("/providers/Microsoft.Management/managementGroups/child", mg));
+        assert!(!w.scope_applies(mg, "/subscriptions/other"));
+        assert_eq!(
+            vault_of_scope("/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/KV1/keys/k")
+                .as_deref(),
+            Some("kv1")
+        );
+        assert_eq!(
+            role_guid_of("E147488A-f6f5-4113-8e2d-b22465e65bf6").as_deref(),
+            Some("e147488a-f6f5-4113-8e2d-b22465e65bf6")
+        );
+        assert!(role_guid_of("/subscriptions/s/foo/e147488a-f6f5-4113-8e2d-b22465e65bf6").is_none());
     }
 }

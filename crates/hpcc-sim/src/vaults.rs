@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::clock::arm_time;
 use super::route::{Ctx, Route};
-use super::state::{AccessPolicy, Permissions, RoleAssignment, Vault, World, scope_covers};
+use super::state::{AccessPolicy, Permissions, RoleAssignment, Vault, World, sdur};
 use super::wire::{Out, Req, method_not_allowed, resource_not_found};
 
 pub const PURGE_PROTECTION_FALSE: &str = "The property \"enablePurgeProtection\" cannot be set to false. Enabling the purge protection for a vault is an irreversible action.";
@@ -25,11 +25,13 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                         Ok(b) => b,
                         Err(m) => return bad_request(m),
                     };
+                    let effective_at = ctx.now + sdur(w.delays.grant_propagation);
                     let vault = w.vaults.get_mut(&v).expect("vault");
                     if let Err(m) = apply_vault_patch(vault, &body) {
                         return bad_request(m);
                     }
                     vault.last_modified_at = ctx.now;
+                    vault.restamp_policies(effective_at);
                     Out::json(StatusCode::OK, vault_json(ctx, vault))
                 }
                 _ => method_not_allowed(&r.method),
@@ -52,6 +54,7 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 Ok(b) => b,
                 Err(m) => return bad_request(m),
             };
+            let effective_at = ctx.now + sdur(w.delays.grant_propagation);
             let vault = w.vaults.get_mut(&v).expect("vault");
             let entries = match parse_access_policies(&body["properties"]["accessPolicies"]) {
                 Ok(e) => e,
@@ -59,6 +62,8 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
             };
             update_access_policies(&mut vault.access_policies, &kind, &entries);
             vault.last_modified_at = ctx.now;
+            // ARM reads show the change at once; it counts for a cache's key access after the propagation delay.
+            vault.restamp_policies(effective_at);
             Out::json(
                 StatusCode::OK,
                 json!({
@@ -111,12 +116,16 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                     format!("The filter '{filter}' is not supported."),
                 );
             }
-            let value: Vec<Value> = w
+            // RoleAssignments_ListForScope (authorization-RoleAssignmentsCalls.json, 2022-04-01): "Use
+            // $filter=atScope() to return all role assignments at or above the scope. Use $filter=principalId eq
+            // {id} to return all role assignments at, above or below the scope for the specified principal."
+            // "Above" includes management groups holding the subscription; pageable via `nextLink`.
+            let all: Vec<Value> = w
                 .role_assignments
                 .values()
                 .filter(|ra| {
-                    let above = scope_covers(&ra.scope, scope);
-                    let below = scope_covers(scope, &ra.scope);
+                    let above = w.scope_applies(&ra.scope, scope);
+                    let below = w.scope_applies(scope, &ra.scope);
                     if at_scope {
                         above
                     } else if let Some(p) = &principal {
@@ -127,10 +136,42 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 })
                 .map(role_assignment_json)
                 .collect();
-            Out::json(StatusCode::OK, json!({ "value": value }))
+            page(ctx, r, all)
         }
         _ => method_not_allowed(&r.method),
     }
+}
+
+/// One page of an ARM list: `ctx.role_assignment_page_size` items from `$skipToken` on, and a `nextLink` (the
+/// same URL with the next `$skipToken`) while more remain.
+fn page(ctx: &Ctx, r: &Req, all: Vec<Value>) -> Out {
+    let size = ctx.role_assignment_page_size.max(1);
+    let skip = match r.param("$skipToken").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return Out::arm_error(StatusCode::BAD_REQUEST, "InvalidSkipToken", "The skip token is invalid.");
+        }
+    };
+    let total = all.len();
+    let value: Vec<Value> = all.into_iter().skip(skip).take(size).collect();
+    let mut body = json!({ "value": value });
+    if skip + size < total {
+        // ARM writes `$filter`/`$skipToken` with a literal `$`
+        let enc = |x: &str| url::form_urlencoded::byte_serialize(x.as_bytes()).collect::<String>().replace("%24", "$");
+        let mut query: Vec<String> = r
+            .params
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("$skipToken"))
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        query.push(format!("$skipToken={}", skip + size));
+        let mut next = ctx.endpoints.base_url.clone();
+        next.set_path(&r.path);
+        next.set_query(Some(&query.join("&")));
+        body["nextLink"] = Value::String(next.to_string());
+    }
+    Out::json(StatusCode::OK, body)
 }
 
 /// Key Vault's 400: code `BadRequest`, the message says what is wrong.
@@ -351,8 +392,12 @@ fn merge(into: &mut Vec<String>, add: &[String]) {
     }
 }
 
+/// `remove` matches permission values case-sensitively: a value sent in another case than stored removes
+/// nothing and the call still answers 200 (Azure/azure-rest-api-specs issue 42963: "The accessPolicies/remove
+/// endpoint performs case-sensitive matching on permission values ... The response is HTTP 200, but the access
+/// policy is not removed"; `add` "accepts permissions regardless of casing").
 fn subtract(from: &mut Vec<String>, rm: &[String]) {
-    from.retain(|x| !rm.iter().any(|r| r.eq_ignore_ascii_case(x)));
+    from.retain(|x| !rm.iter().any(|r| r == x));
 }
 
 /// `Vaults_UpdateAccessPolicy`: `add` unions permissions into the entry for the same (tenant, object,
@@ -550,6 +595,9 @@ fn role_assignment(ctx: &Ctx, w: &mut World, r: &Req, scope: &str, name: &str) -
                 created_on: ctx.now,
                 updated_on: ctx.now,
                 created_by: ctx.principal.to_string(),
+                // Key Vault RBAC guide, known limits: "it will take up to 10 minutes (600 seconds) after role
+                // assignments is changed for role to be applied" — ARM reads show it at once.
+                effective_at: ctx.now + sdur(w.delays.grant_propagation),
             };
             let out = Out::json(StatusCode::CREATED, role_assignment_json(&ra));
             w.role_assignments.insert(key, ra);
@@ -586,6 +634,7 @@ mod tests {
             created_at: now,
             last_modified_at: now,
             keys: Default::default(),
+            policy_effective_at: Default::default(),
         }
     }
 
@@ -637,6 +686,9 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].permissions.keys, vec!["get", "wrapKey"]);
         update_access_policies(&mut l, "replace", &[e(&["list"])]);
+        assert_eq!(l[0].permissions.keys, vec!["list"]);
+        // remove matches permission values case-sensitively (azure-rest-api-specs issue 42963)
+        update_access_policies(&mut l, "remove", &[e(&["LIST"])]);
         assert_eq!(l[0].permissions.keys, vec!["list"]);
         update_access_policies(&mut l, "remove", &[e(&["list"])]);
         assert!(l.is_empty());

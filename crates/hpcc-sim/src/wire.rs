@@ -1,6 +1,8 @@
 //! The request/response types every front (Entra, ARM, Key Vault) shares, and ARM's common error answers.
 //! A leaf: it names nothing else of the crate.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
@@ -56,14 +58,16 @@ pub struct Out {
     pub principal: Option<String>,
     /// Reset the connection instead of answering (fault injection).
     pub drop: bool,
+    /// Answer only after this much real time (an operation that stays in flight, e.g. a Key Vault write).
+    pub hold: Option<Duration>,
 }
 
 impl Out {
     pub fn json(status: StatusCode, body: Value) -> Out {
-        Out { status, headers: vec![], body: Some(body), principal: None, drop: false }
+        Out { status, headers: vec![], body: Some(body), principal: None, drop: false, hold: None }
     }
     pub fn empty(status: StatusCode) -> Out {
-        Out { status, headers: vec![], body: None, principal: None, drop: false }
+        Out { status, headers: vec![], body: None, principal: None, drop: false, hold: None }
     }
     pub fn with_header(mut self, k: &str, v: impl Into<String>) -> Out {
         self.headers.push((k.to_string(), v.into()));
@@ -107,6 +111,19 @@ pub fn method_not_allowed(m: &Method) -> Out {
         StatusCode::METHOD_NOT_ALLOWED,
         "MethodNotAllowed",
         format!("The requested resource does not support http method '{m}'."),
+    )
+}
+
+/// Key Vault's 409 when two writes to one vault overlap, verbatim (hashicorp/terraform-provider-azurerm issue
+/// 15127 and Azure/bicep issue 4364 show it with the vault's name; Azure/AzureKeyVault issue 6 and
+/// scylladb/scylla-cluster-tests issue 13184 show the same code and text).
+pub fn key_vault_conflict(vault: &str) -> Out {
+    Out::arm_error(
+        StatusCode::CONFLICT,
+        "ConflictError",
+        format!(
+            "A conflict occurred that prevented the operation from completing. The operation failed because the Key Vault '{vault}' changed from the point the operation began. This can happen if parallel operations are being performed on the Key Vault. To prevent this error, serialize the operations so that only one operation is performed on the Key Vault at a time. Follow this link for more information: https://go.microsoft.com/fwlink/?linkid=2147741"
+        ),
     )
 }
 

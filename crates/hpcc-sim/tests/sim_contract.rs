@@ -191,9 +191,13 @@ async fn start(extra_seed: &str, vault_hosts: &[&str]) -> T {
     let y = format!(
         "tenantId: {TENANT}\nprincipals:\n  - {{clientId: {OP_CLIENT}, objectId: {OP_OID}, secret: {OP_SECRET}, operator: true}}\n{extra_seed}"
     );
-    let sim = Simulator::start(SimConfig { seed: Some(Seed::from_yaml(&y).expect("seed")), ..SimConfig::default() })
-        .await
-        .expect("sim");
+    // grants count at once here (the examples are about shapes, not propagation)
+    let cfg = SimConfig {
+        seed: Some(Seed::from_yaml(&y).expect("seed")),
+        grant_propagation: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start(cfg).await.expect("sim");
     let http = sim::https_client(&sim, vault_hosts);
     let arm = sim::token(&http, &sim, OP_CLIENT, OP_SECRET, "https://management.azure.com/.default").await;
     let vault = sim::token(&http, &sim, OP_CLIENT, OP_SECRET, "https://vault.azure.net/.default").await;

@@ -19,10 +19,13 @@ const NOBODY_CLIENT: &str = "bbbbbbbb-0000-4000-8000-000000000001";
 const NOBODY_OID: &str = "bbbbbbbb-0000-4000-8000-0000000000b1";
 const API: &str = "2024-03-01";
 const CRYPTO_SEU: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
-const VAULTS: [&str; 5] = ["kv-ap", "kv-rbac", "kv-east", "kv-nopp", "kv-other"];
+const VAULTS: [&str; 6] = ["kv-ap", "kv-rbac", "kv-east", "kv-nopp", "kv-other", "kv-nosd"];
+const V2: &str = "22222222222222222222222222222222";
+const V3: &str = "33333333333333333333333333333333";
 
 /// The shared world plus: a second subscription, a principal without ARM rights, keys in `kv-ap` that a cache may
-/// not use (EC, disabled, expired), a vault in another region and one in another subscription.
+/// not use (EC, disabled, expired, key_ops without wrap/unwrap), a vault in another region, one in another
+/// subscription and one without soft delete.
 fn seed() -> Seed {
     let mut seed = sim::seed();
     sim::extend(
@@ -47,6 +50,13 @@ vaults:
     location: westus
     enablePurgeProtection: true
     keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
+  - name: kv-nosd
+    subscriptionId: {SUB}
+    resourceGroup: rg
+    location: westus
+    enableSoftDelete: false
+    enablePurgeProtection: true
+    keys: [{{name: k2048, versions: [{{version: {V1}}}]}}]
 "#
         ),
     );
@@ -56,6 +66,8 @@ vaults:
 - {{name: kec, versions: [{{version: {V1}, kty: EC}}]}}
 - {{name: kdis, versions: [{{version: {V1}, enabled: false}}]}}
 - {{name: kexp, versions: [{{version: {V1}, exp: "2020-01-01T00:00:00Z"}}]}}
+- {{name: ksign, versions: [{{version: {V1}, keyOps: [sign, verify]}}]}}
+- {{name: knounwrap, versions: [{{version: {V1}, keyOps: [encrypt, decrypt, wrapKey]}}]}}
 "#
     ))
     .expect("keys parse");
@@ -80,8 +92,10 @@ async fn start_with(cfg: SimConfig) -> T {
     T { sim, http, token }
 }
 
+/// The default world with grants counting at once (these scenarios are not about propagation; the ones that are
+/// use [`start_with`]).
 async fn start() -> T {
-    start_with(SimConfig::default()).await
+    start_with(SimConfig { grant_propagation: Duration::ZERO, ..SimConfig::default() }).await
 }
 
 struct Resp {
@@ -436,7 +450,10 @@ async fn retired_mode_refuses_create() {
     let r = t.put_system_cache("x", "kv-ap").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.code(), "OperationNotAllowed");
-    assert_eq!(r.body["error"]["message"], "Unable to create HPC Cache due to product retirement");
+    assert_eq!(
+        r.body["error"]["message"],
+        "Unable to create HPC Cache due to product retirement. Please open a support ticket if you reached this in error."
+    );
     assert_eq!(t.get_cache("x").await.status, StatusCode::NOT_FOUND);
 }
 
@@ -794,4 +811,570 @@ async fn azure_identity_client_secret_credential_gets_a_token_that_arm_accepts()
     // a wrong secret surfaces as an authentication error through the same code path
     let bad = credential(&t.sim, "nope").unwrap();
     assert!(bad.get_token(&["https://management.azure.com/.default"], None).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Real Azure's contract (issue #6)
+
+fn plain_cache_body(sku: &str, size: i64) -> Value {
+    json!({
+        "location": "westus",
+        "sku": {"name": sku},
+        "properties": {
+            "cacheSizeGB": size,
+            "subnet": format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"),
+        }
+    })
+}
+
+fn key_ref(vault: &str, key: &str, version: Option<&str>) -> Value {
+    let url = match version {
+        Some(v) => format!("https://{vault}.vault.azure.net/keys/{key}/{v}"),
+        None => format!("https://{vault}.vault.azure.net/keys/{key}"),
+    };
+    json!({"keyUrl": url, "sourceVault": {"id": vault_id(SUB, "rg", vault)}})
+}
+
+fn rotation(r: &Resp) -> Value {
+    r.body["properties"]["encryptionSettings"]["rotationToLatestKeyVersionEnabled"].clone()
+}
+
+fn key_url_of(r: &Resp) -> String {
+    r.body["properties"]["encryptionSettings"]["keyEncryptionKey"]["keyUrl"].as_str().unwrap_or_default().to_string()
+}
+
+impl T {
+    async fn vault_post(&self, vault: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.sim.vault_uri(vault).join(path).unwrap())
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn key_ops_are_reported_and_enforced() {
+    let t = start().await;
+    let vt = token(&t.http, &t.sim, OP_CLIENT, OP_SECRET, "https://vault.azure.net/.default").await;
+    t.grant("kv-ap", OP_OID).await;
+    // GET key answers carry the version's key_ops; the default is the GetKey example's set
+    let r = t.vault_get("kv-ap", &format!("keys/ksign/{V1}?api-version=7.5"), &vt).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["key"]["key_ops"], json!(["sign", "verify"]));
+    let r = t.vault_get("kv-ap", "keys/k2048?api-version=7.5", &vt).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["key"]["key_ops"],
+        json!(["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"])
+    );
+
+    // Key Vault enforces key_ops: 403 Forbidden, inner KeyOperationForbidden
+    let wrap = json!({"alg": "RSA-OAEP", "value": "c2VjcmV0"});
+    let (st, b) = t.vault_post("kv-ap", &format!("keys/ksign/{V1}/wrapkey?api-version=7.5"), &vt, wrap.clone()).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(
+        b,
+        json!({"error": {"code": "Forbidden", "message": "Operation wrapKey is not permitted on this key.", "innererror": {"code": "KeyOperationForbidden"}}})
+    );
+    let (st, w) = t.vault_post("kv-ap", &format!("keys/k2048/{V1}/wrapkey?api-version=7.5"), &vt, wrap.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{w}");
+    let (st, u) = t
+        .vault_post(
+            "kv-ap",
+            &format!("keys/k2048/{V1}/unwrapkey?api-version=7.5"),
+            &vt,
+            json!({"alg": "RSA-OAEP", "value": w["value"]}),
+        )
+        .await;
+    assert_eq!((st, u["value"].clone()), (StatusCode::OK, json!("c2VjcmV0")));
+    let (st, b) = t
+        .vault_post(
+            "kv-ap",
+            &format!("keys/knounwrap/{V1}/unwrapkey?api-version=7.5"),
+            &vt,
+            json!({"alg": "RSA-OAEP", "value": w["value"]}),
+        )
+        .await;
+    assert_eq!((st, b["error"]["innererror"]["code"].clone()), (StatusCode::FORBIDDEN, json!("KeyOperationForbidden")));
+
+    // a cache whose key version lacks wrapKey or unwrapKey never gets its key, whatever access it is given
+    for (name, key) in [("ops1", "ksign"), ("ops2", "knounwrap")] {
+        let r = t.call(Method::PUT, &cache_path(name), Some(cache_body(system(), "kv-ap", key, SUB, "rg"))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+        assert_eq!(t.grant("kv-ap", &principal).await.status(), StatusCode::OK);
+    }
+    t.sim.advance(Duration::from_secs(30 * 60));
+    for name in ["ops1", "ops2"] {
+        assert_eq!(health(&t.get_cache(name).await), ("Creating".into(), "WaitingForKey".into()), "{name}");
+    }
+    t.sim.advance(Duration::from_secs(61 * 60));
+    for name in ["ops1", "ops2"] {
+        assert_eq!(health(&t.get_cache(name).await), ("Failed".into(), "Down".into()), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn rotation_to_latest_follows_terraforms_documented_behaviour() {
+    let t = start_with(SimConfig {
+        grant_propagation: Duration::ZERO,
+        auto_rotation_delay: Duration::from_secs(10 * 60),
+        ..SimConfig::default()
+    })
+    .await;
+    // create with rotation on: not applied, the cache reports false
+    let mut body = cache_body(system(), "kv-ap", "k2048", SUB, "rg");
+    body["properties"]["encryptionSettings"]["rotationToLatestKeyVersionEnabled"] = json!(true);
+    let r = t.call(Method::PUT, &cache_path("rot"), Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(rotation(&r), json!(false));
+    let principal = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    t.grant("kv-ap", &principal).await;
+    t.sim.advance(Duration::from_secs(10 * 60));
+    let g = t.get_cache("rot").await;
+    assert_eq!((health(&g).1, rotation(&g)), ("Healthy".to_string(), json!(false)));
+
+    // a later update with the same key URL turns it on
+    let patch = |v: &str, rot: bool| json!({"properties": {"encryptionSettings": {"keyEncryptionKey": key_ref("kv-ap", "k2048", Some(v)), "rotationToLatestKeyVersionEnabled": rot}}});
+    let r = t.call(Method::PATCH, &cache_path("rot"), Some(patch(V1, true))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(rotation(&t.get_cache("rot").await), json!(true));
+
+    // new versions appear: the newest enabled one is used after the configured delay, by the cache itself
+    t.sim.add_key_version("kv-ap", "k2048", &serde_yaml_ng::from_str(&format!("{{version: {V2}}}")).unwrap()).unwrap();
+    t.sim
+        .add_key_version(
+            "kv-ap",
+            "k2048",
+            &serde_yaml_ng::from_str(&format!("{{version: {V3}, enabled: false}}")).unwrap(),
+        )
+        .unwrap();
+    t.sim.advance(Duration::from_secs(9 * 60));
+    assert!(key_url_of(&t.get_cache("rot").await).ends_with(V1));
+    t.sim.advance(Duration::from_secs(60));
+    let g = t.get_cache("rot").await;
+    assert_eq!(key_url_of(&g), format!("https://kv-ap.vault.azure.net/keys/k2048/{V2}"), "newest enabled version");
+    assert_eq!(rotation(&g), json!(true));
+
+    // changing the key URL resets it to false, even when the same request says true
+    t.sim.advance(Duration::from_secs(2 * 60));
+    let r = t.call(Method::PATCH, &cache_path("rot"), Some(patch(V1, true))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let g = t.get_cache("rot").await;
+    assert_eq!((key_url_of(&g).ends_with(V1), rotation(&g)), (true, json!(false)));
+    t.sim.advance(Duration::from_secs(60 * 60));
+    assert!(key_url_of(&t.get_cache("rot").await).ends_with(V1), "rotation is off: no move");
+    // an update that only sends the flag turns it on again; the version that appeared long ago is taken after the
+    // delay counted from then
+    t.call(
+        Method::PATCH,
+        &cache_path("rot"),
+        Some(json!({"properties": {"encryptionSettings": {"rotationToLatestKeyVersionEnabled": true}}})),
+    )
+    .await;
+    t.sim.advance(Duration::from_secs(10 * 60));
+    assert!(key_url_of(&t.get_cache("rot").await).ends_with(V2));
+    assert_eq!(SimConfig::default().auto_rotation_delay, Duration::from_secs(60 * 60), "default: within an hour");
+}
+
+#[tokio::test]
+async fn overlapping_key_vault_writes_get_conflict_error() {
+    let in_flight = Duration::from_millis(400);
+    let t = start_with(SimConfig { vault_write_in_flight: in_flight, ..SimConfig::default() }).await;
+    let vp = format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap"));
+    let ap = |kind: &str| format!("{}/accessPolicies/{kind}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap"));
+    let policy = json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": UAI_PRINCIPAL, "permissions": {"keys": ["get"]}}]}});
+    let later = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    let started = std::time::Instant::now();
+    let (first, second, read, other) = tokio::join!(
+        t.call(Method::PATCH, &vp, Some(json!({"tags": {"a": "b"}}))),
+        async {
+            later(100).await;
+            t.call(Method::PUT, &ap("add"), Some(policy.clone())).await
+        },
+        async {
+            later(100).await;
+            let s = std::time::Instant::now();
+            let r = t.call(Method::GET, &vp, None).await;
+            (r, s.elapsed())
+        },
+        async {
+            later(100).await;
+            t.call(
+                Method::PATCH,
+                &format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-rbac")),
+                Some(json!({"tags": {"x": "y"}})),
+            )
+            .await
+        },
+    );
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(started.elapsed() >= in_flight, "a write answers when it is no longer in flight");
+    assert_eq!(second.status, StatusCode::CONFLICT);
+    assert_eq!(
+        second.body,
+        json!({"error": {"code": "ConflictError", "message": "A conflict occurred that prevented the operation from completing. The operation failed because the Key Vault 'kv-ap' changed from the point the operation began. This can happen if parallel operations are being performed on the Key Vault. To prevent this error, serialize the operations so that only one operation is performed on the Key Vault at a time. Follow this link for more information: https://go.microsoft.com/fwlink/?linkid=2147741"}})
+    );
+    assert_eq!(read.0.status, StatusCode::OK, "reads are not writes");
+    assert!(read.1 < in_flight, "no lock is held while a write is in flight: {:?}", read.1);
+    assert_eq!(other.status, StatusCode::OK, "another vault is another vault");
+    // the losing write changed nothing
+    let v = t.call(Method::GET, &vp, None).await;
+    assert!(v.body["properties"]["accessPolicies"].as_array().unwrap().iter().all(|p| p["objectId"] != UAI_PRINCIPAL));
+
+    // role assignments at or below the vault are vault writes too; serialized writes never conflict
+    let ra = format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/7a3c1c8e-0000-4000-8000-000000000001?api-version=2022-04-01",
+        vault_id(SUB, "rg", "kv-rbac")
+    );
+    let ra_body = json!({"properties": {"roleDefinitionId": format!("/providers/Microsoft.Authorization/roleDefinitions/{CRYPTO_SEU}"), "principalId": UAI_PRINCIPAL, "principalType": "ServicePrincipal"}});
+    let (a, b) = tokio::join!(t.call(Method::PUT, &ra, Some(ra_body.clone())), async {
+        later(100).await;
+        t.call(Method::PATCH, &format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-rbac")), Some(json!({})))
+            .await
+    });
+    assert_eq!((a.status, b.status), (StatusCode::CREATED, StatusCode::CONFLICT));
+    for body in [Some(policy.clone()), Some(policy.clone())] {
+        assert_eq!(t.call(Method::PUT, &ap("add"), body).await.status, StatusCode::OK, "one after the other");
+    }
+    assert_eq!(t.call(Method::DELETE, &ra, None).await.status, StatusCode::OK);
+
+    // zero disables it
+    let t = start_with(SimConfig { vault_write_in_flight: Duration::ZERO, ..SimConfig::default() }).await;
+    let (a, b) = tokio::join!(t.call(Method::PATCH, &vp, Some(json!({}))), t.call(Method::PATCH, &vp, Some(json!({}))));
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(SimConfig::default().vault_write_in_flight, Duration::from_millis(20));
+}
+
+#[tokio::test]
+async fn grants_take_effect_for_the_cache_after_propagation() {
+    let t = start_with(SimConfig::default()).await;
+    assert_eq!(SimConfig::default().grant_propagation, Duration::from_secs(5 * 60));
+    // access policy vault
+    let r = t.put_system_cache("p1", "kv-ap").await;
+    let p1 = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    t.add_access_policy("kv-ap", "2025-05-01", &p1, &["get", "wrapKey", "unwrapKey"]).await;
+    let v = t.call(Method::GET, &format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")), None).await;
+    assert!(
+        v.body["properties"]["accessPolicies"].as_array().unwrap().iter().any(|p| p["objectId"] == p1.as_str()),
+        "ARM shows it at once"
+    );
+    // RBAC vault
+    let r = t.put_system_cache("p2", "kv-rbac").await;
+    let p2 = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    let ra = format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/8a3c1c8e-0000-4000-8000-000000000001?api-version=2022-04-01",
+        vault_id(SUB, "rg", "kv-rbac")
+    );
+    let body = json!({"properties": {"roleDefinitionId": format!("/providers/Microsoft.Authorization/roleDefinitions/{CRYPTO_SEU}"), "principalId": p2, "principalType": "ServicePrincipal"}});
+    assert_eq!(t.call(Method::PUT, &ra, Some(body)).await.status, StatusCode::CREATED);
+    assert_eq!(t.call(Method::GET, &ra, None).await.status, StatusCode::OK, "ARM shows it at once");
+
+    t.sim.advance(Duration::from_secs(4 * 60 + 50));
+    for c in ["p1", "p2"] {
+        assert_eq!(health(&t.get_cache(c).await).1, "WaitingForKey", "{c}: not yet propagated");
+    }
+    t.sim.advance(Duration::from_secs(15));
+    for c in ["p1", "p2"] {
+        assert_eq!(health(&t.get_cache(c).await).1, "Transitioning", "{c}: propagated");
+    }
+    // ready counts from when the grant took effect, not from when it was seen
+    t.sim.advance(Duration::from_secs(5 * 60));
+    for c in ["p1", "p2"] {
+        assert_eq!(health(&t.get_cache(c).await), ("Succeeded".into(), "Healthy".into()), "{c}");
+    }
+}
+
+/// The scopes of every role assignment in a paged list answer, sorted, and how many pages it took.
+async fn collect_pages(t: &T, first: Resp) -> (Vec<String>, usize) {
+    let mut scopes = vec![];
+    let mut pages = 0;
+    let mut r = first;
+    loop {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        pages += 1;
+        let items = r.body["value"].as_array().unwrap();
+        assert!(items.len() <= 2, "default page size");
+        scopes.extend(items.iter().map(|i| i["properties"]["scope"].as_str().unwrap().to_string()));
+        let Some(next) = r.body["nextLink"].as_str().map(str::to_string) else { break };
+        assert!(
+            next.starts_with(&t.sim.base_url().to_string()) && next.contains("$skipToken=") && next.contains("filter"),
+            "{next}"
+        );
+        let g = t.get_url(&next).await;
+        let status = g.status();
+        r = Resp { status, headers: g.headers().clone(), body: g.json().await.unwrap() };
+    }
+    scopes.sort();
+    (scopes, pages)
+}
+
+#[tokio::test]
+async fn role_assignments_list_at_above_and_below_with_management_groups_and_paging() {
+    let t = start().await;
+    let p = "dddddddd-0000-4000-8000-0000000000d1";
+    let other = "eeeeeeee-0000-4000-8000-0000000000e1";
+    let vault = vault_id(SUB, "rg", "kv-rbac");
+    let mg = |n: &str| format!("/providers/Microsoft.Management/managementGroups/{n}");
+    let seed = format!(
+        r#"
+managementGroups:
+  - {{name: mg-root}}
+  - {{name: mg-child, parent: mg-root, subscriptions: [{SUB}]}}
+  - {{name: mg-other, subscriptions: [{OTHER_SUB}]}}
+roleAssignments:
+  - {{scope: "{mg_root}", roleDefinitionId: {CRYPTO_SEU}, principalId: {p}}}
+  - {{scope: "{mg_other}", roleDefinitionId: {CRYPTO_SEU}, principalId: {p}}}
+  - {{scope: /subscriptions/{SUB}, roleDefinitionId: {CRYPTO_SEU}, principalId: {p}}}
+  - {{scope: /subscriptions/{SUB}/resourceGroups/rg, roleDefinitionId: {CRYPTO_SEU}, principalId: {p}}}
+  - {{scope: /subscriptions/{SUB}/resourceGroups/rg-elsewhere, roleDefinitionId: {CRYPTO_SEU}, principalId: {p}}}
+  - {{scope: "{vault}", roleDefinitionId: {CRYPTO_SEU}, principalId: {p}}}
+  - {{scope: "{vault}/keys/k2048", roleDefinitionId: {CRYPTO_SEU}, principalId: {p}}}
+  - {{scope: "{vault}", roleDefinitionId: {CRYPTO_SEU}, principalId: {other}}}
+"#,
+        mg_root = mg("mg-root"),
+        mg_other = mg("mg-other"),
+    );
+    t.sim.seed(&Seed::from_yaml(&seed).unwrap()).unwrap();
+
+    let list = |filter: &str| {
+        format!("{vault}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter={filter}")
+    };
+    let (scopes, pages) =
+        collect_pages(&t, t.call(Method::GET, &list(&format!("principalId%20eq%20'{p}'")), None).await).await;
+    let mut want = vec![
+        mg("mg-root"),
+        format!("/subscriptions/{SUB}"),
+        format!("/subscriptions/{SUB}/resourceGroups/rg"),
+        vault.clone(),
+        format!("{vault}/keys/k2048"),
+    ];
+    want.sort();
+    assert_eq!(scopes, want, "at, above (management group included) and below; nothing beside");
+    assert_eq!(pages, 3, "clients must follow nextLink");
+    // atScope(): at or above only
+    let (scopes, _) = collect_pages(&t, t.call(Method::GET, &list("atScope()"), None).await).await;
+    assert!(!scopes.contains(&format!("{vault}/keys/k2048")));
+    assert!(scopes.contains(&mg("mg-root")) && scopes.contains(&vault));
+    // a page size of our own
+    let t2 = start_with(SimConfig { role_assignment_page_size: 100, ..SimConfig::default() }).await;
+    t2.sim.seed(&Seed::from_yaml(&seed).unwrap()).unwrap();
+    let r = t2.call(Method::GET, &list(&format!("principalId%20eq%20'{p}'")), None).await;
+    assert_eq!((r.body["value"].as_array().unwrap().len(), r.body.get("nextLink").is_none()), (5, true));
+}
+
+#[tokio::test]
+async fn leniencies_are_gone() {
+    let t = start().await;
+    // version-less key URL: refused on create (even with rotation on) and on update
+    let mut body = cache_body(system(), "kv-ap", "k2048", SUB, "rg");
+    body["properties"]["encryptionSettings"] =
+        json!({"keyEncryptionKey": key_ref("kv-ap", "k2048", None), "rotationToLatestKeyVersionEnabled": true});
+    let r = t.call(Method::PUT, &cache_path("nover"), Some(body)).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "InvalidParameter"), "{}", r.body);
+    assert_eq!(r.body["error"]["target"], "properties.encryptionSettings.keyEncryptionKey.keyUrl");
+    assert_eq!(t.get_cache("nover").await.status, StatusCode::NOT_FOUND);
+
+    // CMK without identity: created with a system-assigned identity
+    let mut body = cache_body(system(), "kv-ap", "k2048", SUB, "rg");
+    body.as_object_mut().unwrap().remove("identity");
+    let r = t.call(Method::PUT, &cache_path("noid"), Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["identity"]["type"], "SystemAssigned");
+    assert!(r.body["identity"]["principalId"].is_string());
+    assert_eq!(health(&r).1, "WaitingForKey");
+    let r = t
+        .call(
+            Method::PATCH,
+            &cache_path("noid"),
+            Some(json!({"properties": {"encryptionSettings": {"keyEncryptionKey": key_ref("kv-ap", "k2048", None)}}})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "InvalidParameter"), "PATCH too");
+
+    // a vault without soft delete: the cache turns it on
+    let vp = format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-nosd"));
+    assert_eq!(t.call(Method::GET, &vp, None).await.body["properties"]["enableSoftDelete"], false);
+    let r = t.put_system_cache("nosd", "kv-nosd").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(t.call(Method::GET, &vp, None).await.body["properties"]["enableSoftDelete"], true);
+
+    // read-only SKUs with their one size
+    for (i, (sku, size, ok)) in [
+        ("Standard_L4_5G", 21623, true),
+        ("Standard_L9G", 43246, true),
+        ("Standard_L16G", 86491, true),
+        ("Standard_L9G", 3072, false),
+        ("Standard_2G", 21623, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = t.call(Method::PUT, &cache_path(&format!("sku{i}")), Some(plain_cache_body(sku, size))).await;
+        assert_eq!(r.status.is_success(), ok, "{sku} {size}: {}", r.body);
+    }
+
+    // access-policy remove matches permission values case-sensitively (200 either way)
+    let x = "ffffffff-0000-4000-8000-0000000000f1";
+    t.add_access_policy("kv-ap", "2025-05-01", x, &["Get", "WrapKey"]).await;
+    let rm = |keys: &[&str]| json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": x, "permissions": {"keys": keys}}]}});
+    let path = format!("{}/accessPolicies/remove?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap"));
+    assert_eq!(t.call(Method::PUT, &path, Some(rm(&["get", "wrapkey"]))).await.status, StatusCode::OK);
+    let keys_of = |v: &Value| {
+        v["properties"]["accessPolicies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["objectId"] == x)
+            .map(|p| p["permissions"]["keys"].clone())
+    };
+    assert_eq!(
+        keys_of(&t.call(Method::GET, &vp.replace("kv-nosd", "kv-ap"), None).await.body),
+        Some(json!(["Get", "WrapKey"]))
+    );
+    assert_eq!(t.call(Method::PUT, &path, Some(rm(&["Get", "WrapKey"]))).await.status, StatusCode::OK);
+    assert_eq!(keys_of(&t.call(Method::GET, &vp.replace("kv-nosd", "kv-ap"), None).await.body), None);
+}
+
+#[tokio::test]
+async fn every_third_create_is_accepted_without_a_body() {
+    let t = start().await;
+    for name in ["a1", "a2"] {
+        let r = t.call(Method::PUT, &cache_path(name), Some(plain_cache_body("Standard_2G", 3072))).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let r = t.call(Method::PUT, &cache_path("a3"), Some(plain_cache_body("Standard_2G", 3072))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.body, Value::Null, "no body");
+    assert_eq!(r.header("retry-after"), Some("10"));
+    assert!(r.header("azure-asyncoperation").is_none(), "the spec's 202 has Location and Retry-After only");
+    let loc = r.header("location").expect("Location").to_string();
+    assert!(loc.starts_with(&t.sim.base_url().to_string()) && loc.contains("monitor=true"), "{loc}");
+    assert_eq!(t.get_url(&loc).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(health(&t.get_cache("a3").await).0, "Creating", "the cache exists");
+    t.sim.advance(Duration::from_secs(10 * 60));
+    let done = t.get_url(&loc).await;
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(done.json::<Value>().await.unwrap()["name"], "a3");
+    // a failed create does not count; the sixth successful one is 202 again
+    assert_eq!(
+        t.call(Method::PUT, &cache_path("bad"), Some(plain_cache_body("Standard_2G", 1))).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let statuses: Vec<u16> = {
+        let mut v = vec![];
+        for name in ["a4", "a5", "a6"] {
+            v.push(
+                t.call(Method::PUT, &cache_path(name), Some(plain_cache_body("Standard_2G", 3072)))
+                    .await
+                    .status
+                    .as_u16(),
+            );
+        }
+        v
+    };
+    assert_eq!(statuses, [201, 201, 202]);
+    // 0: always 201
+    let t = start_with(SimConfig { create_accepted_every: 0, ..SimConfig::default() }).await;
+    for name in ["b1", "b2", "b3"] {
+        assert_eq!(
+            t.call(Method::PUT, &cache_path(name), Some(plain_cache_body("Standard_2G", 3072))).await.status,
+            StatusCode::CREATED
+        );
+    }
+}
+
+#[tokio::test]
+async fn fault_rules_take_an_error_code_and_message() {
+    let t = start().await;
+    let add = t
+        .admin(
+            Method::POST,
+            "faults",
+            json!([{"route": "accessPolicies/add", "kind": "error", "status": 409, "code": "ConflictError", "count": 1},
+                   {"route": "PATCH .*/vaults/kv-ap", "kind": "error", "status": 400, "code": "BadRequest", "message": "nope", "count": 1}]),
+        )
+        .await;
+    assert_eq!(add.status(), StatusCode::OK);
+    let r = t.add_access_policy("kv-ap", "2025-05-01", UAI_PRINCIPAL, &["get"]).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "ConflictError"));
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("the Key Vault 'kv-ap' changed"), "{}", r.body);
+    let r = t
+        .call(Method::PATCH, &format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")), Some(json!({})))
+        .await;
+    assert_eq!(r.body, json!({"error": {"code": "BadRequest", "message": "nope"}}));
+}
+
+#[tokio::test]
+async fn admin_api_adds_key_versions() {
+    let t = start().await;
+    let r = t
+        .admin(
+            Method::POST,
+            "keys",
+            json!({"vaultName": "kv-ap", "keyName": "k2048", "version": V2, "keyOps": ["sign"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], V2);
+    t.grant("kv-ap", OP_OID).await;
+    let vt = token(&t.http, &t.sim, OP_CLIENT, OP_SECRET, "https://vault.azure.net/.default").await;
+    let v: Value = t.vault_get("kv-ap", "keys/k2048?api-version=7.5", &vt).await.json().await.unwrap();
+    assert!(v["key"]["kid"].as_str().unwrap().ends_with(V2), "the newest version");
+    assert_eq!(v["key"]["key_ops"], json!(["sign"]));
+    let again = t.admin(Method::POST, "keys", json!({"vaultName": "kv-ap", "keyName": "k2048", "version": V2})).await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    let nowhere = t.admin(Method::POST, "keys", json!({"vaultName": "nope", "keyName": "k"})).await;
+    assert_eq!(nowhere.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn simulate_flags_for_the_new_knobs() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: hpcc_sim::SimulateArgs,
+    }
+    let d = Cli::parse_from(["x", "--env-file", "e"]).args;
+    assert_eq!(
+        (
+            d.grant_propagation_seconds,
+            d.auto_rotation_minutes,
+            d.vault_write_in_flight_ms,
+            d.create_accepted_every,
+            d.role_assignment_page_size
+        ),
+        (300, 60, 20, 3, 2)
+    );
+    let a = Cli::parse_from([
+        "x",
+        "--env-file",
+        "e",
+        "--grant-propagation-seconds",
+        "0",
+        "--auto-rotation-minutes",
+        "5",
+        "--vault-write-in-flight-ms",
+        "0",
+        "--create-accepted-every",
+        "0",
+        "--role-assignment-page-size",
+        "50",
+    ])
+    .args;
+    assert_eq!(
+        (
+            a.grant_propagation_seconds,
+            a.auto_rotation_minutes,
+            a.vault_write_in_flight_ms,
+            a.create_accepted_every,
+            a.role_assignment_page_size
+        ),
+        (0, 5, 0, 0, 50)
+    );
 }

@@ -83,7 +83,10 @@ fn render(sets: &[(&str, &str)]) -> Rendered {
         let doc = Value::deserialize(doc).unwrap();
         match doc["kind"].as_str() {
             Some("ServiceAccount") => {
-                accounts.insert(doc["metadata"]["name"].as_str().unwrap().to_string(), strings(&doc["metadata"]["annotations"]));
+                accounts.insert(
+                    doc["metadata"]["name"].as_str().unwrap().to_string(),
+                    strings(&doc["metadata"]["annotations"]),
+                );
             }
             Some("Deployment") => {
                 let pod = &doc["spec"]["template"];
@@ -125,7 +128,9 @@ impl Rendered {
             .map(|(k, v)| {
                 let value = match v {
                     EnvValue::Literal(s) => s.clone(),
-                    EnvValue::SecretKey { key, .. } => secret.get(key).unwrap_or_else(|| panic!("Secret key {key}")).clone(),
+                    EnvValue::SecretKey { key, .. } => {
+                        secret.get(key).unwrap_or_else(|| panic!("Secret key {key}")).clone()
+                    }
                     EnvValue::Field(path) if path == "metadata.namespace" => NAMESPACE.to_string(),
                     EnvValue::Field(_) => format!("{RELEASE}-pod"),
                 };
@@ -138,7 +143,13 @@ impl Rendered {
 /// Where the simulated cloud is (what a custom-cloud installation sets besides the chart's values): endpoints, the
 /// test CA, loopback resolution, the Key Vault host suffix. No credentials.
 fn cloud_env(sim: &Simulator) -> Vec<(String, String)> {
-    let keep = ["HPCC_ARM_ENDPOINT", "AZURE_AUTHORITY_HOST", "HPCC_CA_FILE", "HPCC_RESOLVE_TO_LOOPBACK", "HPCC_KEYVAULT_DNS_SUFFIX"];
+    let keep = [
+        "HPCC_ARM_ENDPOINT",
+        "AZURE_AUTHORITY_HOST",
+        "HPCC_CA_FILE",
+        "HPCC_RESOLVE_TO_LOOPBACK",
+        "HPCC_KEYVAULT_DNS_SUFFIX",
+    ];
     sim.env().into_iter().filter(|(k, _)| keep.contains(&k.as_str())).collect()
 }
 
@@ -187,8 +198,8 @@ async fn call_azure(az: &Azure, vault_uri: &Url) -> Result<(), AzureError> {
     Ok(())
 }
 
-/// From the request log since `from`: the token requests at `token_path` and each call succeeded as `principal`,
-/// and no other principal appears.
+/// In `log` (the simulator's requests since the client was built): the token requests at `token_path` and each
+/// call succeeded as `principal`, and no other principal appears.
 fn assert_acted_as(log: &[RequestRecord], token_path: &str, principal: &str) {
     let by = |pred: &dyn Fn(&RequestRecord) -> bool| log.iter().filter(|r| pred(r)).cloned().collect::<Vec<_>>();
     let tokens = by(&|r| r.path == token_path);
@@ -263,7 +274,10 @@ async fn workload_identity_mode_exchanges_the_projected_token() {
     let err = az.get_vault(&ResourceId::vault(SUB, "rg", "kv-ap")).await.unwrap_err();
     assert!(matches!(err, AzureError::Auth(_)), "{err:?}");
     let log = &sim.requests()[from..];
-    assert!(!log.is_empty() && log.iter().all(|r| r.path.ends_with("/oauth2/v2.0/token") && r.status == 401), "{log:#?}");
+    assert!(
+        !log.is_empty() && log.iter().all(|r| r.path.ends_with("/oauth2/v2.0/token") && r.status == 401),
+        "{log:#?}"
+    );
 }
 
 /// Runs [`the_pods_process`] as a child with `env` only; returns its output.

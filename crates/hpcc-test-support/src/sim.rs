@@ -128,6 +128,8 @@ pub fn service_account_token(issuer: &str, subject: &str, audience: &str) -> Str
     let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let header = b64(serde_json::json!({"alg": "RS256", "kid": "hpcc-test", "typ": "JWT"}));
-    let claims = b64(serde_json::json!({"iss": issuer, "sub": subject, "aud": [audience], "iat": now, "nbf": now, "exp": now + 3600}));
+    let claims = b64(
+        serde_json::json!({"iss": issuer, "sub": subject, "aud": [audience], "iat": now, "nbf": now, "exp": now + 3600}),
+    );
     format!("{header}.{claims}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"unsigned"))
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hpcc_api::v1alpha1::{HpcCache, Phase};
 use hpcc_azure::{Azure, AzureConfig, ResourceId};
+use hpcc_sim::seed::SeedKeyVersion;
 use hpcc_sim::{RequestRecord, Seed, SimConfig, Simulator};
 use hpcc_test_support::TestCluster;
 use k8s_openapi::api::events::v1::Event;
@@ -98,6 +99,14 @@ impl Scenario {
         let name = obj.metadata.name.clone().unwrap();
         self.api.create(&PostParams::default(), &obj).await.unwrap();
         name
+    }
+
+    /// Adds a fault rule to the simulator (admin API), e.g. `{"route": "PUT .*/accessPolicies/", "kind": "error",
+    /// "status": 409, "code": "ConflictError", "count": 3}`.
+    async fn add_fault(&self, rule: serde_json::Value) {
+        let url = self.sim.admin_url().join("faults").unwrap();
+        let r = reqwest::Client::new().post(url).json(&rule).send().await.unwrap();
+        assert!(r.status().is_success(), "fault rejected: {}", r.text().await.unwrap_or_default());
     }
 
     async fn get(&self, name: &str) -> HpcCache {
@@ -193,6 +202,10 @@ impl Drop for Scenario {
 
 fn phase_of(o: &HpcCache) -> Option<Phase> {
     o.status.as_ref().and_then(|s| s.phase)
+}
+
+fn condition_is(o: &HpcCache, t: &str, status: &str) -> bool {
+    o.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == t && c.status == status))
 }
 
 fn condition(o: &HpcCache, t: &str) -> (String, String, String) {
@@ -452,7 +465,10 @@ async fn sigkill_while_creating_and_authorizing_resumes_without_a_second_cache()
     // Kill right after the create reached Azure (the cache is Creating there), before the operator saw the result.
     s.wait_for_request("PUT", "/caches/genomics-cache").await;
     s.kill_operator();
-    assert_eq!(phase_of(&s.get(&name).await), Some(Phase::Creating));
+    // Usually still Creating; a reconcile queued by the intent write may already have seen WaitingForKey.
+    let killed = s.get(&name).await;
+    assert!(matches!(phase_of(&killed), Some(Phase::Creating | Phase::WaitingForKey)), "{:?}", phase_of(&killed));
+    assert!(killed.status.and_then(|st| st.azure_resource_id).is_some(), "the create was recorded before it was sent");
     s.start_operator();
     // Kill again right after the grant was sent, while Azure has not picked it up yet.
     s.wait_for_request("PUT", "/accessPolicies/add").await;
@@ -786,4 +802,114 @@ async fn a_second_object_for_the_same_azure_cache_touches_nothing() {
     assert!(s.requests("DELETE", "/caches/first").is_empty(), "the other object's cache survives");
     assert!(s.requests("PATCH", "/caches/first").is_empty());
     assert_eq!(phase_of(&s.get(&first).await), Some(Phase::Ready));
+}
+
+// ---- Azure's contract (issue #6): key operations, vault conflicts, rotation, grant propagation -----------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_without_wrap_and_unwrap_is_refused_before_any_cache_put() {
+    let s = Scenario::new("keyops", SimConfig::default()).await;
+    let sign_only = SeedKeyVersion { key_ops: Some(vec!["sign".into(), "verify".into()]), ..SeedKeyVersion::default() };
+    let version = s.sim.add_key_version("kv-cmk", "signing-key", &sign_only).unwrap();
+    let name = s
+        .create(cache_manifest(
+            "signing",
+            serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "signing-key", "keyVersion": version}),
+            serde_json::json!({}),
+        ))
+        .await;
+    let stalled = |o: &HpcCache| condition_is(o, "Stalled", "True");
+    let o = s.wait(&name, "Stalled", stalled).await;
+    let (status, reason, msg) = condition(&o, "KeyValid");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "KeyOperationsMissing"), "{msg}");
+    assert!(msg.contains("wrapKey and unwrapKey"), "the message names the missing operations: {msg}");
+    assert_eq!(condition(&o, "Stalled").1, "KeyOperationsMissing");
+    assert!(s.requests("PUT", "/caches/").is_empty(), "no cache was created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_conflict_errors_neither_stall_a_cache_nor_leak_its_grant() {
+    let s = Scenario::new("conflict", SimConfig::default()).await;
+    // Key Vault answers three access-policy writes with 409 ConflictError (as when another writer overlaps).
+    s.add_fault(serde_json::json!({"route": "PUT .*/accessPolicies/add", "kind": "error", "status": 409, "code": "ConflictError", "count": 3})).await;
+    let name = s.apply("system-assigned.yaml");
+    let stalled_seen = std::sync::atomic::AtomicBool::new(false);
+    let ready = s
+        .wait(&name, "Ready, never Stalled", |o| {
+            if condition_is(o, "Stalled", "True") {
+                stalled_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            phase_of(o) == Some(Phase::Ready)
+        })
+        .await;
+    assert!(!stalled_seen.load(std::sync::atomic::Ordering::Relaxed), "a conflict is retried, never Stalled");
+    assert!(s.requests("PUT", "/accessPolicies/add").iter().filter(|r| r.status == 409).count() >= 3);
+    let principal = ready.status.unwrap().principal_id.unwrap();
+
+    // The revoke meets three conflicts too, and still happens.
+    s.add_fault(serde_json::json!({"route": "PUT .*/accessPolicies/remove", "kind": "error", "status": 409, "code": "ConflictError", "count": 3})).await;
+    s.api.delete(&name, &DeleteParams::default()).await.unwrap();
+    s.wait_gone(&name).await;
+    let vault = s.azure().await.get_vault(&ResourceId::parse(CMK_VAULT).unwrap()).await.unwrap().value.unwrap();
+    assert!(
+        !vault.properties.access_policies.iter().any(|p| p.object_id.eq_ignore_ascii_case(&principal)),
+        "no access policy is left for the deleted cache's principal"
+    );
+    assert!(s.requests("PUT", "/accessPolicies/remove").iter().any(|r| r.status == 200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_to_latest_is_turned_on_once_and_azures_rotations_are_kept() {
+    let s = Scenario::new("rotate", SimConfig::default()).await;
+    let name = s
+        .create(cache_manifest(
+            "rotating",
+            serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef", "rotateToLatestKeyVersion": true}),
+            serde_json::json!({}),
+        ))
+        .await;
+    s.wait_phase(&name, Phase::Ready).await;
+    // Azure does not apply the flag on create (Terraform azurerm documents it): exactly one PATCH turns it on.
+    let cache_patches = || s.requests("PATCH", "/caches/rotating");
+    s.wait(&name, "rotation turned on", |_| !cache_patches().is_empty()).await;
+    assert_eq!(cache_patches().len(), 1, "one follow-up PATCH after create");
+
+    // A newer key version appears; Azure moves the cache to it by itself within its rotation time.
+    let newest = s.sim.add_key_version("kv-cmk", "cache-key", &SeedKeyVersion::default()).unwrap();
+    s.sim.advance(Duration::from_secs(61 * 60));
+    let rotated = s
+        .wait(&name, "the cache on the newest version", |o| {
+            o.status.as_ref().and_then(|st| st.active_key_url.as_deref()).is_some_and(|k| k.ends_with(&newest))
+        })
+        .await;
+    assert_eq!(phase_of(&rotated), Some(Phase::Ready));
+    // Several resyncs later (2 s each here): no PATCH rolled it back, and the cache stayed Ready.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = s.get(&name).await;
+    assert_eq!(cache_patches().len(), 1, "the operator never undoes Azure's rotation");
+    assert_eq!(phase_of(&now), Some(Phase::Ready));
+    assert_eq!(condition(&now, "Stalled").0, "False");
+    assert!(now.status.unwrap().active_key_url.unwrap().ends_with(&newest));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_realistic_grant_propagation_every_example_is_ready_with_one_put() {
+    let cfg = SimConfig::default();
+    assert!(cfg.grant_propagation >= Duration::from_secs(60), "the default is a realistic propagation delay");
+    let s = Scenario::new("propagation", cfg).await;
+    let examples = ["system-assigned.yaml", "user-assigned.yaml", "rbac-vault.yaml", "manual.yaml"];
+    let names: Vec<String> = examples.iter().map(|e| s.apply(e)).collect();
+    // The Manual example waits for a person: grant as one would, once the principal is known.
+    let manual = s
+        .wait(&names[3], "a principal to grant", |o| {
+            o.status.as_ref().is_some_and(|st| st.principal_id.is_some() && st.phase == Some(Phase::WaitingForKey))
+        })
+        .await;
+    s.sim.grant("kv-manual", &manual.status.unwrap().principal_id.unwrap()).unwrap();
+    for name in &names {
+        let ready = s.wait_phase(name, Phase::Ready).await;
+        let cache = ready.status.unwrap().azure_resource_id.unwrap();
+        let cache_name = cache.rsplit('/').next().unwrap().to_string();
+        assert_eq!(s.requests("PUT", &format!("/caches/{cache_name}")).len(), 1, "{name}: one cache PUT");
+    }
 }

@@ -133,6 +133,7 @@ pub fn cache_facts(c: &Cache) -> CacheFacts {
         key_vault_id: c.key_encryption_key().map(|k| k.source_vault.id.clone()),
         rotation_enabled: enc.and_then(|e| e.rotation_to_latest_key_version_enabled).unwrap_or(false),
         tags: c.tags.clone().unwrap_or_default(),
+        mount_addresses: c.properties.mount_addresses.clone().unwrap_or_default(),
     }
 }
 

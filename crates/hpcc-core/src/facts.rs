@@ -38,6 +38,8 @@ pub struct CacheFacts {
     pub key_vault_id: Option<String>,
     pub rotation_enabled: bool,
     pub tags: BTreeMap<String, String>,
+    /// Where HPC clients mount the cache from.
+    pub mount_addresses: Vec<String>,
 }
 
 impl CacheFacts {

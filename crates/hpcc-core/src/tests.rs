@@ -89,6 +89,7 @@ fn cache(prov: &str, health: &str) -> CacheFacts {
         key_vault_id: Some(VAULT.into()),
         rotation_enabled: false,
         tags: [(OWNER_TAG.to_string(), OWNER.to_string())].into(),
+        mount_addresses: vec![],
     }
 }
 
@@ -867,4 +868,23 @@ fn a_cache_made_outside_the_operator_is_adopted_with_the_owner_tag() {
     c.facts.cache = Some(CacheFacts { tags: Default::default(), ..cache("Succeeded", "Healthy") });
     assert!(matches!(c.run().action, Action::UpdateCache { .. }), "the owner tag is added");
     assert_eq!(desired_tags(&c.spec, OWNER).get(OWNER_TAG).map(String::as_str), Some(OWNER));
+}
+
+#[test]
+fn ready_status_shows_the_short_key_and_the_mount_addresses() {
+    let mut c = Case::new();
+    c.status.authorized_at = Some(Time(t0()));
+    c.facts.cache = Some(CacheFacts {
+        mount_addresses: vec!["10.0.0.21".into(), "10.0.0.22".into()],
+        ..cache("Succeeded", "Healthy")
+    });
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Ready));
+    assert_eq!(d.status.active_key.as_deref(), Some("k/0123456789abcdef0123456789abcdef"));
+    assert_eq!(d.status.mount_addresses, ["10.0.0.21", "10.0.0.22"]);
+    // Gone from Azure: the addresses go too.
+    c.status = d.status;
+    c.facts.cache = None;
+    let d = c.run();
+    assert!(d.status.mount_addresses.is_empty() && d.status.active_key.is_none());
 }

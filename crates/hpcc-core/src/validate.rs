@@ -117,6 +117,12 @@ pub fn vault_allowed(vault_id: &str, cache_subscription: &str, allowed_scopes: O
 }
 
 /// `https://v.vault.azure.net/keys/name/version` → `https://v.vault.azure.net/keys/name`.
+/// `https://v.vault.azure.net/keys/name/version` → `name/version` (what `kubectl get` shows).
+pub(crate) fn short_key(kid: &str) -> Option<String> {
+    let (_, rest) = kid.trim_end_matches('/').split_once("/keys/")?;
+    Some(rest.to_string())
+}
+
 pub(crate) fn strip_version(kid: &str) -> &str {
     let trimmed = kid.trim_end_matches('/');
     match trimmed.match_indices("/keys/").next() {

@@ -28,12 +28,17 @@ use serde::{Deserialize, Serialize};
     category = "azure",
     namespaced,
     status = "HpcCacheStatus",
+    doc = "An Azure HPC Cache encrypted with a customer-managed key from Azure Key Vault. The operator creates the cache, authorizes its identity on the vault inside Azure's 90-minute window, rotates the key when the spec changes and deletes the cache (or leaves it, by deletionPolicy) when the object is deleted. Progress is reported in status.conditions (Ready, Reconciling, Stalled, KeyValid, KeyAuthorized).",
+    // kstatus order: Ready and its reason first; the full key URL and Azure's health under -o wide.
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Health", type_ = "string", json_path = ".status.healthState"),
-    printcolumn(name = "Key", type_ = "string", json_path = ".status.activeKeyUrl"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.activeKey"),
     // A deadline lies in the future, which a "date" column prints as <invalid>: show the timestamp.
     printcolumn(name = "Deadline", type_ = "string", json_path = ".status.authorizationDeadline"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Health", type_ = "string", json_path = ".status.healthState", priority = "1"),
+    printcolumn(name = "Key URL", type_ = "string", json_path = ".status.activeKeyUrl", priority = "1")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(rules::ENCRYPTION_PRESENCE_IMMUTABLE).message(rules::ENCRYPTION_PRESENCE_IMMUTABLE_MSG))]
@@ -256,6 +261,12 @@ pub struct HpcCacheStatus {
     /// The key URL (with version) the cache is encrypted with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_key_url: Option<String>,
+    /// The key the cache is encrypted with, short: {key name}/{version} (the full URL is activeKeyUrl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key: Option<String>,
+    /// Addresses HPC clients mount the cache from (NFS), as Azure reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_addresses: Vec<String>,
     /// Azure's provisioningState, verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning_state: Option<String>,

@@ -10,6 +10,7 @@ use crate::azure_state::ProvisioningState as P;
 use crate::decision::{AUTHORIZATION_WINDOW, Action};
 use crate::facts::CacheFacts;
 use crate::reason::Reason;
+use crate::validate::short_key;
 
 impl Draft<'_> {
     pub(super) fn cache_exists(&mut self, cache: &CacheFacts) -> Action {
@@ -17,6 +18,8 @@ impl Draft<'_> {
         self.status.provisioning_state = Some(cache.provisioning_state.to_string());
         self.status.health_state = cache.health_state.as_ref().map(ToString::to_string);
         self.status.active_key_url = cache.key_url.clone();
+        self.status.active_key = cache.key_url.as_deref().and_then(short_key);
+        self.status.mount_addresses = cache.mount_addresses.clone();
         if cache.principal_id.is_some() {
             self.status.principal_id = cache.principal_id.clone();
             self.status.tenant_id = cache.tenant_id.clone();

@@ -24,6 +24,8 @@ impl Draft<'_> {
             self.status.provisioning_state = None;
             self.status.health_state = None;
             self.status.active_key_url = None;
+            self.status.active_key = None;
+            self.status.mount_addresses = vec![];
             self.status.authorized_at = None;
         }
         if let Some(grant) = self.recorded_sa_grant() {

@@ -1,4 +1,4 @@
-//! The admin API (plain HTTP on `admin_listen`): clock, request log, seeding, grants, faults, state dump.
+//! The admin API (plain HTTP on `admin_listen`): clock (advance, speed), request log, seeding, grants, faults, state dump.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/clock", get(clock))
         .route("/clock/advance", post(advance))
+        .route("/clock/speed", post(speed))
         .route("/requests", get(requests).delete(clear_requests))
         .route("/seed", post(seed))
         .route("/grants", post(grant))
@@ -64,6 +65,22 @@ async fn advance(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let now = shared.clock.now();
     shared.world().tick(now);
     axum::Json(now_json(&shared)).into_response()
+}
+
+/// Body `{"speed": N}`: simulated seconds per real second from now on (0 stops the clock; `advance` still moves it).
+/// The simulated time reached so far is kept.
+async fn speed(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    match v.get("speed").and_then(Value::as_f64) {
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            shared.clock.set_speed(s);
+            axum::Json(now_json(&shared)).into_response()
+        }
+        _ => err(StatusCode::BAD_REQUEST, "give {\"speed\": N} with N >= 0 (simulated seconds per real second)"),
+    }
 }
 
 async fn requests(State(shared): State<Arc<Shared>>) -> Response {
@@ -204,10 +221,19 @@ async fn state(State(shared): State<Arc<Shared>>) -> Response {
             json!({"id": c.id(), "provisioningState": p, "health": h, "detail": c})
         })
         .collect();
+    let aml: Vec<Value> = w
+        .aml_filesystems
+        .values()
+        .map(|f| {
+            let (p, h, _) = f.timeline.status(now);
+            json!({"id": f.id(), "provisioningState": p, "health": h})
+        })
+        .collect();
     axum::Json(json!({
         "now": now.to_string(),
         "tenantId": w.tenant_id,
         "caches": caches,
+        "amlFilesystems": aml,
         "world": &*w,
     }))
     .into_response()

@@ -1,12 +1,14 @@
 //! ARM front: bearer check, throttling, api-version, authorization (403) and subscription / resource-group
-//! existence, then the resource handlers (`caches`, `vaults`). Which resource a path names is `route`'s business.
+//! existence, then the resource handlers (`caches`, `amlfs`, `operations`, `vaults`). Which resource a path names is `route`'s business.
 
 use std::time::Instant;
 
 use axum::http::{Method, StatusCode};
 
+use super::amlfs;
 use super::auth::{self, ARM_AUDIENCES};
 use super::caches;
+use super::operations;
 use super::route::{Ctx, Route, check_api_version, parse_route};
 use super::server::Shared;
 use super::state::{World, vault_of_scope};
@@ -86,9 +88,13 @@ fn handle_route(shared: &Shared, r: &Req, route: &Route, principal: &str, class:
         role_assignment_page_size: shared.cfg.role_assignment_page_size,
     };
     let mut out = match route {
-        Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } | Route::AscOperation { .. } => {
+        Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } => {
             caches::handle(&ctx, &mut w, r, route)
         }
+        Route::AmlFilesystem { .. } | Route::AmlFilesystemsInRg { .. } | Route::AmlFilesystemsInSub { .. } => {
+            amlfs::handle(&ctx, &mut w, r, route)
+        }
+        Route::AscOperation { .. } => operations::handle(&ctx, &w, r, route),
         _ => vaults::handle(&ctx, &mut w, r, route),
     };
     w.tick(now);

@@ -1,4 +1,6 @@
-//! `Microsoft.StorageCache/caches` and `locations/ascOperations`.
+//! `Microsoft.StorageCache/caches`, and what the resource provider's other handlers share with it: the key
+//! reference rules, long-running-operation records and headers (`ascOperations` itself is answered by
+//! `operations`).
 //!
 //! Handlers validate and translate; the clock-driven state machine lives in [`super::state::CacheTimeline`].
 
@@ -11,8 +13,8 @@ use serde_json::{Map, Value, json};
 use super::clock::arm_time;
 use super::route::{Ctx, Route};
 use super::state::{
-    Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, Operation, Principal, Stage,
-    UPDATE_DURATION, World, new_uuid, parse_key_url, sdur, validate_cmk_key,
+    Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, OpTarget, Operation, Principal,
+    Stage, UPDATE_DURATION, World, new_uuid, parse_key_url, sdur, validate_cmk_key,
 };
 use super::wire::{Out, Req, method_not_allowed, resource_not_found};
 
@@ -81,7 +83,6 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 .collect();
             Out::json(StatusCode::OK, json!({ "value": value }))
         }
-        (Route::AscOperation { sub, location, op }, &Method::GET) => asc_operation(ctx, w, r, sub, location, op),
         _ => method_not_allowed(&r.method),
     }
 }
@@ -100,11 +101,11 @@ pub fn norm_location(l: &str) -> String {
     l.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 
-fn bad(code: &str, msg: impl Into<String>) -> Out {
+pub fn bad(code: &str, msg: impl Into<String>) -> Out {
     Out::arm_error(StatusCode::BAD_REQUEST, code, msg)
 }
 
-fn invalid_param(target: &str, msg: impl Into<String>) -> Out {
+pub fn invalid_param(target: &str, msg: impl Into<String>) -> Out {
     Out::json(
         StatusCode::BAD_REQUEST,
         json!({"error": {"code": "InvalidParameter", "message": msg.into(), "target": target}}),
@@ -250,6 +251,22 @@ pub fn validate_encryption(
     rotation: Option<bool>,
     now: Timestamp,
 ) -> Result<CacheEncryption, Out> {
+    validate_key_reference(w, sub, location, key_url, source_vault_id, rotation, "cache", now)
+}
+
+/// Validate a key reference for a resource (`what`: "cache", "file system") in `sub`/`location`: vault rules, then
+/// key rules.
+#[allow(clippy::too_many_arguments)]
+pub fn validate_key_reference(
+    w: &World,
+    sub: &str,
+    location: &str,
+    key_url: &str,
+    source_vault_id: &str,
+    rotation: Option<bool>,
+    what: &str,
+    now: Timestamp,
+) -> Result<CacheEncryption, Out> {
     let target = "properties.encryptionSettings.keyEncryptionKey";
     let ku = parse_key_url(key_url).ok_or_else(|| {
         invalid_param(&format!("{target}.keyUrl"), format!("The key URL '{key_url}' is not a valid Key Vault key URL (https://{{vault}}.vault.azure.net/keys/{{name}}/{{version}})."))
@@ -276,7 +293,7 @@ pub fn validate_encryption(
         return Err(bad(
             "KeyVaultSubscriptionMismatch",
             format!(
-                "The key vault '{}' is in subscription '{}'. The key vault must be in the same subscription as the cache ('{sub}').",
+                "The key vault '{}' is in subscription '{}'. The key vault must be in the same subscription as the {what} ('{sub}').",
                 vault.name, vault.subscription_id
             ),
         ));
@@ -285,7 +302,7 @@ pub fn validate_encryption(
         return Err(bad(
             "KeyVaultLocationMismatch",
             format!(
-                "The key vault '{}' is in region '{}'. The key vault must be in the same region as the cache ('{location}').",
+                "The key vault '{}' is in region '{}'. The key vault must be in the same region as the {what} ('{location}').",
                 vault.name, vault.location
             ),
         ));
@@ -297,7 +314,7 @@ pub fn validate_encryption(
         return Err(bad(
             "KeyVaultPurgeProtectionNotEnabled",
             format!(
-                "The key vault '{}' must have purge protection enabled to be used for cache encryption.",
+                "The key vault '{}' must have purge protection enabled to be used for {what} encryption.",
                 vault.name
             ),
         ));
@@ -337,7 +354,7 @@ pub fn validate_encryption(
 }
 
 /// "Azure HPC Cache will enable soft delete if it is not already configured on the key vault" (customer-keys.md).
-fn enable_soft_delete(w: &mut World, vault_name: &str, now: Timestamp) {
+pub fn enable_soft_delete(w: &mut World, vault_name: &str, now: Timestamp) {
     if let Some(v) = w.vaults.get_mut(&vault_name.to_ascii_lowercase())
         && !v.enable_soft_delete
     {
@@ -512,7 +529,7 @@ fn put(ctx: &Ctx, w: &mut World, r: &Req, sub: &str, rg: &str, name: &str) -> Ou
     w.caches.insert(key.clone(), cache);
     w.tick(ctx.now);
     w.creates += 1;
-    let op = new_operation(w, ctx, sub, &location, OpKind::Create, &key, None);
+    let op = new_operation(w, ctx, sub, &location, OpKind::Create, OpTarget::Cache, &key, None);
     // Caches_CreateOrUpdate documents 200, 201 (+ Location, Retry-After) and 202 (Location, Retry-After, no
     // body) — storagecache 2026-08-01 openapi.json; the example's 202 is `{}`. A deterministic share of creates
     // (every `create_accepted_every`-th) answers 202 so clients must handle it.
@@ -537,12 +554,15 @@ fn accepted_headers(ctx: &Ctx, out: Out, sub: &str, location: &str, op: &str) ->
     .with_header("retry-after", RETRY_AFTER_SECS.to_string())
 }
 
-fn new_operation(
+/// Record a long-running operation on the resource `key` (of kind `target`) and return its id.
+#[allow(clippy::too_many_arguments)]
+pub fn new_operation(
     w: &mut World,
     ctx: &Ctx,
     sub: &str,
     location: &str,
     kind: OpKind,
+    target: OpTarget,
     key: &str,
     done_at: Option<Timestamp>,
 ) -> String {
@@ -554,7 +574,8 @@ fn new_operation(
             subscription_id: sub.to_string(),
             location: norm_location(location),
             kind,
-            cache_key: key.to_string(),
+            target,
+            resource_key: key.to_string(),
             start_time: ctx.now,
             status: "InProgress".into(),
             end_time: None,
@@ -566,7 +587,8 @@ fn new_operation(
     id
 }
 
-fn lro_headers(ctx: &Ctx, out: Out, sub: &str, location: &str, op: &str) -> Out {
+/// `Azure-AsyncOperation` (the operation), `Location` (its `monitor=true` form) and `Retry-After`.
+pub fn lro_headers(ctx: &Ctx, out: Out, sub: &str, location: &str, op: &str) -> Out {
     let base = ctx.endpoints.base_url.as_str().trim_end_matches('/');
     let loc = norm_location(location);
     let v = ctx.api_version;
@@ -723,7 +745,8 @@ fn update(ctx: &Ctx, w: &mut World, key: &str, spec: Spec, full_put: bool, rg: &
     }
     let (sub, loc) = (c.subscription_id.clone(), c.location.clone());
     if healthy {
-        let op = new_operation(w, ctx, &sub, &loc, OpKind::Update, key, Some(ctx.now + sdur(UPDATE_DURATION)));
+        let done = Some(ctx.now + sdur(UPDATE_DURATION));
+        let op = new_operation(w, ctx, &sub, &loc, OpKind::Update, OpTarget::Cache, key, done);
         if full_put {
             let out = Out::json(StatusCode::OK, cache_json(w, &w.caches[key], ctx.now));
             lro_headers(ctx, out, &sub, &loc, &op)
@@ -755,66 +778,8 @@ fn delete(ctx: &Ctx, w: &mut World, key: &str) -> Out {
     if let Some(m) = w.caches.get_mut(key) {
         m.timeline.deleting_until = Some(until);
     }
-    let op = new_operation(w, ctx, &c.subscription_id, &c.location, OpKind::Delete, key, Some(until));
+    let op = new_operation(w, ctx, &c.subscription_id, &c.location, OpKind::Delete, OpTarget::Cache, key, Some(until));
     lro_headers(ctx, Out::empty(StatusCode::ACCEPTED), &c.subscription_id, &c.location, &op)
-}
-
-fn asc_operation(ctx: &Ctx, w: &World, r: &Req, sub: &str, location: &str, op_id: &str) -> Out {
-    let Some(op) = w.operations.get(&op_id.to_ascii_lowercase()).or_else(|| w.operations.get(op_id)) else {
-        return Out::arm_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFound",
-            format!("The operation '{op_id}' was not found."),
-        );
-    };
-    if !op.subscription_id.eq_ignore_ascii_case(sub) || norm_location(location) != op.location {
-        return Out::arm_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFound",
-            format!("The operation '{op_id}' was not found."),
-        );
-    }
-    let monitor = r.param("monitor").is_some_and(|m| m.eq_ignore_ascii_case("true"));
-    if monitor {
-        // Location-header semantics: 202 while running, then what the synchronous call would have returned.
-        return match op.status.as_str() {
-            "InProgress" => Out::empty(StatusCode::ACCEPTED)
-                .with_header(
-                    "location",
-                    format!("{}{}", ctx.endpoints.base_url.as_str().trim_end_matches('/'), r_path_query(r)),
-                )
-                .with_header("retry-after", RETRY_AFTER_SECS.to_string()),
-            "Succeeded" => match (op.kind, w.caches.get(&op.cache_key)) {
-                (OpKind::Delete, _) | (_, None) => Out::empty(StatusCode::NO_CONTENT),
-                (_, Some(c)) => Out::json(StatusCode::OK, cache_json(w, c, ctx.now)),
-            },
-            _ => {
-                let (code, msg) = op.error.clone().unwrap_or(("Failed".into(), "The operation failed.".into()));
-                Out::arm_error(StatusCode::BAD_REQUEST, &code, msg)
-            }
-        };
-    }
-    let base = format!(
-        "/subscriptions/{sub}/providers/Microsoft.StorageCache/locations/{}/ascOperations/{}",
-        op.location, op.id
-    );
-    let mut body = json!({
-        "id": base,
-        "name": op.id,
-        "status": op.status,
-        "startTime": arm_time(op.start_time),
-    });
-    if let Some(e) = op.end_time {
-        body["endTime"] = Value::String(arm_time(e));
-    }
-    if let Some((code, message)) = &op.error {
-        body["error"] = json!({"code": code, "message": message});
-    }
-    Out::json(StatusCode::OK, body)
-}
-
-fn r_path_query(r: &Req) -> String {
-    if r.query.is_empty() { r.path.clone() } else { format!("{}?{}", r.path, r.query) }
 }
 
 fn strip_secrets(v: &mut Value) {

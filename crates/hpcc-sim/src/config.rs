@@ -46,6 +46,9 @@ pub struct SimConfig {
     pub role_assignment_page_size: usize,
     /// The managed-identity endpoint's `IDENTITY_HEADER` secret (`Simulator::managed_identity_env`). Default: random.
     pub identity_header: String,
+    /// From an Azure Managed Lustre file system's create request to `Succeeded`/`Available`. Default 20 min (Terraform
+    /// azurerm allows 30 min for `azurerm_managed_lustre_file_system` creates; tests shorten it or advance the clock).
+    pub aml_create_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -67,6 +70,7 @@ impl Default for SimConfig {
             create_accepted_every: 3,
             role_assignment_page_size: 2,
             identity_header: uuid::Uuid::new_v4().to_string(),
+            aml_create_delay: Duration::from_secs(20 * 60),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! A faithful local stand-in for the Azure APIs the operator uses: Entra token endpoint, ARM
-//! (`Microsoft.StorageCache/caches`, `Microsoft.KeyVault/vaults`, role assignments, user-assigned identities) and
+//! (`Microsoft.StorageCache/caches` and `amlFilesystems`, `Microsoft.KeyVault/vaults`, role assignments,
+//! user-assigned identities) and
 //! the Key Vault keys data plane, with a simulated clock, fault injection, throttling and a request log.
 //!
 //! See `docs/simulator.md`. Layout, from the bottom up; a module names only modules listed before it (no import
@@ -11,14 +12,16 @@
 //! - `throttle` (ARM token buckets), `faults` (fault rules), `route` (which ARM resource a path names, and the
 //!   context its handler gets), `auth` (Entra, issuing and checking tokens), `managed_identity` (the host's
 //!   managed-identity token endpoint);
-//! - the resource handlers, each given only what it reads: `caches`, `vaults` (vaults, role assignments,
-//!   identities), `keys` (Key Vault data plane);
+//! - the resource handlers, each given only what it reads: `caches` (also the key-reference rules and operation
+//!   records the resource provider's handlers share), `amlfs` (Azure Managed Lustre), `operations`
+//!   (`ascOperations` of both), `vaults` (vaults, role assignments, identities), `keys` (Key Vault data plane);
 //! - `server` (what the listeners share);
 //! - the fronts: `arm` (bearer, throttling, authorization, then the ARM handlers), `http` (the main listener:
 //!   faults, dispatch, request log), `admin` (the admin listener);
 //! - this root: [`Simulator`], [`run_cli`].
 
 mod admin;
+mod amlfs;
 mod arm;
 mod auth;
 mod caches;
@@ -29,6 +32,7 @@ mod faults;
 mod http;
 mod keys;
 mod managed_identity;
+mod operations;
 mod request_log;
 mod route;
 pub mod seed;
@@ -89,6 +93,7 @@ impl Simulator {
             create_delay: cfg.create_delay,
             grant_propagation: cfg.grant_propagation,
             auto_rotation_delay: cfg.auto_rotation_delay,
+            aml_create_delay: cfg.aml_create_delay,
         });
         if let Some(seed) = &cfg.seed {
             world.apply_seed(seed, now).map_err(|e| anyhow::anyhow!("invalid seed: {e}"))?;
@@ -169,6 +174,12 @@ impl Simulator {
         self.shared.endpoints.vault_uri(vault_name)
     }
 
+    /// Object id of the "HPC Cache Resource Provider" service principal (client id
+    /// [`state::HPC_CACHE_RP_APP_ID`]): give it the blob integration roles on a storage account.
+    pub fn hpc_cache_rp_object_id(&self) -> String {
+        self.shared.world().hpc_cache_rp_object_id().unwrap_or(state::HPC_CACHE_RP_OBJECT_ID).to_string()
+    }
+
     /// Tenant of the simulated world.
     pub fn tenant_id(&self) -> String {
         self.shared.world().tenant_id.clone()
@@ -195,6 +206,9 @@ impl Simulator {
         v.push(("HPCC_SIM_ADMIN".to_string(), self.admin_url().to_string()));
         v.push(("HPCC_RESOLVE_TO_LOOPBACK".to_string(), "true".to_string()));
         v.push(("HPCC_KEYVAULT_DNS_SUFFIX".to_string(), "vault.localhost".to_string()));
+        if let Some(rp) = w.hpc_cache_rp_object_id() {
+            v.push(("HPCC_STORAGE_CACHE_PROVIDER_PRINCIPAL_ID".to_string(), rp.to_string()));
+        }
         v
     }
 
@@ -239,6 +253,11 @@ impl Simulator {
     /// Jump the simulated clock ahead.
     pub fn advance(&self, d: Duration) {
         self.shared.clock.advance(d);
+    }
+
+    /// Run the simulated clock at `speed` from now on (keeps the time reached; returns the speed in effect).
+    pub fn set_speed(&self, speed: f64) -> f64 {
+        self.shared.clock.set_speed(speed)
     }
 
     /// Simulated now.
@@ -345,6 +364,9 @@ pub struct SimulateArgs {
     /// Role assignments per list page.
     #[arg(long, default_value_t = 2)]
     pub role_assignment_page_size: usize,
+    /// Simulated minutes an Azure Managed Lustre file system takes to create.
+    #[arg(long, default_value_t = 20)]
+    pub aml_create_minutes: u64,
 }
 
 pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
@@ -368,6 +390,7 @@ pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
         vault_write_in_flight: Duration::from_millis(args.vault_write_in_flight_ms),
         create_accepted_every: args.create_accepted_every,
         role_assignment_page_size: args.role_assignment_page_size,
+        aml_create_delay: Duration::from_secs(args.aml_create_minutes * 60),
         ..SimConfig::default()
     };
     let sim = Simulator::start(cfg).await?;

@@ -26,6 +26,18 @@ pub const CACHE_API_VERSIONS: &[&str] = &[
     "2026-01-01",
     "2026-08-01",
 ];
+/// `amlFilesystems`: every storagecache version whose input files include `amlfilesystem.json` (the readme's tags
+/// 2023-03-01-preview … 2025-07-01) plus the TypeSpec-generated 2026-01-01 and 2026-08-01 `openapi.json`.
+pub const AML_API_VERSIONS: &[&str] = &[
+    "2023-03-01-preview",
+    "2023-05-01",
+    "2023-11-01-preview",
+    "2024-03-01",
+    "2024-07-01",
+    "2025-07-01",
+    "2026-01-01",
+    "2026-08-01",
+];
 pub const VAULT_API_VERSIONS: &[&str] =
     &["2019-09-01", "2021-10-01", "2022-07-01", "2022-11-01", "2023-02-01", "2023-07-01", "2024-11-01", "2025-05-01"];
 pub const ROLE_ASSIGNMENT_API_VERSIONS: &[&str] = &["2022-04-01"];
@@ -38,6 +50,9 @@ pub enum Route {
     CachesInRg { sub: String, rg: String },
     CachesInSub { sub: String },
     AscOperation { sub: String, location: String, op: String },
+    AmlFilesystem { sub: String, rg: String, name: String },
+    AmlFilesystemsInRg { sub: String, rg: String },
+    AmlFilesystemsInSub { sub: String },
     Vault { sub: String, rg: String, name: String },
     VaultAccessPolicy { sub: String, rg: String, name: String, kind: String },
     Identity { sub: String, rg: String, name: String },
@@ -50,6 +65,9 @@ impl Route {
         match self {
             Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } => "caches",
             Route::AscOperation { .. } => "locations/ascOperations",
+            Route::AmlFilesystem { .. } | Route::AmlFilesystemsInRg { .. } | Route::AmlFilesystemsInSub { .. } => {
+                "amlFilesystems"
+            }
             Route::Vault { .. } => "vaults",
             Route::VaultAccessPolicy { .. } => "vaults/accessPolicies",
             Route::Identity { .. } => "userAssignedIdentities",
@@ -58,15 +76,22 @@ impl Route {
     }
     pub fn namespace(&self) -> &'static str {
         match self {
-            Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } | Route::AscOperation { .. } => {
-                "Microsoft.StorageCache"
-            }
+            Route::Cache { .. }
+            | Route::CachesInRg { .. }
+            | Route::CachesInSub { .. }
+            | Route::AscOperation { .. }
+            | Route::AmlFilesystem { .. }
+            | Route::AmlFilesystemsInRg { .. }
+            | Route::AmlFilesystemsInSub { .. } => "Microsoft.StorageCache",
             Route::Vault { .. } | Route::VaultAccessPolicy { .. } => "Microsoft.KeyVault",
             Route::Identity { .. } => "Microsoft.ManagedIdentity",
             Route::RoleAssignment { .. } | Route::RoleAssignments { .. } => "Microsoft.Authorization",
         }
     }
     pub fn api_versions(&self) -> &'static [&'static str] {
+        if self.resource_type() == "amlFilesystems" {
+            return AML_API_VERSIONS;
+        }
         match self.namespace() {
             "Microsoft.StorageCache" => CACHE_API_VERSIONS,
             "Microsoft.KeyVault" => VAULT_API_VERSIONS,
@@ -80,6 +105,9 @@ impl Route {
             | Route::CachesInRg { sub, .. }
             | Route::CachesInSub { sub }
             | Route::AscOperation { sub, .. }
+            | Route::AmlFilesystem { sub, .. }
+            | Route::AmlFilesystemsInRg { sub, .. }
+            | Route::AmlFilesystemsInSub { sub }
             | Route::Vault { sub, .. }
             | Route::VaultAccessPolicy { sub, .. }
             | Route::Identity { sub, .. } => Some(sub),
@@ -96,6 +124,8 @@ impl Route {
         match self {
             Route::Cache { rg, .. }
             | Route::CachesInRg { rg, .. }
+            | Route::AmlFilesystem { rg, .. }
+            | Route::AmlFilesystemsInRg { rg, .. }
             | Route::Vault { rg, .. }
             | Route::VaultAccessPolicy { rg, .. }
             | Route::Identity { rg, .. } => Some(rg),
@@ -115,8 +145,13 @@ impl Route {
             Route::Cache { sub, rg, name } => {
                 format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.StorageCache/caches/{name}")
             }
-            Route::CachesInRg { sub, rg } => format!("/subscriptions/{sub}/resourceGroups/{rg}"),
-            Route::CachesInSub { sub } | Route::AscOperation { sub, .. } => {
+            Route::AmlFilesystem { sub, rg, name } => format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.StorageCache/amlFilesystems/{name}"
+            ),
+            Route::CachesInRg { sub, rg } | Route::AmlFilesystemsInRg { sub, rg } => {
+                format!("/subscriptions/{sub}/resourceGroups/{rg}")
+            }
+            Route::CachesInSub { sub } | Route::AscOperation { sub, .. } | Route::AmlFilesystemsInSub { sub } => {
                 format!("/subscriptions/{sub}")
             }
             Route::Vault { sub, rg, name } | Route::VaultAccessPolicy { sub, rg, name, .. } => {
@@ -142,6 +177,9 @@ impl Route {
                 "Microsoft.StorageCache/caches"
             }
             Route::AscOperation { .. } => "Microsoft.StorageCache/locations/ascoperations",
+            Route::AmlFilesystem { .. } | Route::AmlFilesystemsInRg { .. } | Route::AmlFilesystemsInSub { .. } => {
+                "Microsoft.StorageCache/amlFilesystems"
+            }
             Route::Vault { .. } => "Microsoft.KeyVault/vaults",
             Route::VaultAccessPolicy { .. } => "Microsoft.KeyVault/vaults/accessPolicies",
             Route::Identity { .. } => "Microsoft.ManagedIdentity/userAssignedIdentities",
@@ -178,6 +216,8 @@ pub fn parse_route(segs: &[String]) -> Result<Route, Out> {
             let (sub, rg, name) = (sub.to_string(), rg.to_string(), name.to_string());
             if eq(ns, "Microsoft.StorageCache") && eq(t, "caches") {
                 Route::Cache { sub, rg, name }
+            } else if eq(ns, "Microsoft.StorageCache") && eq(t, "amlFilesystems") {
+                Route::AmlFilesystem { sub, rg, name }
             } else if eq(ns, "Microsoft.KeyVault") && eq(t, "vaults") {
                 Route::Vault { sub, rg, name }
             } else if eq(ns, "Microsoft.ManagedIdentity") && eq(t, "userAssignedIdentities") {
@@ -189,6 +229,8 @@ pub fn parse_route(segs: &[String]) -> Result<Route, Out> {
         [su, sub, r, rg, p, ns, t] if eq(su, "subscriptions") && eq(r, "resourceGroups") && eq(p, "providers") => {
             if eq(ns, "Microsoft.StorageCache") && eq(t, "caches") {
                 Route::CachesInRg { sub: sub.to_string(), rg: rg.to_string() }
+            } else if eq(ns, "Microsoft.StorageCache") && eq(t, "amlFilesystems") {
+                Route::AmlFilesystemsInRg { sub: sub.to_string(), rg: rg.to_string() }
             } else {
                 return Err(invalid_type(ns, t));
             }
@@ -212,6 +254,14 @@ pub fn parse_route(segs: &[String]) -> Result<Route, Out> {
             if eq(su, "subscriptions") && eq(p, "providers") && eq(ns, "Microsoft.StorageCache") && eq(t, "caches") =>
         {
             Route::CachesInSub { sub: sub.to_string() }
+        }
+        [su, sub, p, ns, t]
+            if eq(su, "subscriptions")
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.StorageCache")
+                && eq(t, "amlFilesystems") =>
+        {
+            Route::AmlFilesystemsInSub { sub: sub.to_string() }
         }
         [su, sub, p, ns, l, loc, a, op]
             if eq(su, "subscriptions")
@@ -319,6 +369,22 @@ mod tests {
         assert_eq!(
             parse_route(&segs("/providers/Microsoft.Authorization/roleAssignments")).unwrap(),
             Route::RoleAssignments { scope: "/".into() }
+        );
+        assert_eq!(
+            parse_route(&segs(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.StorageCache/AMLFILESYSTEMS/fs1"
+            ))
+            .unwrap(),
+            Route::AmlFilesystem { sub: "s".into(), rg: "rg".into(), name: "fs1".into() }
+        );
+        assert_eq!(
+            parse_route(&segs("/subscriptions/s/providers/Microsoft.StorageCache/amlFilesystems")).unwrap(),
+            Route::AmlFilesystemsInSub { sub: "s".into() }
+        );
+        assert_eq!(
+            Route::AmlFilesystemsInRg { sub: "s".into(), rg: "rg".into() }.api_versions().first(),
+            Some(&"2023-03-01-preview"),
+            "amlFilesystems have their own api-versions"
         );
         assert!(parse_route(&segs("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Foo/bars/x")).is_err());
         assert!(parse_route(&segs("/nonsense")).is_err());

@@ -37,6 +37,22 @@ pub struct Seed {
     /// resource group or a resource). Effective at once, like `grants`.
     #[serde(default)]
     pub role_assignments: Vec<SeedRoleAssignment>,
+    /// Storage accounts an AML file system's blob integration (`hsm.settings`) may name. Their containers are not
+    /// modelled: any container name in a seeded account is accepted.
+    #[serde(default)]
+    pub storage_accounts: Vec<SeedStorageAccount>,
+}
+
+/// A storage account (Azure: `Microsoft.Storage/storageAccounts`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedStorageAccount {
+    pub subscription_id: String,
+    pub resource_group: String,
+    /// 3-24 lower-case letters and digits.
+    pub name: String,
+    #[serde(default = "default_location")]
+    pub location: String,
 }
 
 /// A management group (Azure: `Microsoft.Management/managementGroups`). Names are unique in the tenant.
@@ -303,6 +319,14 @@ mod tests {
         );
         assert_eq!(s.management_groups[1].parent.as_deref(), Some("mg1"));
         assert_eq!(s.role_assignments[0].principal_id, "p");
+    }
+
+    #[test]
+    fn parses_storage_accounts() {
+        let s =
+            Seed::from_yaml("storageAccounts:\n  - {subscriptionId: s1, resourceGroup: rg, name: amlblob}\n").unwrap();
+        assert_eq!(s.storage_accounts[0].name, "amlblob");
+        assert_eq!(s.storage_accounts[0].location, "westus");
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub const ROLE_OWNER: &str = "8e3af657-a8ff-443f-a75c-2fe8c4bcb635";
 pub const ROLE_CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
 pub const ROLE_READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 pub const ROLE_USER_ACCESS_ADMINISTRATOR: &str = "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9";
+/// "Storage Account Contributor" (Microsoft Learn, Azure built-in roles): one of the two roles the HPC Cache Resource
+/// Provider needs on the storage account for Azure Managed Lustre blob integration.
+pub const ROLE_STORAGE_ACCOUNT_CONTRIBUTOR: &str = "17d1049b-9a84-46fb-8f53-869881c3d3ab";
+/// "Storage Blob Data Contributor": the other role blob integration needs.
+pub const ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR: &str = "ba92f5b4-2d11-453d-a403-e96b0029c9fe";
+/// "Storage Blob Data Owner": every data action of Storage Blob Data Contributor and more.
+pub const ROLE_STORAGE_BLOB_DATA_OWNER: &str = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b";
 
 /// Built-in roles the simulator knows (role assignments with other ids get `RoleDefinitionDoesNotExist`).
 pub const KNOWN_ROLES: &[&str] = &[
@@ -34,6 +41,9 @@ pub const KNOWN_ROLES: &[&str] = &[
     ROLE_CONTRIBUTOR,
     ROLE_READER,
     ROLE_USER_ACCESS_ADMINISTRATOR,
+    ROLE_STORAGE_ACCOUNT_CONTRIBUTOR,
+    ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR,
+    ROLE_STORAGE_BLOB_DATA_OWNER,
 ];
 
 pub const DEFAULT_TENANT: &str = "72f988bf-0000-4000-8000-000000000001";
@@ -41,11 +51,21 @@ pub const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-4000-8000-000000000000";
 pub const DEFAULT_OPERATOR_CLIENT_ID: &str = "0b1e7c2a-0000-4000-8000-0000000000c1";
 pub const DEFAULT_OPERATOR_OBJECT_ID: &str = "0b1e7c2a-0000-4000-8000-0000000000d1";
 pub const DEFAULT_OPERATOR_SECRET: &str = "sim-operator-secret";
+/// Application (client) id of the first-party service principal "HPC Cache Resource Provider", the same in every
+/// tenant (microsoft/mcp `tools/Azure.Mcp.Tools.ManagedLustre/tests/test-resources-post.ps1` assigns its blob
+/// integration roles with `-ApplicationId 4392ab71-2ce2-4b0d-8770-b352745c73f5`).
+pub const HPC_CACHE_RP_APP_ID: &str = "4392ab71-2ce2-4b0d-8770-b352745c73f5";
+/// Object id of that service principal in the simulated tenant: the simulator's own (a service principal's object
+/// id differs per tenant). A seed principal with client id [`HPC_CACHE_RP_APP_ID`] replaces it.
+pub const HPC_CACHE_RP_OBJECT_ID: &str = "4392ab71-0000-4000-8000-0000000000e1";
 
 /// How long a PATCH/PUT update of a running cache keeps `provisioningState: Updating` (simulated).
 pub const UPDATE_DURATION: Duration = Duration::from_secs(60);
 /// How long a DELETE keeps `provisioningState: Deleting` before the cache disappears (simulated).
 pub const DELETE_DURATION: Duration = Duration::from_secs(120);
+/// How long after its create request an AML file system whose blob integration the HPC Cache Resource Provider
+/// cannot use is reported `Failed` (simulated; the simulator's choice, capped by the create time).
+pub const AMLFS_BLOB_FAILURE_AFTER: Duration = Duration::from_secs(5 * 60);
 
 pub fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -425,6 +445,8 @@ pub struct Delays {
     pub grant_propagation: Duration,
     /// With `rotationToLatestKeyVersionEnabled`, from a newer enabled key version appearing to the cache using it.
     pub auto_rotation_delay: Duration,
+    /// From an AML file system's create request to `Succeeded`/`Available`.
+    pub aml_create_delay: Duration,
 }
 
 impl CacheTimeline {
@@ -530,11 +552,135 @@ impl Cache {
     }
 }
 
+/// A storage account, as far as Azure Managed Lustre blob integration needs one (seed `storageAccounts`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageAccount {
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+}
+
+impl StorageAccount {
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Storage/storageAccounts/{}",
+            self.subscription_id, self.resource_group, self.name
+        )
+    }
+}
+
+/// The "HPC Cache Resource Provider" first-party service principal with object id `oid` (no secret: it never asks
+/// the simulator for tokens; it only receives role assignments).
+pub fn hpc_cache_rp(oid: &str) -> Principal {
+    Principal {
+        object_id: oid.to_string(),
+        client_id: HPC_CACHE_RP_APP_ID.into(),
+        secret: None,
+        display_name: "HPC Cache Resource Provider".into(),
+        kind: "ServicePrincipal".into(),
+        arm_scopes: vec![],
+        federated_credentials: vec![],
+    }
+}
+
+/// The clock-driven life of an AML file system. Unlike a cache there is no waiting for key access: the key is
+/// checked when the create request arrives.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlTimeline {
+    pub created_at: Timestamp,
+    /// When creation completes (`created_at + aml_create_delay`), unless it failed first.
+    pub ready_at: Timestamp,
+    /// When the create is reported failed, and why (`code`, `message`).
+    pub failed_at: Option<Timestamp>,
+    pub failure: Option<(String, String)>,
+    pub updating_until: Option<Timestamp>,
+    pub deleting_until: Option<Timestamp>,
+}
+
+impl AmlTimeline {
+    pub fn failed(&self, now: Timestamp) -> bool {
+        self.failed_at.is_some_and(|f| f <= now)
+    }
+
+    /// Created and not failed (`Succeeded`, or `Updating` during an update).
+    pub fn ready(&self, now: Timestamp) -> bool {
+        !self.failed(now) && self.ready_at <= now && self.deleting_until.is_none()
+    }
+
+    /// `(provisioningState, health.state, health.statusDescription)` at `now`.
+    pub fn status(&self, now: Timestamp) -> (&'static str, &'static str, &str) {
+        if self.deleting_until.is_some() {
+            return ("Deleting", "Transitioning", "amlFilesystem is being deleted.");
+        }
+        if self.failed(now) {
+            let msg = self.failure.as_ref().map(|(_, m)| m.as_str()).unwrap_or("amlFilesystem creation failed.");
+            return ("Failed", "Unavailable", msg);
+        }
+        if now < self.ready_at {
+            return ("Creating", "Transitioning", "amlFilesystem is being created.");
+        }
+        // "amlFilesystem is ok.": the examples' text for an available file system.
+        if self.updating_until.is_some_and(|u| now < u) {
+            ("Updating", "Available", "amlFilesystem is ok.")
+        } else {
+            ("Succeeded", "Available", "amlFilesystem is ok.")
+        }
+    }
+}
+
+/// An Azure Managed Lustre file system (`Microsoft.StorageCache/amlFilesystems`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystem {
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    pub sku: String,
+    pub storage_capacity_tib: f64,
+    pub filesystem_subnet: String,
+    pub zones: Option<Value>,
+    pub tags: BTreeMap<String, String>,
+    /// `UserAssigned` (the identities that reach the key) or an explicit `None`; absent when not given.
+    pub identity: Option<CacheIdentity>,
+    pub encryption: Option<CacheEncryption>,
+    pub maintenance_day_of_week: String,
+    pub maintenance_time_of_day_utc: String,
+    /// `hsm.settings` as sent (container, loggingContainer, importPrefix, importPrefixesInitial).
+    pub hsm_settings: Option<Value>,
+    pub root_squash_settings: Option<Value>,
+    pub cluster_uuid: String,
+    pub mgs_address: String,
+    pub created_by: String,
+    pub last_modified_by: String,
+    pub last_modified_at: Timestamp,
+    pub timeline: AmlTimeline,
+}
+
+impl AmlFilesystem {
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.StorageCache/amlFilesystems/{}",
+            self.subscription_id, self.resource_group, self.name
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum OpKind {
     Create,
     Update,
     Delete,
+}
+
+/// The resource kinds whose long-running operations are tracked under `ascOperations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OpTarget {
+    Cache,
+    AmlFilesystem,
 }
 
 /// A long-running operation tracked under `ascOperations`.
@@ -545,7 +691,10 @@ pub struct Operation {
     pub subscription_id: String,
     pub location: String,
     pub kind: OpKind,
-    pub cache_key: String,
+    /// Which kind of resource the operation works on.
+    pub target: OpTarget,
+    /// Lower-case id of that resource: a key of [`World::caches`] or [`World::aml_filesystems`].
+    pub resource_key: String,
     pub start_time: Timestamp,
     /// `InProgress`, `Succeeded`, `Failed`, `Canceled`.
     pub status: String,
@@ -573,6 +722,10 @@ pub struct World {
     pub role_assignments: BTreeMap<String, RoleAssignment>,
     /// by lower-case id
     pub caches: BTreeMap<String, Cache>,
+    /// by lower-case id
+    pub aml_filesystems: BTreeMap<String, AmlFilesystem>,
+    /// Storage accounts (for AML file system blob integration), by lower-case id.
+    pub storage_accounts: BTreeMap<String, StorageAccount>,
     /// by lower-case operation id
     pub operations: BTreeMap<String, Operation>,
     /// Role definition GUIDs known besides [`KNOWN_ROLES`] (lower-case).
@@ -604,6 +757,8 @@ impl World {
             vaults: BTreeMap::new(),
             role_assignments: BTreeMap::new(),
             caches: BTreeMap::new(),
+            aml_filesystems: BTreeMap::new(),
+            storage_accounts: BTreeMap::new(),
             operations: BTreeMap::new(),
             extra_roles: BTreeSet::new(),
             management_groups: BTreeMap::new(),
@@ -611,6 +766,7 @@ impl World {
             delays,
         };
         w.subscriptions.entry(DEFAULT_SUBSCRIPTION.to_string()).or_default().insert("rg".to_string());
+        w.principals.insert(HPC_CACHE_RP_OBJECT_ID.to_string(), hpc_cache_rp(HPC_CACHE_RP_OBJECT_ID));
         w
     }
 
@@ -630,6 +786,12 @@ impl World {
             }
         }
         for p in &seed.principals {
+            if p.client_id.eq_ignore_ascii_case(HPC_CACHE_RP_APP_ID) {
+                // The seed names the tenant's HPC Cache Resource Provider principal: it replaces the built-in one.
+                self.principals.retain(|oid, x| {
+                    !x.client_id.eq_ignore_ascii_case(HPC_CACHE_RP_APP_ID) || oid.eq_ignore_ascii_case(&p.object_id)
+                });
+            }
             if p.operator || (self.operator_object_id.is_empty() && p.secret.is_some()) {
                 self.operator_object_id = p.object_id.to_ascii_lowercase();
             }
@@ -736,6 +898,22 @@ impl World {
             // seeded access policies already exist: in effect at once
             vault.restamp_policies(Timestamp::MIN);
             self.vaults.insert(v.name.to_ascii_lowercase(), vault);
+        }
+        for a in &seed.storage_accounts {
+            if a.name.len() < 3
+                || a.name.len() > 24
+                || !a.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(format!("storage account name '{}' must be 3-24 lower-case letters and digits", a.name));
+            }
+            self.ensure_rg(&a.subscription_id, &a.resource_group);
+            let acct = StorageAccount {
+                subscription_id: a.subscription_id.clone(),
+                resource_group: a.resource_group.clone(),
+                name: a.name.clone(),
+                location: a.location.clone(),
+            };
+            self.storage_accounts.insert(acct.id().to_ascii_lowercase(), acct);
         }
         for r in &seed.role_definitions {
             self.extra_roles.insert(r.to_ascii_lowercase());
@@ -1095,11 +1273,17 @@ impl World {
             }
         }
         // Operations.
+        // AML file systems whose deletion finished.
+        self.aml_filesystems.retain(|_, f| f.timeline.deleting_until.is_none_or(|d| d > now));
         for op in self.operations.values_mut() {
             if op.status != "InProgress" {
                 continue;
             }
-            let cache = self.caches.get(&op.cache_key);
+            if op.target == OpTarget::AmlFilesystem {
+                advance_aml_operation(op, self.aml_filesystems.get(&op.resource_key), now);
+                continue;
+            }
+            let cache = self.caches.get(&op.resource_key);
             match op.kind {
                 OpKind::Create => match cache {
                     None => {
@@ -1144,6 +1328,71 @@ impl World {
                 }
             }
         }
+    }
+}
+
+/// Move an AML file system's operation along: a create succeeds when the file system is ready, fails with its
+/// failure, or is canceled when the file system was deleted first; updates finish at `done_at`; a delete succeeds
+/// once the file system is gone.
+fn advance_aml_operation(op: &mut Operation, fs: Option<&AmlFilesystem>, now: Timestamp) {
+    match (op.kind, fs) {
+        (OpKind::Create, None) => {
+            op.status = "Canceled".into();
+            op.end_time = Some(now);
+            op.error = Some(("Canceled".into(), "The AML file system was deleted before creation completed.".into()));
+        }
+        (OpKind::Create, Some(f)) => {
+            let t = &f.timeline;
+            if let (Some(at), Some(err)) = (t.failed_at.filter(|a| *a <= now), &t.failure) {
+                op.status = "Failed".into();
+                op.end_time = Some(at);
+                op.error = Some(err.clone());
+            } else if t.ready_at <= now {
+                op.status = "Succeeded".into();
+                op.end_time = Some(t.ready_at);
+            }
+        }
+        (OpKind::Update, None) => {
+            op.status = "Canceled".into();
+            op.end_time = Some(now);
+            op.error = Some(("Canceled".into(), "The AML file system was deleted.".into()));
+        }
+        (OpKind::Update, Some(_)) => {
+            if op.done_at.is_some_and(|d| d <= now) {
+                op.status = "Succeeded".into();
+                op.end_time = op.done_at;
+            }
+        }
+        (OpKind::Delete, None) => {
+            op.status = "Succeeded".into();
+            op.end_time = op.done_at.or(Some(now));
+        }
+        (OpKind::Delete, Some(_)) => {}
+    }
+}
+
+impl World {
+    /// The object id of the "HPC Cache Resource Provider" service principal in this tenant.
+    pub fn hpc_cache_rp_object_id(&self) -> Option<&str> {
+        self.principal_by_client_id(HPC_CACHE_RP_APP_ID).map(|p| p.object_id.as_str())
+    }
+
+    /// Since when the HPC Cache Resource Provider has held what Azure Managed Lustre blob integration needs on the
+    /// storage account `account_id` ("Storage Account Contributor" and "Storage Blob Data Contributor", Microsoft
+    /// Learn `amlfs-prerequisites`; Contributor or Owner also give the former, Terraform azurerm's
+    /// `managed_lustre_file_system` doc names Contributor; Storage Blob Data Owner also gives the latter), at the
+    /// account or above, propagated (role assignments made after start count `grant_propagation` later).
+    pub fn blob_integration_access_since(&self, account_id: &str) -> Option<Timestamp> {
+        let rp = self.hpc_cache_rp_object_id()?;
+        let since = |roles: &[&str]| {
+            self.assignments_over(rp, account_id)
+                .filter(|r| roles.contains(&r.role_definition_guid.to_ascii_lowercase().as_str()))
+                .map(|r| r.effective_at)
+                .min()
+        };
+        let manage = since(&[ROLE_STORAGE_ACCOUNT_CONTRIBUTOR, ROLE_CONTRIBUTOR, ROLE_OWNER])?;
+        let data = since(&[ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR, ROLE_STORAGE_BLOB_DATA_OWNER])?;
+        Some(manage.max(data))
     }
 }
 
@@ -1299,6 +1548,7 @@ mod tests {
             create_delay: Duration::from_secs(10 * 60),
             grant_propagation: Duration::ZERO,
             auto_rotation_delay: Duration::from_secs(60 * 60),
+            aml_create_delay: Duration::from_secs(20 * 60),
         }
     }
     fn tl(cmk: bool) -> CacheTimeline {
@@ -1537,6 +1787,75 @@ mod tests {
             serde_json::json!(["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"])
         );
         assert_eq!(w.key_version_of(&enc("aa")).unwrap().jwk("x")["key_ops"], serde_json::json!(["sign", "verify"]));
+    }
+
+    #[test]
+    fn aml_timeline_creates_fails_updates_and_deletes() {
+        let t0 = ts("2025-01-01T00:00:00Z");
+        let mut t = AmlTimeline {
+            created_at: t0,
+            ready_at: t0 + SignedDuration::from_mins(20),
+            failed_at: None,
+            failure: None,
+            updating_until: None,
+            deleting_until: None,
+        };
+        assert_eq!(t.status(t0 + SignedDuration::from_mins(19)).0, "Creating");
+        assert_eq!(t.status(t0 + SignedDuration::from_mins(19)).1, "Transitioning");
+        assert_eq!(t.status(t0 + SignedDuration::from_mins(20)), ("Succeeded", "Available", "amlFilesystem is ok."));
+        t.updating_until = Some(t0 + SignedDuration::from_mins(21));
+        assert_eq!(t.status(t0 + SignedDuration::from_mins(20)).0, "Updating");
+        assert!(t.ready(t0 + SignedDuration::from_mins(20)));
+        t.failed_at = Some(t0 + SignedDuration::from_mins(5));
+        t.failure = Some(("BlobIntegrationAccessDenied".into(), "no roles".into()));
+        assert_eq!(t.status(t0 + SignedDuration::from_mins(4)).0, "Creating");
+        assert_eq!(t.status(t0 + SignedDuration::from_mins(5)), ("Failed", "Unavailable", "no roles"));
+        assert!(!t.ready(t0 + SignedDuration::from_mins(30)), "a failed file system never becomes ready");
+        t.deleting_until = Some(t0 + SignedDuration::from_mins(40));
+        assert_eq!(t.status(t0 + SignedDuration::from_mins(30)).0, "Deleting");
+    }
+
+    #[test]
+    fn blob_integration_needs_both_roles_for_the_resource_provider_propagated() {
+        let now = ts("2025-01-01T00:00:00Z");
+        let acct = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/blob1";
+        let mut w = world_with(
+            "storageAccounts:\n - {subscriptionId: s, resourceGroup: rg, name: blob1}\n",
+            Duration::ZERO,
+            now,
+        );
+        assert_eq!(w.hpc_cache_rp_object_id(), Some(HPC_CACHE_RP_OBJECT_ID), "seeded by default");
+        assert!(w.storage_accounts.contains_key(&acct.to_ascii_lowercase()));
+        let assign = |w: &mut World, scope: &str, role: &str, at: Timestamp| {
+            let ra = RoleAssignment {
+                name: new_uuid(),
+                scope: scope.into(),
+                role_definition_guid: role.into(),
+                principal_id: HPC_CACHE_RP_OBJECT_ID.into(),
+                principal_type: "ServicePrincipal".into(),
+                description: None,
+                created_on: now,
+                updated_on: now,
+                created_by: "t".into(),
+                effective_at: at,
+            };
+            w.role_assignments.insert(ra.id().to_ascii_lowercase(), ra);
+        };
+        assign(&mut w, acct, ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR, now);
+        assert!(w.blob_integration_access_since(acct).is_none(), "the data role alone is not enough");
+        let later = now + SignedDuration::from_mins(5);
+        assign(&mut w, "/subscriptions/s/resourceGroups/rg", ROLE_CONTRIBUTOR, later);
+        assert_eq!(w.blob_integration_access_since(acct), Some(later), "Contributor on the resource group counts");
+        // a seed naming the tenant's real object id for the resource provider replaces the built-in one
+        let w = world_with(
+            &format!(
+                "principals:\n - {{clientId: {HPC_CACHE_RP_APP_ID}, objectId: 11111111-0000-4000-8000-000000000001}}\n"
+            ),
+            Duration::ZERO,
+            now,
+        );
+        assert_eq!(w.hpc_cache_rp_object_id(), Some("11111111-0000-4000-8000-000000000001"));
+        assert!(!w.principals.contains_key(HPC_CACHE_RP_OBJECT_ID));
     }
 
     #[test]

@@ -700,6 +700,30 @@ async fn refuses_non_loopback_listen_addresses() {
 }
 
 #[tokio::test]
+async fn admin_api_sets_the_clock_speed_without_a_jump() {
+    let t = start_with(SimConfig { speed: 600.0, ..SimConfig::default() }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = t.admin(Method::POST, "clock/speed", json!({"speed": 0})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["speed"], 0.0);
+    let stopped: jiff::Timestamp = v["now"].as_str().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stopped: the clock stays where it was stopped.
+    let v: Value = t.http.get(t.sim.admin_url().join("clock").unwrap()).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["now"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap(), stopped);
+    let r = t.admin(Method::POST, "clock/speed", json!({"speed": 1})).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["speed"], 1.0);
+    let now: jiff::Timestamp = v["now"].as_str().unwrap().parse().unwrap();
+    assert!(now >= stopped && now.as_second() - stopped.as_second() <= 1, "no jump: {stopped} -> {now}");
+    for bad in [json!({"speed": -1}), json!({"speed": "fast"}), json!({})] {
+        assert_eq!(t.admin(Method::POST, "clock/speed", bad).await.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(t.sim.set_speed(5.0), 5.0);
+}
+
+#[tokio::test]
 async fn admin_api_clock_requests_seed_and_env_file() {
     let t = start().await;
     let before = t.sim.now();
@@ -1377,4 +1401,530 @@ fn simulate_flags_for_the_new_knobs() {
         ),
         (0, 5, 0, 0, 50)
     );
+}
+
+// ------------------------------------------------------------------------------------------ Azure Managed Lustre
+
+const AML_API: &str = "2026-08-01";
+const UAI2_PRINCIPAL: &str = "cccccccc-0000-4000-8000-0000000000c2";
+const STORAGE_ACCOUNT_CONTRIBUTOR: &str = "17d1049b-9a84-46fb-8f53-869881c3d3ab";
+const STORAGE_BLOB_DATA_CONTRIBUTOR: &str = "ba92f5b4-2d11-453d-a403-e96b0029c9fe";
+
+/// The scenario world plus: `uai1` may use `kv-ap`'s keys (seeded grant), `uai2` may use none, and two storage
+/// accounts for blob integration, `amlblob` and `amlblob2`, without any role for the HPC Cache Resource Provider.
+fn aml_seed() -> Seed {
+    let mut seed = seed();
+    let extra = Seed::from_yaml(&format!(
+        r#"
+identities:
+  - {{subscriptionId: {SUB}, resourceGroup: rg, name: uai2, location: westus, principalId: {UAI2_PRINCIPAL}}}
+grants:
+  - {{vault: kv-ap, principalId: {UAI_PRINCIPAL}}}
+storageAccounts:
+  - {{subscriptionId: {SUB}, resourceGroup: rg, name: amlblob, location: westus}}
+  - {{subscriptionId: {SUB}, resourceGroup: rg, name: amlblob2, location: westus}}
+"#
+    ))
+    .expect("seed parses");
+    seed.identities.extend(extra.identities);
+    seed.grants.extend(extra.grants);
+    seed.storage_accounts.extend(extra.storage_accounts);
+    seed
+}
+
+async fn start_aml(cfg: SimConfig) -> T {
+    let sim = Simulator::start(SimConfig { seed: Some(aml_seed()), ..cfg }).await.expect("sim starts");
+    let http = client(&sim);
+    let token = token(&http, &sim, OP_CLIENT, OP_SECRET, "https://management.azure.com/.default").await;
+    T { sim, http, token }
+}
+
+fn aml_path(name: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/amlFilesystems/{name}?api-version={AML_API}"
+    )
+}
+
+fn uai(name: &str) -> Value {
+    json!({"type": "UserAssigned", "userAssignedIdentities": {
+        format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"): {}
+    }})
+}
+
+fn container(account: &str, c: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/{account}/blobServices/default/containers/{c}"
+    )
+}
+
+/// An AML file system body: SKU `AMLFS-Durable-Premium-250`, 8 TiB, a subnet and a maintenance window; add
+/// identity, key and blob integration with [`with`].
+fn aml_body() -> Value {
+    json!({
+        "location": "westus",
+        "sku": {"name": "AMLFS-Durable-Premium-250"},
+        "zones": ["1"],
+        "properties": {
+            "storageCapacityTiB": 8,
+            "filesystemSubnet": format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/amlfs"),
+            "maintenanceWindow": {"dayOfWeek": "Friday", "timeOfDayUTC": "22:00"}
+        }
+    })
+}
+
+fn with(mut body: Value, pointer: &str, v: Value) -> Value {
+    let (parent, leaf) = pointer.rsplit_once('/').unwrap();
+    let p = if parent.is_empty() { &mut body } else { body.pointer_mut(parent).unwrap() };
+    p[leaf] = v;
+    body
+}
+
+fn aml_cmk_body(identity: &str, vault: &str, key: &str, version: &str) -> Value {
+    let b = with(aml_body(), "/identity", uai(identity));
+    with(
+        b,
+        "/properties/encryptionSettings",
+        json!({"keyEncryptionKey": {
+            "keyUrl": format!("https://{vault}.vault.azure.net/keys/{key}/{version}"),
+            "sourceVault": {"id": vault_id(SUB, "rg", vault)}
+        }}),
+    )
+}
+
+fn aml_hsm_body(account: &str) -> Value {
+    with(
+        aml_body(),
+        "/properties/hsm",
+        json!({"settings": {"container": container(account, "data"), "loggingContainer": container(account, "logs"), "importPrefix": "/"}}),
+    )
+}
+
+impl T {
+    async fn put_aml(&self, name: &str, body: Value) -> Resp {
+        self.call(Method::PUT, &aml_path(name), Some(body)).await
+    }
+    async fn get_aml(&self, name: &str) -> Resp {
+        self.call(Method::GET, &aml_path(name), None).await
+    }
+    /// Give the HPC Cache Resource Provider `role` on storage account `account`, by ARM (propagation applies).
+    async fn assign_rp_role(&self, account: &str, role: &str) -> Resp {
+        let scope =
+            format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/{account}");
+        let body = json!({"properties": {
+            "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{role}"),
+            "principalId": self.sim.hpc_cache_rp_object_id()
+        }});
+        let path = format!(
+            "{scope}/providers/Microsoft.Authorization/roleAssignments/{}?api-version=2022-04-01",
+            uuid::Uuid::new_v4()
+        );
+        self.call(Method::PUT, &path, Some(body)).await
+    }
+}
+
+#[tokio::test]
+async fn amlfs_cmk_create_is_long_then_available_with_client_info() {
+    let t = start_aml(SimConfig::default()).await;
+    let r = t.put_aml("fs1", aml_cmk_body("uai1", "kv-ap", "k2048", V1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(health(&r), ("Creating".into(), "Transitioning".into()));
+    assert_eq!(r.body["type"], "Microsoft.StorageCache/amlFilesystem");
+    assert_eq!(r.body["identity"]["type"], "UserAssigned");
+    let uai_id = format!(
+        "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai1"
+    );
+    assert_eq!(r.body["identity"]["userAssignedIdentities"][&uai_id]["principalId"], UAI_PRINCIPAL);
+    assert_eq!(
+        r.body["properties"]["encryptionSettings"]["keyEncryptionKey"]["keyUrl"],
+        format!("https://kv-ap.vault.azure.net/keys/k2048/{V1}")
+    );
+    assert_eq!(r.body["properties"]["throughputProvisionedMBps"], 2000, "8 TiB x 250 MB/s");
+    assert_eq!(r.body["properties"]["storageCapacityTiB"], 8);
+    assert_eq!(r.body["properties"]["maintenanceWindow"], json!({"dayOfWeek": "Friday", "timeOfDayUTC": "22:00"}));
+    assert_eq!(r.body["zones"], json!(["1"]));
+    assert!(r.body["properties"].get("clientInfo").is_none(), "no client info before the file system is available");
+    let base = t.sim.base_url().to_string();
+    let async_url = r.header("azure-asyncoperation").expect("Azure-AsyncOperation").to_string();
+    let location = r.header("location").expect("Location").to_string();
+    assert!(async_url.starts_with(&base) && async_url.contains("/ascOperations/"), "{async_url}");
+    assert!(location.contains("monitor=true"), "{location}");
+    assert_eq!(r.header("retry-after"), Some("10"));
+
+    // creation is long: 20 simulated minutes by default
+    t.sim.advance(Duration::from_secs(19 * 60));
+    assert_eq!(health(&t.get_aml("fs1").await), ("Creating".into(), "Transitioning".into()));
+    assert_eq!(poll_async(&t, &async_url).await["status"], "InProgress");
+    assert_eq!(t.get_url(&location).await.status(), StatusCode::ACCEPTED);
+    t.sim.advance(Duration::from_secs(60));
+    let g = t.get_aml("fs1").await;
+    assert_eq!(health(&g), ("Succeeded".into(), "Available".into()));
+    assert_eq!(g.body["properties"]["health"]["statusDescription"], "amlFilesystem is ok.");
+    let ci = &g.body["properties"]["clientInfo"];
+    let mgs = ci["mgsAddress"].as_str().expect("mgsAddress").to_string();
+    assert!(mgs.starts_with("10.") && mgs.ends_with(".4"), "{mgs}");
+    assert_eq!(ci["mountCommand"], format!("mount -t lustre {mgs}@tcp:/lustrefs /lustre/lustrefs"));
+    assert_eq!(ci["lustreVersion"], "2.15.0");
+    assert!(ci["containerStorageInterface"]["storageClass"].is_string());
+    let op = poll_async(&t, &async_url).await;
+    assert_eq!(op["status"], "Succeeded");
+    assert!(op["endTime"].is_string());
+    let loc = t.get_url(&location).await;
+    assert_eq!(loc.status(), StatusCode::OK);
+    assert_eq!(loc.json::<Value>().await.unwrap()["name"], "fs1");
+    let env = t.sim.env();
+    let rp = env.iter().find(|(k, _)| k == "HPCC_STORAGE_CACHE_PROVIDER_PRINCIPAL_ID").map(|(_, v)| v.as_str());
+    assert_eq!(rp, Some(hpcc_sim::state::HPC_CACHE_RP_OBJECT_ID), "the env file names the resource provider");
+    let state: Value = t.http.get(t.sim.admin_url().join("state").unwrap()).send().await.unwrap().json().await.unwrap();
+    assert_eq!(state["amlFilesystems"][0]["health"], "Available", "{}", state["amlFilesystems"]);
+
+    // lists, per resource group and subscription
+    for path in [
+        format!(
+            "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/amlFilesystems?api-version={AML_API}"
+        ),
+        format!("/subscriptions/{SUB}/providers/Microsoft.StorageCache/amlFilesystems?api-version={AML_API}"),
+    ] {
+        let l = t.call(Method::GET, &path, None).await;
+        assert_eq!(l.status, StatusCode::OK, "{}", l.body);
+        assert_eq!(l.body["value"].as_array().unwrap().len(), 1);
+    }
+    // the request log has the ARM calls, with their callers
+    let log = t.sim.requests();
+    let put = log.iter().find(|x| x.method == "PUT" && x.path.contains("/amlFilesystems/fs1")).expect("PUT logged");
+    assert_eq!((put.status, put.principal.as_deref()), (201, Some(OP_OID)));
+}
+
+#[tokio::test]
+async fn amlfs_create_is_refused_when_the_identity_cannot_use_the_key() {
+    let t = start_aml(SimConfig::default()).await;
+    let r = t.put_aml("fs1", aml_cmk_body("uai2", "kv-ap", "k2048", V1)).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "KeyVaultAccessDenied"), "{}", r.body);
+    assert_eq!(t.get_aml("fs1").await.status, StatusCode::NOT_FOUND, "nothing was created");
+    // a grant counts only once it has propagated (5 simulated minutes by default)
+    assert_eq!(t.grant("kv-ap", UAI2_PRINCIPAL).await.status(), StatusCode::OK);
+    let r = t.put_aml("fs1", aml_cmk_body("uai2", "kv-ap", "k2048", V1)).await;
+    assert_eq!(r.code(), "KeyVaultAccessDenied", "not propagated yet");
+    t.sim.advance(Duration::from_secs(5 * 60));
+    let r = t.put_aml("fs1", aml_cmk_body("uai2", "kv-ap", "k2048", V1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // on an RBAC vault the identity needs a key role too
+    let r = t.put_aml("fs2", aml_cmk_body("uai1", "kv-rbac", "k2048", V1)).await;
+    assert_eq!(r.code(), "KeyVaultAccessDenied");
+    // a key version without wrapKey/unwrapKey cannot be used either
+    let r = t.put_aml("fs2", aml_cmk_body("uai1", "kv-ap", "ksign", V1)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    // identity rules: user-assigned only, and required for a customer-managed key
+    let no_identity = with(aml_cmk_body("uai1", "kv-ap", "k2048", V1), "/identity", Value::Null);
+    let r = t.put_aml("fs2", no_identity).await;
+    assert_eq!((r.code(), r.body["error"]["target"].as_str()), ("InvalidParameter", Some("identity")));
+    let none = with(aml_cmk_body("uai1", "kv-ap", "k2048", V1), "/identity", json!({"type": "None"}));
+    assert_eq!(t.put_aml("fs2", none).await.code(), "InvalidParameter");
+    let system = with(aml_body(), "/identity", json!({"type": "SystemAssigned"}));
+    let r = t.put_aml("fs2", system).await;
+    assert_eq!((r.code(), r.body["error"]["target"].as_str()), ("InvalidParameter", Some("identity.type")));
+    let r = t.put_aml("fs2", with(aml_body(), "/identity", uai("nope"))).await;
+    assert_eq!(r.code(), "FailedIdentityOperation");
+
+    // the cache's vault and key rules
+    for (vault, key, version, code) in [
+        ("kv-nopp", "k2048", V1, "KeyVaultPurgeProtectionNotEnabled"),
+        ("kv-east", "k2048", V1, "KeyVaultLocationMismatch"),
+        ("kv-other", "k2048", V1, "KeyVaultSubscriptionMismatch"),
+        ("kv-ap", "k4096", V1, "InvalidKeySize"),
+        ("kv-ap", "kdis", V1, "KeyDisabled"),
+        ("kv-ap", "k2048", V2, "KeyVersionNotFound"),
+    ] {
+        let mut body = aml_cmk_body("uai1", vault, key, version);
+        if vault == "kv-other" {
+            body["properties"]["encryptionSettings"]["keyEncryptionKey"]["sourceVault"]["id"] =
+                json!(vault_id(OTHER_SUB, "rg2", vault));
+        }
+        let r = t.put_aml("fs2", body).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, code), "{vault}/{key}: {}", r.body);
+    }
+    let versionless = with(
+        aml_cmk_body("uai1", "kv-ap", "k2048", V1),
+        "/properties/encryptionSettings/keyEncryptionKey/keyUrl",
+        json!("https://kv-ap.vault.azure.net/keys/k2048"),
+    );
+    assert_eq!(t.put_aml("fs2", versionless).await.code(), "InvalidParameter");
+    // soft delete is turned on by the service, as for caches
+    let r = t.put_aml("fs3", aml_cmk_body("uai1", "kv-nosd", "k2048", V1)).await;
+    assert_eq!(r.code(), "KeyVaultAccessDenied", "uai1 has no access to kv-nosd");
+    assert_eq!(t.grant("kv-nosd", UAI_PRINCIPAL).await.status(), StatusCode::OK);
+    t.sim.advance(Duration::from_secs(5 * 60));
+    assert_eq!(t.put_aml("fs3", aml_cmk_body("uai1", "kv-nosd", "k2048", V1)).await.status, StatusCode::CREATED);
+    let v = t.call(Method::GET, &format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-nosd")), None).await;
+    assert_eq!(v.body["properties"]["enableSoftDelete"], true);
+}
+
+#[tokio::test]
+async fn amlfs_sku_capacity_and_required_settings_are_checked_at_create() {
+    let t = start_aml(SimConfig::default()).await;
+    let refused = |r: &Resp, target: &str| {
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(r.body["error"]["target"], target, "{}", r.body);
+    };
+    let sku = |s: &str, tib: f64| {
+        let b = with(aml_body(), "/sku", json!({"name": s}));
+        with(b, "/properties/storageCapacityTiB", json!(tib))
+    };
+    refused(&t.put_aml("fs", sku("AMLFS-Durable-Premium-1000", 8.0)).await, "sku.name");
+    refused(&t.put_aml("fs", sku("AMLFS-Durable-Premium-250", 4.0)).await, "properties.storageCapacityTiB");
+    refused(&t.put_aml("fs", sku("AMLFS-Durable-Premium-250", 12.0)).await, "properties.storageCapacityTiB");
+    refused(&t.put_aml("fs", sku("AMLFS-Durable-Premium-40", 16.0)).await, "properties.storageCapacityTiB");
+    refused(&t.put_aml("fs", sku("AMLFS-Durable-Premium-125", 24.0)).await, "properties.storageCapacityTiB");
+    refused(
+        &t.put_aml("fs", with(aml_body(), "/properties/storageCapacityTiB", Value::Null)).await,
+        "properties.storageCapacityTiB",
+    );
+    refused(
+        &t.put_aml("fs", with(aml_body(), "/properties/maintenanceWindow", Value::Null)).await,
+        "properties.maintenanceWindow",
+    );
+    refused(
+        &t.put_aml("fs", with(aml_body(), "/properties/maintenanceWindow/timeOfDayUTC", json!("25:00"))).await,
+        "properties.maintenanceWindow.timeOfDayUTC",
+    );
+    refused(
+        &t.put_aml("fs", with(aml_body(), "/properties/maintenanceWindow/dayOfWeek", json!("Someday"))).await,
+        "properties.maintenanceWindow.dayOfWeek",
+    );
+    refused(
+        &t.put_aml("fs", with(aml_body(), "/properties/filesystemSubnet", json!("subnet1"))).await,
+        "properties.filesystemSubnet",
+    );
+    let r = t.put_aml("fs", with(aml_body(), "/location", Value::Null)).await;
+    assert_eq!(r.code(), "LocationRequired");
+    let r = t.put_aml("-fs", aml_body()).await;
+    assert_eq!(r.code(), "InvalidResourceName");
+    // every SKU at its minimum (the 40 MB/s one in 48 TiB steps)
+    for (i, (s, tib)) in [
+        ("AMLFS-Durable-Premium-40", 96.0),
+        ("AMLFS-Durable-Premium-125", 16.0),
+        ("AMLFS-Durable-Premium-250", 8.0),
+        ("AMLFS-Durable-Premium-500", 4.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = t.put_aml(&format!("ok{i}"), sku(s, tib)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{s} {tib}: {}", r.body);
+    }
+    // api-versions are amlFilesystems' own: 2021-03-01 serves caches but not AML file systems
+    let p = format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/amlFilesystems/ok0");
+    let r = t.call(Method::GET, &format!("{p}?api-version=2021-03-01"), None).await;
+    assert_eq!(r.code(), "NoRegisteredProviderFound");
+    for v in ["2023-05-01", "2024-03-01", "2024-07-01", "2025-07-01", "2026-01-01"] {
+        assert_eq!(t.call(Method::GET, &format!("{p}?api-version={v}"), None).await.status, StatusCode::OK, "{v}");
+    }
+    assert_eq!(t.call(Method::GET, &p, None).await.code(), "MissingApiVersionParameter");
+}
+
+#[tokio::test]
+async fn amlfs_blob_integration_needs_the_resource_provider_roles_before_create() {
+    let t = start_aml(SimConfig::default()).await;
+    // without the roles the create is accepted, then fails ("Validation performed before the file system is
+    // created can't detect container access permission problems")
+    let r = t.put_aml("nohsm", aml_hsm_body("amlblob")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["properties"]["hsm"]["settings"]["container"], container("amlblob", "data"));
+    let async_url = r.header("azure-asyncoperation").unwrap().to_string();
+    let location = r.header("location").unwrap().to_string();
+    t.sim.advance(Duration::from_secs(5 * 60));
+    let g = t.get_aml("nohsm").await;
+    assert_eq!(health(&g), ("Failed".into(), "Unavailable".into()));
+    assert_eq!(g.body["properties"]["health"]["statusCode"], "BlobIntegrationAccessDenied");
+    let op = poll_async(&t, &async_url).await;
+    assert_eq!(
+        (op["status"].as_str(), op["error"]["code"].as_str()),
+        (Some("Failed"), Some("BlobIntegrationAccessDenied"))
+    );
+    let loc = t.get_url(&location).await;
+    assert_eq!(loc.status(), StatusCode::BAD_REQUEST);
+
+    // one role is not enough; both, propagated, are
+    assert_eq!(t.assign_rp_role("amlblob", STORAGE_BLOB_DATA_CONTRIBUTOR).await.status, StatusCode::CREATED);
+    t.sim.advance(Duration::from_secs(5 * 60));
+    t.put_aml("onerole", aml_hsm_body("amlblob")).await;
+    assert_eq!(t.assign_rp_role("amlblob", STORAGE_ACCOUNT_CONTRIBUTOR).await.status, StatusCode::CREATED);
+    let r = t.put_aml("early", aml_hsm_body("amlblob")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "accepted even though the grant has not propagated");
+    t.sim.advance(Duration::from_secs(5 * 60));
+    let r = t.put_aml("fs", aml_hsm_body("amlblob")).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    t.sim.advance(Duration::from_secs(20 * 60));
+    assert_eq!(health(&t.get_aml("onerole").await).0, "Failed");
+    assert_eq!(health(&t.get_aml("early").await).0, "Failed", "roles must have propagated when the create arrives");
+    assert_eq!(health(&t.get_aml("fs").await), ("Succeeded".into(), "Available".into()));
+
+    // a storage account that does not exist
+    t.put_aml("nowhere", aml_hsm_body("nosuchaccount")).await;
+    t.sim.advance(Duration::from_secs(5 * 60));
+    assert_eq!(t.get_aml("nowhere").await.body["properties"]["health"]["statusCode"], "StorageAccountNotFound");
+    // containers: ids, one account, two containers
+    let same =
+        with(aml_hsm_body("amlblob"), "/properties/hsm/settings/loggingContainer", json!(container("amlblob", "data")));
+    assert_eq!(t.put_aml("bad", same).await.code(), "InvalidParameter");
+    let other = with(
+        aml_hsm_body("amlblob"),
+        "/properties/hsm/settings/loggingContainer",
+        json!(container("amlblob2", "logs")),
+    );
+    assert_eq!(t.put_aml("bad", other).await.code(), "InvalidParameter");
+    let not_a_container =
+        with(aml_hsm_body("amlblob"), "/properties/hsm/settings/container", json!("/subscriptions/x"));
+    assert_eq!(t.put_aml("bad", not_a_container).await.code(), "InvalidParameter");
+    let missing = with(aml_hsm_body("amlblob"), "/properties/hsm/settings/loggingContainer", Value::Null);
+    assert_eq!(t.put_aml("bad", missing).await.code(), "InvalidParameter");
+}
+
+#[tokio::test]
+async fn amlfs_key_changes_by_patch_and_create_only_settings_stay() {
+    let t = start_aml(SimConfig { grant_propagation: Duration::ZERO, ..SimConfig::default() }).await;
+    assert_eq!(t.put_aml("fs1", aml_cmk_body("uai1", "kv-ap", "k2048", V1)).await.status, StatusCode::CREATED);
+    assert_eq!(t.put_aml("plain", aml_body()).await.status, StatusCode::CREATED);
+    t.sim.advance(Duration::from_secs(20 * 60));
+    let v2 = t
+        .sim
+        .add_key_version(
+            "kv-ap",
+            "k2048",
+            &hpcc_sim::seed::SeedKeyVersion { version: Some(V2.into()), ..Default::default() },
+        )
+        .unwrap();
+    let patch = |version: &str, vault: &str| {
+        json!({"properties": {"encryptionSettings": {"keyEncryptionKey": {
+            "keyUrl": format!("https://{vault}.vault.azure.net/keys/k2048/{version}"),
+            "sourceVault": {"id": vault_id(SUB, "rg", vault)}
+        }}}})
+    };
+    let r = t.call(Method::PATCH, &aml_path("fs1"), Some(patch(&v2, "kv-ap"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let async_url = r.header("azure-asyncoperation").expect("Azure-AsyncOperation").to_string();
+    assert!(r.header("location").is_some_and(|l| l.contains("monitor=true")));
+    let g = t.get_aml("fs1").await;
+    assert_eq!(health(&g), ("Updating".into(), "Available".into()));
+    assert_eq!(
+        g.body["properties"]["encryptionSettings"]["keyEncryptionKey"]["keyUrl"],
+        format!("https://kv-ap.vault.azure.net/keys/k2048/{V2}")
+    );
+    t.sim.advance(Duration::from_secs(60));
+    assert_eq!(health(&t.get_aml("fs1").await).0, "Succeeded");
+    assert_eq!(poll_async(&t, &async_url).await["status"], "Succeeded");
+    // a key the identity cannot use is refused
+    let r = t.call(Method::PATCH, &aml_path("fs1"), Some(patch(V1, "kv-rbac"))).await;
+    assert_eq!(r.code(), "KeyVaultAccessDenied", "{}", r.body);
+    // customer-managed <-> Microsoft-managed cannot be switched
+    let r = t.call(Method::PATCH, &aml_path("fs1"), Some(json!({"properties": {"encryptionSettings": {}}}))).await;
+    assert_eq!(r.code(), "PropertyChangeNotAllowed");
+    let r = t.call(Method::PATCH, &aml_path("plain"), Some(patch(V1, "kv-ap"))).await;
+    assert_eq!(r.code(), "PropertyChangeNotAllowed");
+    // maintenance window, root squash and tags can change
+    let r = t
+        .call(
+            Method::PATCH,
+            &aml_path("plain"),
+            Some(json!({"tags": {"team": "hpc"}, "properties": {"maintenanceWindow": {"dayOfWeek": "Sunday", "timeOfDayUTC": "03:30"},
+                "rootSquashSettings": {"mode": "RootOnly", "noSquashNidLists": "10.0.0.4@tcp", "squashUID": 99, "squashGID": 99}}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let g = t.get_aml("plain").await;
+    assert_eq!(g.body["properties"]["maintenanceWindow"], json!({"dayOfWeek": "Sunday", "timeOfDayUTC": "03:30"}));
+    assert_eq!(g.body["properties"]["rootSquashSettings"]["mode"], "RootOnly");
+    assert_eq!(g.body["tags"]["team"], "hpc");
+    // PUT: create-only settings and the identity cannot change; the key cannot be dropped
+    let current = aml_cmk_body("uai1", "kv-ap", "k2048", &v2);
+    for (pointer, value, target) in [
+        ("/sku", json!({"name": "AMLFS-Durable-Premium-500"}), "sku.name"),
+        ("/properties/storageCapacityTiB", json!(16), "properties.storageCapacityTiB"),
+        (
+            "/properties/filesystemSubnet",
+            json!(format!(
+                "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/other"
+            )),
+            "properties.filesystemSubnet",
+        ),
+        ("/zones", json!(["2"]), "zones"),
+        ("/identity", uai("uai2"), "identity.userAssignedIdentities"),
+        ("/properties/encryptionSettings", Value::Null, "properties.encryptionSettings"),
+    ] {
+        let r = t.put_aml("fs1", with(current.clone(), pointer, value)).await;
+        assert_eq!(
+            (r.code(), r.body["error"]["target"].as_str()),
+            ("PropertyChangeNotAllowed", Some(target)),
+            "{pointer}"
+        );
+    }
+    let r = t.put_aml("fs1", with(current.clone(), "/location", json!("eastus"))).await;
+    assert_eq!(r.code(), "InvalidResourceLocation");
+    // an unchanged PUT is an update: 200 with the body and the operation headers
+    let r = t.put_aml("fs1", current).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.header("azure-asyncoperation").is_some());
+    assert_eq!(r.body["properties"]["provisioningState"], "Updating");
+}
+
+#[tokio::test]
+async fn amlfs_delete_is_long_running_and_create_time_is_configurable() {
+    let t = start_aml(SimConfig { aml_create_delay: Duration::from_secs(60), ..SimConfig::default() }).await;
+    assert_eq!(t.put_aml("fs1", aml_body()).await.status, StatusCode::CREATED);
+    t.sim.advance(Duration::from_secs(60));
+    assert_eq!(health(&t.get_aml("fs1").await).0, "Succeeded", "aml_create_delay shortens the create");
+    let r = t.call(Method::DELETE, &aml_path("fs1"), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let location = r.header("location").expect("Location").to_string();
+    assert!(location.contains("monitor=true"));
+    assert!(r.header("azure-asyncoperation").is_some());
+    assert_eq!(health(&t.get_aml("fs1").await), ("Deleting".into(), "Transitioning".into()));
+    assert_eq!(t.get_url(&location).await.status(), StatusCode::ACCEPTED);
+    let r = t.call(Method::PATCH, &aml_path("fs1"), Some(json!({"tags": {}}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "no updates while deleting");
+    t.sim.advance(Duration::from_secs(2 * 60));
+    assert_eq!(t.get_aml("fs1").await.code(), "ResourceNotFound");
+    assert_eq!(t.get_url(&location).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(t.call(Method::DELETE, &aml_path("fs1"), None).await.status, StatusCode::NO_CONTENT);
+    // deleting during creation cancels the create
+    let r = t.put_aml("fs2", aml_body()).await;
+    let async_url = r.header("azure-asyncoperation").unwrap().to_string();
+    assert_eq!(t.call(Method::DELETE, &aml_path("fs2"), None).await.status, StatusCode::ACCEPTED);
+    t.sim.advance(Duration::from_secs(2 * 60));
+    assert_eq!(poll_async(&t, &async_url).await["status"], "Canceled");
+}
+
+#[tokio::test]
+async fn amlfs_requests_get_faults_and_authorization_like_caches() {
+    let t = start_aml(SimConfig::default()).await;
+    let added = t
+        .admin(
+            Method::POST,
+            "faults",
+            json!({"route": "PUT .*/amlFilesystems/", "kind": "error", "status": 503, "count": 1}),
+        )
+        .await;
+    assert_eq!(added.status(), StatusCode::OK);
+    assert_eq!(t.put_aml("fs1", aml_body()).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(t.put_aml("fs1", aml_body()).await.status, StatusCode::CREATED);
+    let log = t.sim.requests();
+    let puts: Vec<u16> =
+        log.iter().filter(|x| x.method == "PUT" && x.path.contains("amlFilesystems")).map(|x| x.status).collect();
+    assert_eq!(puts, vec![503, 201]);
+    let nobody = token(&t.http, &t.sim, NOBODY_CLIENT, "nobody", "https://management.azure.com/.default").await;
+    let r = t.call_with(Some(&nobody), Method::GET, &aml_path("fs1"), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("Microsoft.StorageCache/amlFilesystems/read"));
+}
+
+#[test]
+fn simulate_flag_for_the_aml_create_time() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: hpcc_sim::SimulateArgs,
+    }
+    assert_eq!(Cli::parse_from(["x", "--env-file", "e"]).args.aml_create_minutes, 20);
+    assert_eq!(Cli::parse_from(["x", "--env-file", "e", "--aml-create-minutes", "1"]).args.aml_create_minutes, 1);
 }

@@ -185,7 +185,58 @@ impl Default for AzureConfig {
     }
 }
 
+/// A service principal other than the operator's own, e.g. from a namespace's credential Secret (Azure Service
+/// Operator's pattern): a client secret, or, without one, workload identity with the operator's own federated token
+/// (`AZURE_FEDERATED_TOKEN_FILE`) exchanged for this application. See [`Azure::for_principal`](crate::Azure::for_principal).
+#[derive(Clone)]
+pub struct Principal {
+    /// Entra tenant.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Client secret; None: workload identity. Never printed.
+    pub client_secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 impl AzureConfig {
+    /// Who this configuration acts as, for the client-side ARM limiter (`tenant/client`, lowercase): two clients
+    /// acting as one principal share its budget, as they do in ARM. The operator's managed identity without a
+    /// client id is `/`.
+    pub fn principal_key(&self) -> String {
+        format!("{}/{}", self.tenant_id.as_deref().unwrap_or_default(), self.client_id.as_deref().unwrap_or_default())
+            .to_ascii_lowercase()
+    }
+
+    /// This configuration acting as `principal` instead: same cloud, TLS, retries and limits; a client secret, or
+    /// workload identity with this configuration's federated token file.
+    pub fn for_principal(&self, principal: &Principal) -> anyhow::Result<AzureConfig> {
+        let credential = match (&principal.client_secret, &self.federated_token_file) {
+            (Some(_), _) => CredentialChoice::ClientSecret,
+            (None, Some(_)) => CredentialChoice::WorkloadIdentity,
+            (None, None) => bail!(
+                "no client secret for {}, and no federated token (AZURE_FEDERATED_TOKEN_FILE) to exchange for it",
+                principal.client_id
+            ),
+        };
+        Ok(AzureConfig {
+            credential,
+            tenant_id: Some(principal.tenant_id.clone()),
+            client_id: Some(principal.client_id.clone()),
+            client_secret: principal.client_secret.clone(),
+            ..self.clone()
+        })
+    }
+
     /// Read the configuration from the process environment (see [`AzureConfig::from_vars`]).
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_vars(|k| std::env::var(k).ok())
@@ -357,6 +408,38 @@ mod tests {
         assert!(AzureConfig::from_vars(vars(&[("HPCC_ARM_ENDPOINT", "http://x")])).is_err());
         assert!(AzureConfig::from_vars(vars(&[("HPCC_RESOLVE_TO_LOOPBACK", "maybe")])).is_err());
         assert!(AzureConfig::from_vars(vars(&[("HPCC_CREDENTIAL", "password")])).is_err());
+    }
+
+    #[test]
+    fn a_principal_keeps_the_cloud_and_changes_who_acts() {
+        let op = AzureConfig::from_vars(vars(&[
+            ("HPCC_ARM_ENDPOINT", "https://management.azure.com:8443"),
+            ("AZURE_TENANT_ID", "T-op"),
+            ("AZURE_CLIENT_ID", "C-op"),
+            ("AZURE_CLIENT_SECRET", "op-secret"),
+        ]))
+        .unwrap();
+        assert_eq!(op.principal_key(), "t-op/c-op");
+        let ns = Principal {
+            tenant_id: "t-ns".into(),
+            client_id: "c-ns".into(),
+            client_secret: Some(Secret::new("ns-secret")),
+        };
+        assert!(!format!("{ns:?}").contains("ns-secret"));
+        let c = op.for_principal(&ns).unwrap();
+        assert_eq!(c.credential, CredentialChoice::ClientSecret);
+        assert_eq!(c.cloud, op.cloud);
+        assert_eq!(c.principal_key(), "t-ns/c-ns");
+        assert_eq!(c.client_secret.as_ref().unwrap().secret(), "ns-secret");
+        // Workload identity: the operator's own federated token, exchanged for the namespace's application.
+        let wi = Principal { client_secret: None, ..ns };
+        assert!(op.for_principal(&wi).is_err(), "the operator has no federated token");
+        let op_wi = AzureConfig { federated_token_file: Some("/var/run/token".into()), ..op };
+        let c = op_wi.for_principal(&wi).unwrap();
+        assert_eq!(c.credential, CredentialChoice::WorkloadIdentity);
+        assert_eq!(c.client_id.as_deref(), Some("c-ns"));
+        assert!(c.client_secret.is_none());
+        assert_eq!(c.federated_token_file.as_deref(), Some(std::path::Path::new("/var/run/token")));
     }
 
     #[test]

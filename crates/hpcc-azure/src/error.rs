@@ -11,9 +11,10 @@ pub enum AzureError {
     /// Throttled (429) beyond what the client will wait for inside one call; try again after `retry_after`.
     #[error("throttled by Azure; retry after {}s", retry_after.as_secs_f64())]
     Throttled { retry_after: Duration },
-    /// No token could be obtained, or a Key Vault challenge was refused.
+    /// No token could be obtained, or a Key Vault challenge was refused. When Entra ID itself refused the
+    /// credential, [`AzureError::token_rejection`] says how.
     #[error("authentication failed: {0}")]
-    Auth(String),
+    Auth(AuthError),
     /// Connection, TLS or timeout failure.
     #[error("transport error: {0}")]
     Transport(String),
@@ -23,6 +24,64 @@ pub enum AzureError {
     /// What the spec asks for cannot be sent (e.g. an ARM id that does not parse); nothing was sent to Azure.
     #[error("invalid input: {0}")]
     Input(String),
+}
+
+/// Why no token could be had (or a Key Vault challenge was refused): a message, and Entra ID's refusal when it
+/// answered the token request with one. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError {
+    message: String,
+    rejection: Option<TokenRejection>,
+}
+
+impl AuthError {
+    /// Entra ID refused the credential (`rejection`); `message` says what was asked for.
+    pub fn rejected(message: impl Into<String>, rejection: TokenRejection) -> Self {
+        Self { message: message.into(), rejection: Some(rejection) }
+    }
+}
+
+impl From<String> for AuthError {
+    fn from(message: String) -> Self {
+        Self { message, rejection: None }
+    }
+}
+
+impl From<&str> for AuthError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Entra ID answered a token request with a refusal: the credential itself is wrong (a bad or expired client
+/// secret, an unknown application or tenant, a federated token no federated credential trusts), not the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRejection {
+    /// HTTP status of the token endpoint's answer (400 or 401).
+    pub status: u16,
+    /// The OAuth error: `invalid_client`, `unauthorized_client`, `invalid_tenant`, `invalid_request`, …
+    pub error: String,
+    /// Entra's AADSTS error codes (`7000215` for an invalid client secret), comma-separated; None when absent.
+    pub error_codes: Option<String>,
+}
+
+impl TokenRejection {
+    /// `invalid_client (AADSTS7000215)`, or the OAuth error alone.
+    pub fn code(&self) -> String {
+        match &self.error_codes {
+            Some(codes) => {
+                let aadsts: Vec<String> = codes.split(',').map(|c| format!("AADSTS{}", c.trim())).collect();
+                format!("{} ({})", self.error, aadsts.join(", "))
+            }
+            None => self.error.clone(),
+        }
+    }
 }
 
 /// What to do about a failed call. [`AzureError::classify`] is the one place that decides it; the in-call retries
@@ -53,6 +112,14 @@ impl AzureError {
     pub fn code(&self) -> Option<&str> {
         match self {
             AzureError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Entra ID's refusal of the credential, when no token could be had because of one.
+    pub fn token_rejection(&self) -> Option<&TokenRejection> {
+        match self {
+            AzureError::Auth(a) => a.rejection.as_ref(),
             _ => None,
         }
     }

@@ -19,9 +19,9 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use url::Url;
 
 use super::challenge::Challenge;
-use super::config::{AzureConfig, CredentialChoice};
-use super::error::AzureError;
-use super::ratelimit::{Access, SubscriptionLimiter};
+use super::config::{AzureConfig, CredentialChoice, Principal};
+use super::error::{AuthError, AzureError, TokenRejection};
+use super::ratelimit::{Access, ArmLimiter};
 
 /// Receives one call per HTTP attempt (and per token request), e.g. for Prometheus metrics.
 pub trait CallObserver: Send + Sync {
@@ -81,11 +81,14 @@ pub(crate) struct Inner {
     pub http: reqwest::Client,
     cred: Cred,
     observer: Option<Arc<dyn CallObserver>>,
-    limiter: SubscriptionLimiter,
+    /// Shared with every client made from this one ([`Inner::for_principal`]).
+    limiter: Arc<ArmLimiter>,
+    /// Who this client acts as, its partition of the limiter ([`AzureConfig::principal_key`]).
+    principal: String,
     /// Key Vault challenges by `host:port`.
     challenges: Mutex<HashMap<String, Challenge>>,
-    /// Tokens by scope with their expiry (unix seconds). azure_identity caches too; this layer lets the observer
-    /// count real token requests only.
+    /// Tokens by scope with their expiry (unix seconds), of this client's credential only. azure_identity caches
+    /// too; this layer lets the observer count real token requests only.
     tokens: Mutex<HashMap<String, (Secret, i64)>>,
 }
 
@@ -238,6 +241,33 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Entra ID's refusal inside an azure_identity error: the token endpoint's 4xx answer (not 408/429) with its OAuth
+/// error, found anywhere in the error's chain (credentials wrap one another, e.g. workload identity around a client
+/// assertion).
+fn token_rejection(e: &azure_core::Error) -> Option<TokenRejection> {
+    use azure_core::error::ErrorKind;
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    for _ in 0..16 {
+        let err = current?;
+        if let Some(ae) = err.downcast_ref::<azure_core::Error>()
+            && let ErrorKind::HttpResponse { status, error_code, raw_response } = ae.kind()
+        {
+            let status = u16::from(*status);
+            if !(400..500).contains(&status) || matches!(status, 408 | 429) {
+                return None;
+            }
+            let error = raw_response
+                .as_ref()
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(r.body()).ok())
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Some(TokenRejection { status, error, error_codes: error_code.clone() });
+        }
+        current = err.source();
+    }
+    None
+}
+
 fn origin(u: &Url) -> (String, Option<String>, Option<u16>) {
     (u.scheme().to_string(), u.host_str().map(str::to_ascii_lowercase), u.port_or_known_default())
 }
@@ -245,15 +275,32 @@ fn origin(u: &Url) -> (String, Option<String>, Option<u16>) {
 impl Inner {
     pub fn new(cfg: AzureConfig, observer: Option<Arc<dyn CallObserver>>) -> anyhow::Result<Self> {
         let http = build_http_client(&cfg)?;
+        let limiter = ArmLimiter::new(cfg.reads_per_second, cfg.read_burst, cfg.writes_per_second, cfg.write_burst);
+        Self::with_parts(cfg, http, observer, Arc::new(limiter))
+    }
+
+    /// A client acting as `principal`: this one's HTTP client, observer and limiter (partitioned by principal), its
+    /// own credential, tokens and Key Vault challenges.
+    pub fn for_principal(&self, principal: &Principal) -> anyhow::Result<Self> {
+        let cfg = self.cfg.for_principal(principal)?;
+        Self::with_parts(cfg, self.http.clone(), self.observer.clone(), self.limiter.clone())
+    }
+
+    fn with_parts(
+        cfg: AzureConfig,
+        http: reqwest::Client,
+        observer: Option<Arc<dyn CallObserver>>,
+        limiter: Arc<ArmLimiter>,
+    ) -> anyhow::Result<Self> {
         let cred = build_credential(&cfg, &http)?;
-        let limiter =
-            SubscriptionLimiter::new(cfg.reads_per_second, cfg.read_burst, cfg.writes_per_second, cfg.write_burst);
+        let principal = cfg.principal_key();
         Ok(Self {
             cfg,
             http,
             cred,
             observer,
             limiter,
+            principal,
             challenges: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
         })
@@ -275,11 +322,11 @@ impl Inner {
         }
         let start = Instant::now();
         let result = match &self.cred {
-            Cred::One(c) => c.get_token(&[scope], None).await.map_err(|e| e.to_string()),
+            Cred::One(c) => c.get_token(&[scope], None).await.map_err(|e| (e.to_string(), token_rejection(&e))),
             Cred::Chain { sources, chosen } => {
                 let idx = chosen.load(Ordering::Relaxed);
                 if let Some((_, c)) = sources.get(idx) {
-                    c.get_token(&[scope], None).await.map_err(|e| e.to_string())
+                    c.get_token(&[scope], None).await.map_err(|e| (e.to_string(), None))
                 } else {
                     let mut errors = Vec::new();
                     let mut found = None;
@@ -294,12 +341,18 @@ impl Inner {
                             Err(e) => errors.push(format!("{name}: {e}")),
                         }
                     }
-                    found.ok_or_else(|| errors.join("; "))
+                    found.ok_or_else(|| (errors.join("; "), None))
                 }
             }
         };
         self.observe("token", result.as_ref().ok().map(|_| 200), start.elapsed());
-        let t = result.map_err(|e| AzureError::Auth(format!("token for {scope}: {e}")))?;
+        let t = result.map_err(|(e, rejection)| {
+            let message = format!("token for {scope}: {e}");
+            AzureError::Auth(match rejection {
+                Some(r) => AuthError::rejected(message, r),
+                None => message.into(),
+            })
+        })?;
         self.tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -320,7 +373,8 @@ impl Inner {
     /// except a 429 that could not be waited out, which becomes [`AzureError::Throttled`].
     pub async fn send(&self, req: Call) -> Result<Resp, AzureError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
-        let bucket = req.limit.as_ref().map(|(sub, access)| (self.limiter.bucket(sub, *access), *access));
+        let bucket =
+            req.limit.as_ref().map(|(sub, access)| (self.limiter.bucket(&self.principal, sub, *access), *access));
         let body = req.body;
         let mut slept = Duration::ZERO;
         let mut attempt: u32 = 0;
@@ -443,9 +497,9 @@ impl Inner {
         let host = url.host_str().unwrap_or_default().to_string();
         let suffix = format!(".{}", self.cfg.cloud.keyvault_dns_suffix.trim_start_matches('.'));
         if !host.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()) || url.scheme() != "https" {
-            return Err(AzureError::Auth(format!(
-                "refusing to call {host}: Key Vault hosts must be https://*{suffix}"
-            )));
+            return Err(AzureError::Auth(
+                format!("refusing to call {host}: Key Vault hosts must be https://*{suffix}").into(),
+            ));
         }
         let key = Self::challenge_key(&url);
         let cached = self.challenges.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
@@ -462,7 +516,7 @@ impl Inner {
         let Some(challenge) = header_str(&resp.headers, "www-authenticate").and_then(Challenge::parse) else {
             return Ok(resp);
         };
-        challenge.verify(&host, &self.cfg.cloud).map_err(AzureError::Auth)?;
+        challenge.verify(&host, &self.cfg.cloud).map_err(|e| AzureError::Auth(e.into()))?;
         if cached.as_ref() == Some(&challenge) {
             // We sent a token for exactly this challenge and it was refused.
             return Ok(resp);

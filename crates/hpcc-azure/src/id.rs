@@ -69,6 +69,17 @@ impl ResourceId {
         Self::new(subscription, resource_group, "Microsoft.StorageCache", "caches", name)
     }
 
+    /// `…/providers/Microsoft.StorageCache/amlFilesystems/{name}` (Azure Managed Lustre).
+    pub fn aml_filesystem(subscription: &str, resource_group: &str, name: &str) -> Self {
+        Self::new(subscription, resource_group, "Microsoft.StorageCache", "amlFilesystems", name)
+    }
+
+    /// `…/providers/Microsoft.Storage/storageAccounts/{name}` (e.g. the scope of the role assignments an AML file
+    /// system's blob integration needs).
+    pub fn storage_account(subscription: &str, resource_group: &str, name: &str) -> Self {
+        Self::new(subscription, resource_group, "Microsoft.Storage", "storageAccounts", name)
+    }
+
     /// `…/providers/Microsoft.KeyVault/vaults/{name}`.
     pub fn vault(subscription: &str, resource_group: &str, name: &str) -> Self {
         Self::new(subscription, resource_group, "Microsoft.KeyVault", "vaults", name)
@@ -165,6 +176,15 @@ impl ResourceId {
         let mut p = self.clone();
         p.segments.pop();
         Some(p)
+    }
+
+    /// The top-level resource this id is, or is inside of (drops every child: a blob container id gives its
+    /// storage account); `None` for a subscription or resource-group scope.
+    pub fn top_level(&self) -> Option<ResourceId> {
+        self.namespace.as_ref()?;
+        let mut t = self.clone();
+        t.segments.truncate(1);
+        Some(t)
     }
 
     fn canonical_lower(&self) -> String {
@@ -337,6 +357,39 @@ mod tests {
             format!("/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet1")
         );
         assert_eq!(parent.child("subnets", "cache"), id);
+    }
+
+    #[test]
+    fn aml_filesystem_and_storage_account_ids() {
+        let fs = ResourceId::aml_filesystem(SUB, "hpc-rg", "fs1");
+        assert_eq!(
+            fs.to_string(),
+            format!("/subscriptions/{SUB}/resourceGroups/hpc-rg/providers/Microsoft.StorageCache/amlFilesystems/fs1")
+        );
+        assert!(fs.is_type("Microsoft.StorageCache", "amlFilesystems"));
+        assert_eq!(fs.full_type().unwrap(), "Microsoft.StorageCache/amlFilesystems");
+        let parsed: ResourceId =
+            format!("/subscriptions/{SUB}/resourcegroups/HPC-RG/providers/microsoft.storagecache/AMLFILESYSTEMS/FS1")
+                .parse()
+                .unwrap();
+        assert_eq!(parsed, fs);
+        assert_ne!(fs, ResourceId::cache(SUB, "hpc-rg", "fs1"));
+
+        // An HSM container id (the AML file system's `hsm.settings.container`) lies inside its storage account.
+        let container: ResourceId = format!(
+            "/subscriptions/{SUB}/resourceGroups/scgroup/providers/Microsoft.Storage/storageAccounts/sa1/blobServices/default/containers/data"
+        )
+        .parse()
+        .unwrap();
+        assert!(container.is_type("Microsoft.Storage", "storageAccounts/blobServices/containers"));
+        let account = container.top_level().unwrap();
+        assert_eq!(account, ResourceId::storage_account(SUB, "scgroup", "sa1"));
+        assert_eq!(
+            account.to_string(),
+            format!("/subscriptions/{SUB}/resourceGroups/scgroup/providers/Microsoft.Storage/storageAccounts/sa1")
+        );
+        assert_eq!(account.top_level().unwrap(), account);
+        assert!(ResourceId::resource_group_scope(SUB, "rg").top_level().is_none());
     }
 
     #[test]

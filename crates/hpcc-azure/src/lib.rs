@@ -1,6 +1,6 @@
 //! Azure access: credentials (azure_identity), cloud endpoints, one reqwest client with retries, `Retry-After`,
-//! per-subscription client-side rate limiting, and thin typed clients for HPC caches, Key Vault (management and
-//! keys), role assignments and user-assigned identities.
+//! client-side rate limiting per subscription and principal, and thin typed clients for HPC caches, Azure Managed Lustre
+//! file systems, Key Vault (management and keys), role assignments and user-assigned identities.
 //!
 //! Long-running operations are never awaited here: a write returns as soon as Azure accepted it and the caller
 //! re-observes the resource with a GET on its next reconcile, so a restart loses nothing.
@@ -20,18 +20,26 @@ use reqwest::Method;
 use serde_json::json;
 use url::Url;
 
+pub use azure_core::credentials::Secret;
 pub use challenge::Challenge;
-pub use config::{AzureConfig, CloudConfig, CredentialChoice};
-pub use error::{AzureError, ErrorClass};
+pub use config::{AzureConfig, CloudConfig, CredentialChoice, Principal};
+pub use error::{AuthError, AzureError, ErrorClass, TokenRejection};
 pub use id::ResourceId;
-pub use models::{Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
-pub use ratelimit::{Access, SubscriptionLimiter, TokenBucket};
+pub use models::{AmlFilesystem, AmlFilesystemUpdate, Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
+pub use ratelimit::{Access, ArmLimiter, TokenBucket};
 
 pub use http::CallObserver;
 use http::{Auth, Call, Resp};
 
 /// `Microsoft.StorageCache` api-version (accepted by every version's schema for the fields used).
 pub const CACHES_API_VERSION: &str = "2024-03-01";
+/// `Microsoft.StorageCache/amlFilesystems` api-version (Azure Managed Lustre). 2024-03-01 is the oldest stable version
+/// whose schema carries every field [`AmlFilesystem`] models: `rootSquashSettings` and `hsm.settings.importPrefixesInitial`
+/// are absent from 2023-05-01 (the first stable one) and present from 2024-03-01 to 2026-08-01. The older the
+/// version, the longer every region and cloud has served it; it is also [`CACHES_API_VERSION`], so the operator speaks
+/// one version to the one resource provider. Fields newer versions add (`clusterUuid`, `currentStorageCapacityTiB`,
+/// the `Expanding` health state) are read-only and not needed.
+pub const AML_FILESYSTEMS_API_VERSION: &str = "2024-03-01";
 /// `Microsoft.KeyVault` management api-version.
 pub const VAULTS_API_VERSION: &str = "2025-05-01";
 /// `Microsoft.Authorization/roleAssignments` api-version.
@@ -43,6 +51,23 @@ pub const KEYVAULT_API_VERSION: &str = "7.5";
 
 /// Built-in role "Key Vault Crypto Service Encryption User".
 pub const KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+/// Built-in role "Storage Account Contributor": with [`STORAGE_BLOB_DATA_CONTRIBUTOR`], what the "HPC Cache Resource
+/// Provider" principal needs on the storage account of an AML file system's blob integration (`hsm.settings`).
+/// Source: Microsoft's "Azure built-in roles for Storage" (learn.microsoft.com/azure/role-based-access-control/
+/// built-in-roles/storage; MicrosoftDocs/azure-docs `articles/role-based-access-control/built-in-roles/storage.md`
+/// at 1b4e136a1da731e1ed16444eb6ce5701bcd8c0f4: `"name": "17d1049b-9a84-46fb-8f53-869881c3d3ab"`).
+pub const STORAGE_ACCOUNT_CONTRIBUTOR: &str = "17d1049b-9a84-46fb-8f53-869881c3d3ab";
+/// Built-in role "Storage Blob Data Contributor". Source: the same page and commit as
+/// [`STORAGE_ACCOUNT_CONTRIBUTOR`] (`"name": "ba92f5b4-2d11-453d-a403-e96b0029c9fe"`).
+pub const STORAGE_BLOB_DATA_CONTRIBUTOR: &str = "ba92f5b4-2d11-453d-a403-e96b0029c9fe";
+/// Application (client) id of Microsoft's first-party "HPC Cache Resource Provider" service principal, the principal
+/// an AML file system's blob integration acts as. Its object id differs per tenant: look it up (e.g. Microsoft
+/// Graph `servicePrincipals(appId='…')`) before granting roles. Sources: Microsoft's own Azure Managed Lustre test
+/// setup script (microsoft/mcp `tools/Azure.Mcp.Tools.ManagedLustre/tests/test-resources-post.ps1`, an earlier
+/// revision: `$HPCCacheResourceProviderApplicationId = '4392ab71-…'`, granting the two roles above with
+/// `New-AzRoleAssignment -ApplicationId`) and a published tenant service-principal export listing "HPC Cache Resource
+/// Provider" as a Microsoft application with this app id. No Microsoft documentation page stating it was found.
+pub const HPC_CACHE_RESOURCE_PROVIDER_APP_ID: &str = "4392ab71-2ce2-4b0d-8770-b352745c73f5";
 /// Key permissions a CMK cache identity needs in an access-policy vault.
 pub const CMK_KEY_PERMISSIONS: [&str; 3] = ["get", "wrapKey", "unwrapKey"];
 
@@ -67,12 +92,12 @@ impl<T> Dated<T> {
     }
 }
 
-/// Result of [`Azure::delete_cache`].
+/// Result of [`Azure::delete_cache`] and [`Azure::delete_aml_filesystem`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
     /// Azure accepted the deletion and is working on it (202): look again later.
     Accepted,
-    /// The cache no longer exists (200, 204 or 404).
+    /// The resource no longer exists (200, 204 or 404).
     Gone,
 }
 
@@ -106,6 +131,14 @@ impl Azure {
     /// Build the HTTP client and the credential. Does not contact Azure.
     pub async fn new(cfg: AzureConfig, observer: Option<Arc<dyn CallObserver>>) -> anyhow::Result<Azure> {
         Ok(Azure { inner: Arc::new(http::Inner::new(cfg, observer)?) })
+    }
+
+    /// A client acting as `principal` (e.g. a namespace's credential): the same cloud, HTTP client, observer and
+    /// ARM limiter (whose buckets are per subscription and principal), with its own credential, token cache and
+    /// Key Vault challenges. Does not contact Azure. Fails when the principal has no client secret and this client
+    /// has no federated token file to exchange for it.
+    pub fn for_principal(&self, principal: &Principal) -> anyhow::Result<Azure> {
+        Ok(Azure { inner: Arc::new(self.inner.for_principal(principal)?) })
     }
 
     /// The configuration in use.
@@ -168,11 +201,97 @@ impl Azure {
         subscription: &str,
         resource_group: Option<&str>,
     ) -> Result<Dated<Vec<Cache>>, AzureError> {
+        self.list_arm("caches.list", subscription, resource_group, "Microsoft.StorageCache/caches", CACHES_API_VERSION)
+            .await
+    }
+
+    /// PUT a cache (create or update). Returns Azure's 200/201 body; after a 202 without body, re-reads the cache.
+    /// Never waits for the long-running operation: re-observe with [`Azure::get_cache`].
+    pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Dated<Cache>, AzureError> {
+        self.put_arm("caches.put", "caches.get", "cache", id, cache, CACHES_API_VERSION).await
+    }
+
+    /// PATCH a cache with a JSON merge body (e.g. a new `encryptionSettings`). Non-blocking; not retried on 5xx
+    /// (a PATCH is not guaranteed idempotent), only on 429.
+    pub async fn patch_cache(&self, id: &ResourceId, patch: &serde_json::Value) -> Result<Dated<()>, AzureError> {
+        self.patch_arm("caches.patch", id, patch, CACHES_API_VERSION).await
+    }
+
+    /// DELETE a cache. Non-blocking: `Accepted` while Azure works on it, `Gone` once it no longer exists.
+    pub async fn delete_cache(&self, id: &ResourceId) -> Result<Dated<DeleteOutcome>, AzureError> {
+        self.delete_arm("caches.delete", id, CACHES_API_VERSION).await
+    }
+
+    // ------------------------------------------------------------------------------------------------ AML file systems
+
+    /// GET an Azure Managed Lustre file system (`amlFilesystems_Get`); `None` when it does not exist.
+    pub async fn get_aml_filesystem(&self, id: &ResourceId) -> Result<Dated<Option<AmlFilesystem>>, AzureError> {
+        self.get_optional("amlFilesystems.get", id, AML_FILESYSTEMS_API_VERSION).await
+    }
+
+    /// List the AML file systems of a subscription (`amlFilesystems_List`) or resource group
+    /// (`amlFilesystems_ListByResourceGroup`), following same-origin `nextLink`s.
+    pub async fn list_aml_filesystems(
+        &self,
+        subscription: &str,
+        resource_group: Option<&str>,
+    ) -> Result<Dated<Vec<AmlFilesystem>>, AzureError> {
+        self.list_arm(
+            "amlFilesystems.list",
+            subscription,
+            resource_group,
+            "Microsoft.StorageCache/amlFilesystems",
+            AML_FILESYSTEMS_API_VERSION,
+        )
+        .await
+    }
+
+    /// PUT an AML file system (`amlFilesystems_CreateOrUpdate`). Returns Azure's 200/201 body; after a 202 (or a 200/201
+    /// without body), re-reads it. Never waits for the long-running operation: re-observe with
+    /// [`Azure::get_aml_filesystem`].
+    pub async fn put_aml_filesystem(
+        &self,
+        id: &ResourceId,
+        fs: &AmlFilesystem,
+    ) -> Result<Dated<AmlFilesystem>, AzureError> {
+        self.put_arm("amlFilesystems.put", "amlFilesystems.get", "AML file system", id, fs, AML_FILESYSTEMS_API_VERSION)
+            .await
+    }
+
+    /// PATCH an AML file system (`amlFilesystems_Update`) with a JSON merge body, e.g.
+    /// `AmlFilesystemUpdate::key(…).to_json()` for a new `keyEncryptionKey`. 200 or 202; non-blocking; not retried on
+    /// 5xx (a PATCH is not guaranteed idempotent), only on 429.
+    pub async fn patch_aml_filesystem(
+        &self,
+        id: &ResourceId,
+        patch: &serde_json::Value,
+    ) -> Result<Dated<()>, AzureError> {
+        self.patch_arm("amlFilesystems.patch", id, patch, AML_FILESYSTEMS_API_VERSION).await
+    }
+
+    /// DELETE an AML file system (`amlFilesystems_Delete`). Non-blocking: `Accepted` (202) while Azure works on it,
+    /// `Gone` (200, 204, 404) once it no longer exists.
+    pub async fn delete_aml_filesystem(&self, id: &ResourceId) -> Result<Dated<DeleteOutcome>, AzureError> {
+        self.delete_arm("amlFilesystems.delete", id, AML_FILESYSTEMS_API_VERSION).await
+    }
+
+    // ------------------------------------------------------------------------------------------------ ARM CRUD
+
+    /// One paged list of `{scope}/providers/{provider_type}` for a subscription or resource group, following
+    /// `nextLink` on the ARM endpoint's origin only.
+    async fn list_arm<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        subscription: &str,
+        resource_group: Option<&str>,
+        provider_type: &str,
+        api_version: &str,
+    ) -> Result<Dated<Vec<T>>, AzureError> {
         let scope = match resource_group {
             Some(rg) => ResourceId::resource_group_scope(subscription, rg),
             None => ResourceId::subscription_scope(subscription),
         };
-        let first = self.arm_url(&format!("{scope}/providers/Microsoft.StorageCache/caches"), CACHES_API_VERSION);
+        let first = self.arm_url(&format!("{scope}/providers/{provider_type}"), api_version);
         let mut url = Some(first);
         let mut all = Vec::new();
         let mut last: Option<Resp> = None;
@@ -180,13 +299,13 @@ impl Azure {
         while let Some(u) = url.take() {
             pages += 1;
             if pages > 1000 {
-                return Err(AzureError::Decode("more than 1000 pages of caches; nextLink loop?".into()));
+                return Err(AzureError::Decode(format!("more than 1000 pages of {provider_type}; nextLink loop?")));
             }
-            let resp = self.inner.send(self.arm("caches.list", Method::GET, u, subscription)).await?;
+            let resp = self.inner.send(self.arm(op, Method::GET, u, subscription)).await?;
             if resp.status != 200 {
                 return Err(resp.error());
             }
-            let page: models::Page<Cache> = resp.json()?;
+            let page: models::Page<T> = resp.json()?;
             all.extend(page.value);
             if let Some(next) = page.next_link.filter(|n| !n.is_empty()) {
                 url = Some(self.inner.same_origin_link(&next, &self.inner.cfg.cloud.arm_endpoint)?);
@@ -197,22 +316,32 @@ impl Azure {
         Ok(Dated::from_resp(all, &resp))
     }
 
-    /// PUT a cache (create or update). Returns Azure's 200/201 body; after a 202 without body, re-reads the cache.
-    /// Never waits for the long-running operation: re-observe with [`Azure::get_cache`].
-    pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Dated<Cache>, AzureError> {
-        let mut req =
-            self.arm("caches.put", Method::PUT, self.arm_url(&id.to_string(), CACHES_API_VERSION), id.subscription());
-        req.body = Some(serde_json::to_vec(cache).map_err(|e| AzureError::Input(e.to_string()))?);
+    /// PUT `body` at `id`: the 200/201 body, or after a 202 (or an empty 200/201) a GET of `id`.
+    async fn put_arm<B, T>(
+        &self,
+        op: &'static str,
+        get_op: &'static str,
+        noun: &str,
+        id: &ResourceId,
+        body: &B,
+        api_version: &str,
+    ) -> Result<Dated<T>, AzureError>
+    where
+        B: serde::Serialize,
+        T: serde::de::DeserializeOwned,
+    {
+        let mut req = self.arm(op, Method::PUT, self.arm_url(&id.to_string(), api_version), id.subscription());
+        req.body = Some(serde_json::to_vec(body).map_err(|e| AzureError::Input(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
             200 | 201 if !resp.body.is_empty() => Ok(Dated::from_resp(resp.json()?, &resp)),
             200..=202 => {
                 let retry_after = resp.retry_after;
-                let got = self.get_cache(id).await?;
+                let got = self.get_optional::<T>(get_op, id, api_version).await?;
                 match got.value {
-                    Some(c) => Ok(Dated { value: c, date: got.date, retry_after: retry_after.or(got.retry_after) }),
+                    Some(v) => Ok(Dated { value: v, date: got.date, retry_after: retry_after.or(got.retry_after) }),
                     None => {
-                        Err(AzureError::Decode(format!("cache {id} accepted ({}) but not found on GET", resp.status)))
+                        Err(AzureError::Decode(format!("{noun} {id} accepted ({}) but not found on GET", resp.status)))
                     }
                 }
             }
@@ -220,15 +349,15 @@ impl Azure {
         }
     }
 
-    /// PATCH a cache with a JSON merge body (e.g. a new `encryptionSettings`). Non-blocking; not retried on 5xx
-    /// (a PATCH is not guaranteed idempotent), only on 429.
-    pub async fn patch_cache(&self, id: &ResourceId, patch: &serde_json::Value) -> Result<Dated<()>, AzureError> {
-        let mut req = self.arm(
-            "caches.patch",
-            Method::PATCH,
-            self.arm_url(&id.to_string(), CACHES_API_VERSION),
-            id.subscription(),
-        );
+    /// PATCH `id` with a JSON merge body; 200 to 202 is success.
+    async fn patch_arm(
+        &self,
+        op: &'static str,
+        id: &ResourceId,
+        patch: &serde_json::Value,
+        api_version: &str,
+    ) -> Result<Dated<()>, AzureError> {
+        let mut req = self.arm(op, Method::PATCH, self.arm_url(&id.to_string(), api_version), id.subscription());
         req.body = Some(serde_json::to_vec(patch).map_err(|e| AzureError::Input(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
@@ -237,14 +366,14 @@ impl Azure {
         }
     }
 
-    /// DELETE a cache. Non-blocking: `Accepted` while Azure works on it, `Gone` once it no longer exists.
-    pub async fn delete_cache(&self, id: &ResourceId) -> Result<Dated<DeleteOutcome>, AzureError> {
-        let req = self.arm(
-            "caches.delete",
-            Method::DELETE,
-            self.arm_url(&id.to_string(), CACHES_API_VERSION),
-            id.subscription(),
-        );
+    /// DELETE `id`: 202 is `Accepted`; 200, 204 and 404 are `Gone`.
+    async fn delete_arm(
+        &self,
+        op: &'static str,
+        id: &ResourceId,
+        api_version: &str,
+    ) -> Result<Dated<DeleteOutcome>, AzureError> {
+        let req = self.arm(op, Method::DELETE, self.arm_url(&id.to_string(), api_version), id.subscription());
         let resp = self.inner.send(req).await?;
         match resp.status {
             202 => Ok(Dated::from_resp(DeleteOutcome::Accepted, &resp)),
@@ -453,7 +582,7 @@ impl Azure {
 
     fn key_url(vault_uri: &Url, segments: &[&str]) -> Result<Url, AzureError> {
         if vault_uri.scheme() != "https" {
-            return Err(AzureError::Auth(format!("refusing non-https Key Vault URI {vault_uri}")));
+            return Err(AzureError::Auth(format!("refusing non-https Key Vault URI {vault_uri}").into()));
         }
         let mut u = vault_uri.clone();
         u.set_query(None);

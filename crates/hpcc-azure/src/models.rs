@@ -209,6 +209,373 @@ pub struct SourceVault {
     pub id: String,
 }
 
+/// `properties.health.state` values of an AML file system (`AmlFilesystemHealthStateType`, modelAsString:
+/// `Expanding` first appears in 2026-08-01, so treat unknown values as possible).
+pub mod aml_health_state {
+    pub const UNAVAILABLE: &str = "Unavailable";
+    pub const AVAILABLE: &str = "Available";
+    pub const DEGRADED: &str = "Degraded";
+    pub const TRANSITIONING: &str = "Transitioning";
+    pub const MAINTENANCE: &str = "Maintenance";
+    pub const EXPANDING: &str = "Expanding";
+}
+
+/// `rootSquashSettings.mode` values (`AmlFilesystemSquashMode`, modelAsString).
+pub mod root_squash_mode {
+    pub const NONE: &str = "None";
+    pub const ROOT_ONLY: &str = "RootOnly";
+    pub const ALL: &str = "All";
+}
+
+/// `maintenanceWindow.dayOfWeek` values (`MaintenanceDayOfWeekType`, a closed enum).
+pub mod day_of_week {
+    pub const MONDAY: &str = "Monday";
+    pub const TUESDAY: &str = "Tuesday";
+    pub const WEDNESDAY: &str = "Wednesday";
+    pub const THURSDAY: &str = "Thursday";
+    pub const FRIDAY: &str = "Friday";
+    pub const SATURDAY: &str = "Saturday";
+    pub const SUNDAY: &str = "Sunday";
+    /// Every value, Monday first.
+    pub const ALL: [&str; 7] = [MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY, SATURDAY, SUNDAY];
+}
+
+/// `Microsoft.StorageCache/amlFilesystems` resource (Azure Managed Lustre), storagecache `AmlFilesystem`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Read-only; ARM reports `Microsoft.StorageCache/amlFilesystem`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<AmlFilesystemIdentity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<AmlFilesystemSku>,
+    /// Availability zones (read and create only; one element).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zones: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_data: Option<SystemData>,
+    #[serde(default)]
+    pub properties: AmlFilesystemProperties,
+}
+
+impl AmlFilesystem {
+    /// `properties.provisioningState` (see [`provisioning_state`]).
+    pub fn provisioning_state(&self) -> Option<&str> {
+        self.properties.provisioning_state.as_deref()
+    }
+
+    /// `properties.health.state` (see [`aml_health_state`]).
+    pub fn health_state(&self) -> Option<&str> {
+        self.properties.health.as_ref().and_then(|h| h.state.as_deref())
+    }
+
+    /// `systemData.createdAt`.
+    pub fn created_at(&self) -> Option<jiff::Timestamp> {
+        self.system_data.as_ref().and_then(|s| s.created_at)
+    }
+
+    /// `properties.encryptionSettings.keyEncryptionKey`.
+    pub fn key_encryption_key(&self) -> Option<&KeyVaultKeyReference> {
+        self.properties.encryption_settings.as_ref().and_then(|e| e.key_encryption_key.as_ref())
+    }
+
+    /// `properties.clientInfo.mgsAddress`: the Lustre MGS address clients mount.
+    pub fn mgs_address(&self) -> Option<&str> {
+        self.properties.client_info.as_ref().and_then(|c| c.mgs_address.as_deref())
+    }
+
+    /// `properties.clientInfo.mountCommand`.
+    pub fn mount_command(&self) -> Option<&str> {
+        self.properties.client_info.as_ref().and_then(|c| c.mount_command.as_deref())
+    }
+
+    /// `properties.hsm.settings` (blob integration), when configured.
+    pub fn hsm_settings(&self) -> Option<&AmlFilesystemHsmSettings> {
+        self.properties.hsm.as_ref().and_then(|h| h.settings.as_ref())
+    }
+
+    /// The user-assigned identity ids of `identity.userAssignedIdentities`.
+    pub fn user_assigned_identity_ids(&self) -> impl Iterator<Item = &str> {
+        self.identity.iter().flat_map(|i| i.user_assigned_identities.keys().map(String::as_str))
+    }
+}
+
+/// `AmlFilesystemIdentity`: `type` is `UserAssigned` or `None` (no system-assigned identity for AMLFS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemIdentity {
+    /// [`identity_type::USER_ASSIGNED`] or [`identity_type::NONE`].
+    #[serde(rename = "type")]
+    pub r#type: String,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Keys are user-assigned identity ARM ids; send empty values (`{}`) when creating.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_assigned_identities: BTreeMap<String, UserAssignedIdentityValue>,
+}
+
+/// `SkuName` of an AML file system, e.g. `AMLFS-Durable-Premium-250`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AmlFilesystemSku {
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `AmlFilesystemProperties`. Required on create: `storageCapacityTiB`, `filesystemSubnet`, `maintenanceWindow`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemProperties {
+    /// Size in TiB (read and create only; `float` in the spec). Whole numbers are sent as JSON integers.
+    #[serde(
+        default,
+        rename = "storageCapacityTiB",
+        serialize_with = "whole_as_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub storage_capacity_tib: Option<f64>,
+    /// Subnet ARM id (read and create only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem_subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<AmlFilesystemMaintenanceWindow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_settings: Option<AmlFilesystemEncryptionSettings>,
+    /// Blob integration (`settings` read and create only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsm: Option<AmlFilesystemHsm>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_squash_settings: Option<AmlFilesystemRootSquashSettings>,
+    /// Read-only, see [`provisioning_state`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_state: Option<String>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<AmlFilesystemHealth>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_info: Option<AmlFilesystemClientInfo>,
+    /// Read-only.
+    #[serde(default, rename = "throughputProvisionedMBps", skip_serializing_if = "Option::is_none")]
+    pub throughput_provisioned_mbps: Option<i32>,
+}
+
+/// `maintenanceWindow`: start of a weekly 30-minute window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemMaintenanceWindow {
+    /// See [`day_of_week`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day_of_week: Option<String>,
+    /// `HH:MM` in UTC (pattern `^([0-9]|0[0-9]|1[0-9]|2[0-3]):[0-5][0-9]$`).
+    #[serde(default, rename = "timeOfDayUTC", skip_serializing_if = "Option::is_none")]
+    pub time_of_day_utc: Option<String>,
+}
+
+/// `AmlFilesystemEncryptionSettings` (no rotation flag, unlike a cache's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemEncryptionSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_encryption_key: Option<KeyVaultKeyReference>,
+}
+
+/// `properties.hsm`: blob integration settings and (read-only) archive status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemHsm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<AmlFilesystemHsmSettings>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archive_status: Vec<AmlFilesystemArchive>,
+}
+
+/// `AmlFilesystemHsmSettings`. The storage account holding both containers must grant the "HPC Cache Resource
+/// Provider" principal [`STORAGE_ACCOUNT_CONTRIBUTOR`](crate::STORAGE_ACCOUNT_CONTRIBUTOR) and
+/// [`STORAGE_BLOB_DATA_CONTRIBUTOR`](crate::STORAGE_BLOB_DATA_CONTRIBUTOR).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemHsmSettings {
+    /// Blob container ARM id used for hydration and archive (required).
+    #[serde(default)]
+    pub container: String,
+    /// Blob container ARM id for logs, in the same storage account (required).
+    #[serde(default)]
+    pub logging_container: String,
+    /// Import prefix (every version; default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_prefix: Option<String>,
+    /// Import prefixes (2024-03-01 and later; what the 2026-08-01 examples send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_prefixes_initial: Option<Vec<String>>,
+}
+
+impl AmlFilesystemHsmSettings {
+    /// The storage account of `container` (where the blob-integration roles are granted); `None` when the container
+    /// is not a `Microsoft.Storage/storageAccounts/…/containers/…` id.
+    pub fn storage_account(&self) -> Option<crate::id::ResourceId> {
+        let id: crate::id::ResourceId = self.container.parse().ok()?;
+        if !id.is_type("Microsoft.Storage", "storageAccounts/blobServices/containers") {
+            return None;
+        }
+        id.top_level()
+    }
+}
+
+/// An entry of `hsm.archiveStatus` (read-only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemArchive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AmlFilesystemArchiveStatus>,
+}
+
+/// `AmlFilesystemArchiveStatus` (read-only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemArchiveStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completion_time: Option<jiff::Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_started_time: Option<jiff::Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_complete: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
+/// `AmlFilesystemRootSquashSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemRootSquashSettings {
+    /// See [`root_squash_mode`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Semicolon-separated NID lists of trusted systems.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_squash_nid_lists: Option<String>,
+    #[serde(default, rename = "squashUID", skip_serializing_if = "Option::is_none")]
+    pub squash_uid: Option<i64>,
+    #[serde(default, rename = "squashGID", skip_serializing_if = "Option::is_none")]
+    pub squash_gid: Option<i64>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// `AmlFilesystemHealth` (read-only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemHealth {
+    /// See [`aml_health_state`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_description: Option<String>,
+}
+
+/// `AmlFilesystemClientInfo` (read-only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemClientInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mgs_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lustre_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_storage_interface: Option<AmlFilesystemContainerStorageInterface>,
+}
+
+/// `AmlFilesystemContainerStorageInterface`: recommended AKS objects for the Lustre CSI driver, each Base64 YAML.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemContainerStorageInterface {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+/// `AmlFilesystemUpdate`: the PATCH body (`tags` and the mutable properties only). Serialise it for
+/// [`Azure::patch_aml_filesystem`](crate::Azure::patch_aml_filesystem), e.g. with only a new
+/// `keyEncryptionKey` via [`AmlFilesystemUpdate::key`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<AmlFilesystemUpdateProperties>,
+}
+
+impl AmlFilesystemUpdate {
+    /// `{"properties": {"encryptionSettings": {"keyEncryptionKey": …}}}`: a key change and nothing else.
+    pub fn key(key_encryption_key: KeyVaultKeyReference) -> Self {
+        Self {
+            tags: None,
+            properties: Some(AmlFilesystemUpdateProperties {
+                encryption_settings: Some(AmlFilesystemEncryptionSettings {
+                    key_encryption_key: Some(key_encryption_key),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// As JSON, for [`Azure::patch_aml_filesystem`](crate::Azure::patch_aml_filesystem).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serialises")
+    }
+}
+
+/// `AmlFilesystemUpdateProperties`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmlFilesystemUpdateProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_settings: Option<AmlFilesystemEncryptionSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<AmlFilesystemMaintenanceWindow>,
+    /// 2024-03-01 and later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_squash_settings: Option<AmlFilesystemRootSquashSettings>,
+}
+
+/// A whole `f64` as a JSON integer (`16`, as the spec examples send it), anything else as a float.
+fn whole_as_integer<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match *v {
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 => s.serialize_i64(f as i64),
+        Some(f) => s.serialize_f64(f),
+        None => s.serialize_none(),
+    }
+}
+
 /// `CachesListResult` / any ARM page.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -741,6 +1108,73 @@ mod tests {
         assert_eq!(k.version, None);
         assert!(KeyUrl::parse("http://kv.vault.azure.net/keys/k").is_none());
         assert!(KeyUrl::parse("https://kv.vault.azure.net/secrets/k").is_none());
+    }
+
+    #[test]
+    fn aml_filesystem_examples() {
+        let ex = fixture("storagecache-2026-08-01/amlFilesystems_Get.json");
+        let fs: AmlFilesystem = serde_json::from_value(body(&ex, "200")).unwrap();
+        assert_eq!(fs.name.as_deref(), Some("fs1"));
+        assert_eq!(fs.provisioning_state(), Some(provisioning_state::SUCCEEDED));
+        assert_eq!(fs.health_state(), Some(aml_health_state::AVAILABLE));
+        assert_eq!(fs.key_encryption_key().unwrap().key_url, "https://keyvault-cmk.vault.azure.net/keys/key2048/test");
+        assert_eq!(fs.properties.storage_capacity_tib, Some(16.0));
+        assert_eq!(fs.mgs_address(), Some("10.0.0.4"));
+        let again: AmlFilesystem = serde_json::from_value(serde_json::to_value(&fs).unwrap()).unwrap();
+        assert_eq!(again, fs, "round trip keeps what is modelled");
+
+        // The create request: every field it carries is modelled, so writing the model back gives the request.
+        let ex = fixture("storagecache-2026-08-01/amlFilesystems_CreateOrUpdate.json");
+        let req = ex["parameters"]["amlFilesystem"].clone();
+        let desired: AmlFilesystem = serde_json::from_value(req.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&desired).unwrap(), req);
+        assert_eq!(desired.identity.as_ref().unwrap().r#type, identity_type::USER_ASSIGNED);
+        let squash = desired.properties.root_squash_settings.as_ref().unwrap();
+        assert_eq!(squash.mode.as_deref(), Some(root_squash_mode::ALL));
+        assert_eq!(squash.no_squash_nid_lists.as_deref(), Some("10.0.0.[5-6]@tcp;10.0.1.2@tcp"));
+        for status in ["200", "201"] {
+            let fs: AmlFilesystem = serde_json::from_value(body(&ex, status)).unwrap();
+            assert_eq!(fs.provisioning_state(), Some("Succeeded"), "{status}");
+        }
+
+        let ex = fixture("storagecache-2026-08-01/amlFilesystems_Update.json");
+        let req = ex["parameters"]["amlFilesystem"].clone();
+        let update: AmlFilesystemUpdate = serde_json::from_value(req.clone()).unwrap();
+        assert_eq!(update.to_json(), req);
+        let fs: AmlFilesystem = serde_json::from_value(body(&ex, "200")).unwrap();
+        assert!(fs.key_encryption_key().is_some());
+    }
+
+    #[test]
+    fn aml_filesystem_older_and_newer_fields() {
+        // 2023-05-01 sends `importPrefix`; 2026-08-01 adds `Expanding` and fields the model ignores.
+        let fs: AmlFilesystem = serde_json::from_value(serde_json::json!({
+            "properties": {
+                "storageCapacityTiB": 8.5, "currentStorageCapacityTiB": 12, "clusterUuid": "00000000-0000-0000-0000-000000000001",
+                "health": {"state": "Expanding"},
+                "hsm": {"settings": {"container": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Storage/storageAccounts/sa/blobServices/default/containers/c",
+                                      "loggingContainer": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Storage/storageAccounts/sa/blobServices/default/containers/l",
+                                      "importPrefix": "/data"}}
+            }
+        }))
+        .unwrap();
+        assert_eq!(fs.health_state(), Some(aml_health_state::EXPANDING));
+        let hsm = fs.hsm_settings().unwrap();
+        assert_eq!(hsm.import_prefix.as_deref(), Some("/data"));
+        assert_eq!(
+            hsm.storage_account().unwrap().to_string(),
+            "/subscriptions/s/resourceGroups/r/providers/Microsoft.Storage/storageAccounts/sa"
+        );
+        // A fractional size stays a float; a whole one is an integer.
+        assert_eq!(serde_json::to_value(&fs).unwrap()["properties"]["storageCapacityTiB"], serde_json::json!(8.5));
+        let whole = AmlFilesystemProperties { storage_capacity_tib: Some(48.0), ..Default::default() };
+        assert_eq!(serde_json::to_string(&whole).unwrap(), r#"{"storageCapacityTiB":48}"#);
+        assert_eq!(serde_json::to_string(&AmlFilesystemProperties::default()).unwrap(), "{}");
+        // A container that is not a blob container names no storage account.
+        let odd =
+            AmlFilesystemHsmSettings { container: "https://sa.blob.core.windows.net/c".into(), ..Default::default() };
+        assert!(odd.storage_account().is_none());
+        assert_eq!(day_of_week::ALL.len(), 7);
     }
 
     #[test]

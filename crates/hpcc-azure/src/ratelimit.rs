@@ -1,5 +1,7 @@
-//! Client-side token buckets, one pair (reads, writes) per subscription, so the operator stays below ARM's
-//! per-subscription throttling limits instead of discovering them through 429s.
+//! Client-side token buckets, one pair (reads, writes) per subscription and principal, so the operator stays below
+//! ARM's throttling limits instead of discovering them through 429s. ARM partitions its own buckets the same way
+//! ("per subscription and principal"): each namespace credential has its own budget, and two clients acting as
+//! one principal share theirs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,15 +79,15 @@ pub enum Access {
     Write,
 }
 
-/// Buckets per subscription, created on first use.
+/// Buckets per (principal, subscription, access), created on first use; shared by every client of one operator.
 #[derive(Debug)]
-pub struct SubscriptionLimiter {
+pub struct ArmLimiter {
     read: (f64, u32),
     write: (f64, u32),
-    buckets: Mutex<HashMap<(String, Access), Arc<TokenBucket>>>,
+    buckets: Mutex<HashMap<(String, String, Access), Arc<TokenBucket>>>,
 }
 
-impl SubscriptionLimiter {
+impl ArmLimiter {
     pub fn new(reads_per_second: f64, read_burst: u32, writes_per_second: f64, write_burst: u32) -> Self {
         Self {
             read: (reads_per_second, read_burst),
@@ -94,10 +96,11 @@ impl SubscriptionLimiter {
         }
     }
 
-    /// The bucket for `subscription` (case-insensitive) and `access`.
-    pub fn bucket(&self, subscription: &str, access: Access) -> Arc<TokenBucket> {
+    /// The bucket for `principal` (a client's [`principal key`](crate::AzureConfig::principal_key)),
+    /// `subscription` and `access`, all case-insensitive.
+    pub fn bucket(&self, principal: &str, subscription: &str, access: Access) -> Arc<TokenBucket> {
         let mut m = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry((subscription.to_ascii_lowercase(), access))
+        m.entry((principal.to_ascii_lowercase(), subscription.to_ascii_lowercase(), access))
             .or_insert_with(|| {
                 let (rate, burst) = match access {
                     Access::Read => self.read,
@@ -156,17 +159,37 @@ mod tests {
 
     #[test]
     fn per_subscription_and_kind() {
-        let l = SubscriptionLimiter::new(20.0, 3, 8.0, 2);
-        let a = l.bucket("SUB-A", Access::Read);
-        assert!(Arc::ptr_eq(&a, &l.bucket("sub-a", Access::Read)));
-        assert!(!Arc::ptr_eq(&a, &l.bucket("sub-a", Access::Write)));
-        assert!(!Arc::ptr_eq(&a, &l.bucket("sub-b", Access::Read)));
+        let l = ArmLimiter::new(20.0, 3, 8.0, 2);
+        let a = l.bucket("t/p", "SUB-A", Access::Read);
+        assert!(Arc::ptr_eq(&a, &l.bucket("t/p", "sub-a", Access::Read)));
+        assert!(!Arc::ptr_eq(&a, &l.bucket("t/p", "sub-a", Access::Write)));
+        assert!(!Arc::ptr_eq(&a, &l.bucket("t/p", "sub-b", Access::Read)));
         let now = Instant::now();
-        let w = l.bucket("sub-a", Access::Write);
+        let w = l.bucket("t/p", "sub-a", Access::Write);
         assert_eq!(w.reserve_at(now), Duration::ZERO);
         assert_eq!(w.reserve_at(now), Duration::ZERO);
         assert!(w.reserve_at(now) > Duration::ZERO);
         // Reads of the same subscription are unaffected.
         assert_eq!(a.reserve_at(now), Duration::ZERO);
+    }
+
+    #[test]
+    fn per_principal_within_a_subscription() {
+        // ARM throttles per subscription and principal: one namespace's principal spending its budget does not
+        // hold up another's (or the operator's) in the same subscription; one principal is one budget.
+        let l = ArmLimiter::new(20.0, 2, 8.0, 2);
+        let ns_a = l.bucket("tenant/CLIENT-A", "sub", Access::Read);
+        assert!(Arc::ptr_eq(&ns_a, &l.bucket("TENANT/client-a", "SUB", Access::Read)), "same principal, same bucket");
+        let ns_b = l.bucket("tenant/client-b", "sub", Access::Read);
+        let operator = l.bucket("tenant/operator", "sub", Access::Read);
+        assert!(!Arc::ptr_eq(&ns_a, &ns_b) && !Arc::ptr_eq(&ns_a, &operator));
+        let now = Instant::now();
+        assert_eq!(ns_a.reserve_at(now), Duration::ZERO);
+        assert_eq!(ns_a.reserve_at(now), Duration::ZERO);
+        assert!(ns_a.reserve_at(now) > Duration::ZERO, "client-a's burst is spent");
+        assert_eq!(ns_b.reserve_at(now), Duration::ZERO, "client-b still has its own");
+        assert_eq!(operator.reserve_at(now), Duration::ZERO, "and so has the operator");
+        // A client made again for the same principal (a rotated secret) continues its budget.
+        assert!(l.bucket("tenant/client-a", "sub", Access::Read).reserve_at(now) > Duration::ZERO);
     }
 }

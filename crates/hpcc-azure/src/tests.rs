@@ -730,3 +730,487 @@ async fn client_side_rate_limit_spaces_writes() {
     let _ = az.get_vault(&ResourceId::vault("other-sub", "rg", "kv")).await.unwrap();
     assert!(start.elapsed() < Duration::from_millis(250));
 }
+
+fn other_principal(secret: &str) -> Principal {
+    Principal {
+        tenant_id: TENANT.into(),
+        client_id: "22222222-2222-2222-2222-222222222222".into(),
+        client_secret: Some(Secret::new(secret.to_string())),
+    }
+}
+
+#[tokio::test]
+async fn a_principal_client_asks_for_its_own_tokens() {
+    let stub = Stub::start(|_, _| json_resp(200, cache_body("Succeeded"))).await;
+    let op = stub.client().await;
+    let ns = op.for_principal(&other_principal("test-secret")).unwrap();
+    ns.get_cache(&cache_id()).await.unwrap();
+    let tokens = stub.token_calls();
+    assert_eq!(tokens.len(), 1, "the namespace client has no token yet and asks for one");
+    assert!(tokens[0].body.contains("client_id=22222222-2222-2222-2222-222222222222"), "{}", tokens[0].body);
+    op.get_cache(&cache_id()).await.unwrap();
+    let tokens = stub.token_calls();
+    assert_eq!(tokens.len(), 2, "tokens are cached per credential, never shared");
+    assert!(tokens[1].body.contains("client_id=11111111-1111-1111-1111-111111111111"), "{}", tokens[1].body);
+}
+
+#[tokio::test]
+async fn a_refused_credential_says_how_entra_refused_it() {
+    let stub = Stub::start(|_, _| json_resp(200, json!({}))).await;
+    let ns = stub.client().await.for_principal(&other_principal("wrong-ns-secret")).unwrap();
+    let err = ns.get_cache(&cache_id()).await.unwrap_err();
+    let rejection = err.token_rejection().expect("Entra refused the credential");
+    assert_eq!((rejection.status, rejection.error.as_str()), (401, "invalid_client"));
+    assert_eq!(rejection.code(), "invalid_client");
+    assert!(matches!(err, AzureError::Auth(_)) && err.is_retryable(), "still an Auth error: {err:?}");
+    assert!(!err.to_string().contains("wrong-ns-secret"));
+    assert!(stub.calls().is_empty(), "nothing reaches ARM without a token");
+    // A transport failure is no rejection.
+    assert!(AzureError::Auth("token endpoint unreachable".into()).token_rejection().is_none());
+    let codes = TokenRejection { status: 401, error: "invalid_client".into(), error_codes: Some("7000215".into()) };
+    assert_eq!(codes.code(), "invalid_client (AADSTS7000215)");
+}
+
+#[tokio::test]
+async fn each_principal_has_its_own_arm_budget() {
+    let stub = Stub::start(|_, _| json_resp(200, json!({"name": "kv", "properties": {}}))).await;
+    let mut cfg = stub.config();
+    cfg.writes_per_second = 10.0;
+    cfg.write_burst = 2;
+    let op = Azure::new(cfg, None).await.unwrap();
+    let ns = op.for_principal(&other_principal("test-secret")).unwrap();
+    let kv = ResourceId::vault(SUB, "rg", "kv");
+    // Warm both token caches so only the limiter is timed.
+    op.get_vault(&kv).await.unwrap();
+    ns.get_vault(&kv).await.unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..2 {
+        op.enable_vault_protection(&kv).await.unwrap();
+    }
+    assert!(start.elapsed() < Duration::from_millis(90), "{:?}", start.elapsed());
+    // The operator's write burst is spent; the namespace principal's, in the same subscription, is not.
+    let start = std::time::Instant::now();
+    for _ in 0..2 {
+        ns.enable_vault_protection(&kv).await.unwrap();
+    }
+    assert!(start.elapsed() < Duration::from_millis(90), "{:?}", start.elapsed());
+    // A second client for the operator's own principal shares its (spent) budget.
+    let op_again = op.for_principal(&Principal {
+        tenant_id: TENANT.into(),
+        client_id: "11111111-1111-1111-1111-111111111111".into(),
+        client_secret: Some(Secret::new("test-secret".to_string())),
+    });
+    let op_again = op_again.unwrap();
+    op_again.get_vault(&kv).await.unwrap();
+    let start = std::time::Instant::now();
+    op_again.enable_vault_protection(&kv).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(50), "{:?}", start.elapsed());
+}
+
+// ------------------------------------------------------------------------------------------------ AML file systems
+
+fn aml_id() -> ResourceId {
+    ResourceId::aml_filesystem(SUB, "rg", "fs1")
+}
+
+fn aml_body(name: &str, state: &str, health: &str) -> Value {
+    json!({
+        "id": ResourceId::aml_filesystem(SUB, "rg", name).to_string(), "name": name,
+        "type": "Microsoft.StorageCache/amlFilesystem", "location": "eastus", "zones": ["1"],
+        "systemData": {"createdAt": "2024-05-01T10:00:00Z"},
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {
+            ResourceId::user_assigned_identity(SUB, "rg", "id1").to_string(): {"principalId": "p-1", "clientId": "c-1"}
+        }},
+        "sku": {"name": "AMLFS-Durable-Premium-250"},
+        "properties": {
+            "storageCapacityTiB": 16, "provisioningState": state, "throughputProvisionedMBps": 4000,
+            "health": {"state": health, "statusCode": "0", "statusDescription": "amlFilesystem is ok."},
+            "clientInfo": {"mgsAddress": "10.0.0.4", "mountCommand": "mount -t lustre 10.0.0.4@tcp:/lustrefs /lustre/lustrefs", "lustreVersion": "2.15.0"},
+            "encryptionSettings": {"keyEncryptionKey": {"keyUrl": "https://kv.vault.azure.net/keys/k/v1",
+                "sourceVault": {"id": ResourceId::vault(SUB, "rg", "kv").to_string()}}}
+        }
+    })
+}
+
+/// What an operator would PUT: the create-time fields only, nothing read-only.
+fn desired_aml() -> AmlFilesystem {
+    use models::*;
+    let mut uai = std::collections::BTreeMap::new();
+    uai.insert(ResourceId::user_assigned_identity(SUB, "rg", "id1").to_string(), UserAssignedIdentityValue::default());
+    let container =
+        |c: &str| format!("{}/blobServices/default/containers/{c}", ResourceId::storage_account(SUB, "rg", "sa1"));
+    AmlFilesystem {
+        location: Some("eastus".into()),
+        zones: Some(vec!["1".into()]),
+        identity: Some(AmlFilesystemIdentity {
+            r#type: identity_type::USER_ASSIGNED.into(),
+            user_assigned_identities: uai,
+            ..Default::default()
+        }),
+        sku: Some(AmlFilesystemSku { name: "AMLFS-Durable-Premium-250".into() }),
+        properties: AmlFilesystemProperties {
+            storage_capacity_tib: Some(16.0),
+            filesystem_subnet: Some(format!(
+                "{}/subnets/fs",
+                ResourceId::new(SUB, "rg", "Microsoft.Network", "virtualNetworks", "vnet")
+            )),
+            maintenance_window: Some(AmlFilesystemMaintenanceWindow {
+                day_of_week: Some(day_of_week::FRIDAY.into()),
+                time_of_day_utc: Some("22:00".into()),
+            }),
+            encryption_settings: Some(AmlFilesystemEncryptionSettings {
+                key_encryption_key: Some(KeyVaultKeyReference {
+                    key_url: "https://kv.vault.azure.net/keys/k/v1".into(),
+                    source_vault: SourceVault { id: ResourceId::vault(SUB, "rg", "kv").to_string() },
+                }),
+            }),
+            hsm: Some(AmlFilesystemHsm {
+                settings: Some(AmlFilesystemHsmSettings {
+                    container: container("data"),
+                    logging_container: container("logs"),
+                    import_prefixes_initial: Some(vec!["/".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn aml_get_found_and_missing() {
+    let stub = Stub::start(|s, _| {
+        if s.path.ends_with("/amlFilesystems/fs1") {
+            json_resp(200, aml_body("fs1", "Creating", "Transitioning"))
+        } else {
+            arm_error(404, "ResourceNotFound")
+        }
+    })
+    .await;
+    let az = stub.client().await;
+    let got = az.get_aml_filesystem(&aml_id()).await.unwrap();
+    let fs = got.value.expect("200 is a file system");
+    assert_eq!(fs.provisioning_state(), Some(models::provisioning_state::CREATING));
+    assert_eq!(fs.health_state(), Some(models::aml_health_state::TRANSITIONING));
+    assert_eq!(fs.created_at(), Some("2024-05-01T10:00:00Z".parse().unwrap()));
+    assert_eq!(fs.key_encryption_key().unwrap().key_url, "https://kv.vault.azure.net/keys/k/v1");
+    assert_eq!(fs.mgs_address(), Some("10.0.0.4"));
+    assert_eq!(fs.properties.storage_capacity_tib, Some(16.0));
+    assert_eq!(fs.properties.throughput_provisioned_mbps, Some(4000));
+    assert_eq!(fs.properties.health.as_ref().unwrap().status_code.as_deref(), Some("0"));
+    let uai = fs.identity.as_ref().unwrap().user_assigned_identities.values().next().unwrap();
+    assert_eq!(uai.principal_id.as_deref(), Some("p-1"));
+    assert_eq!(got.date, Some("1994-11-06T08:49:37Z".parse().unwrap()));
+    assert!(az.get_aml_filesystem(&ResourceId::aml_filesystem(SUB, "rg", "nope")).await.unwrap().value.is_none());
+
+    let calls = stub.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].method, Method::GET);
+    assert_eq!(calls[0].host, "management.azure.com");
+    assert_eq!(
+        calls[0].path,
+        format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/amlFilesystems/fs1")
+    );
+    assert_eq!(calls[0].query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert_eq!(calls[0].auth(), Some("Bearer tok-arm"));
+}
+
+#[tokio::test]
+async fn aml_list_follows_next_link_on_same_origin_only() {
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = port.clone();
+    let stub = Stub::start(move |s, _| {
+        let port = *p2.lock().unwrap();
+        if s.query.contains("page=2") {
+            json_resp(200, json!({"value": [aml_body("fs2", "Succeeded", "Available")]}))
+        } else if s.path.contains("/resourceGroups/evil/") {
+            json_resp(200, json!({"value": [], "nextLink": format!("https://evil.example.com:{port}/x")}))
+        } else {
+            let next = format!(
+                "https://management.azure.com:{port}{}?api-version={AML_FILESYSTEMS_API_VERSION}&page=2",
+                s.path
+            );
+            json_resp(200, json!({"value": [aml_body("fs1", "Succeeded", "Available")], "nextLink": next}))
+        }
+    })
+    .await;
+    *port.lock().unwrap() = stub.port;
+    let az = stub.client().await;
+    let all = az.list_aml_filesystems(SUB, Some("rg")).await.unwrap();
+    let names: Vec<_> = all.value.iter().map(|f| f.name.as_deref().unwrap()).collect();
+    assert_eq!(names, ["fs1", "fs2"]);
+    let calls = stub.calls();
+    assert_eq!(
+        calls[0].path,
+        format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/amlFilesystems")
+    );
+    assert_eq!(calls[0].query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert!(calls[1].query.contains("page=2"));
+    assert_eq!(az.list_aml_filesystems(SUB, None).await.unwrap().value.len(), 2);
+    assert_eq!(stub.calls()[2].path, format!("/subscriptions/{SUB}/providers/Microsoft.StorageCache/amlFilesystems"));
+    let err = az.list_aml_filesystems(SUB, Some("evil")).await.unwrap_err();
+    assert!(matches!(err, AzureError::Decode(_)), "{err:?}");
+    assert!(!stub.calls().iter().any(|c| c.host == "evil.example.com"));
+}
+
+#[tokio::test]
+async fn aml_put_returns_body_or_rereads_after_202() {
+    let stub = Stub::start(|s, _| match (s.method.clone(), s.path.ends_with("/fs1")) {
+        (Method::PUT, true) => with_header(
+            json_resp(201, aml_body("fs1", "Creating", "Transitioning")),
+            "azure-asyncoperation",
+            "https://management.azure.com/op",
+        ),
+        (Method::PUT, false) => with_header(
+            with_header(StatusCode::ACCEPTED.into_response(), "retry-after", "15"),
+            "location",
+            "https://management.azure.com/op",
+        ),
+        (Method::GET, _) => json_resp(200, aml_body("fs2", "Creating", "Transitioning")),
+        _ => arm_error(400, "BadRequest"),
+    })
+    .await;
+    let az = stub.client().await;
+    let desired = desired_aml();
+    let got = az.put_aml_filesystem(&aml_id(), &desired).await.unwrap();
+    assert_eq!(got.value.provisioning_state(), Some("Creating"));
+    assert_eq!(got.value.name.as_deref(), Some("fs1"));
+    let put = &stub.calls()[0];
+    assert_eq!(put.method, Method::PUT);
+    assert_eq!(put.path, aml_id().to_string());
+    assert_eq!(put.query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert_eq!(put.headers["content-type"], "application/json");
+    let sa = ResourceId::storage_account(SUB, "rg", "sa1");
+    assert_eq!(
+        put.json(),
+        json!({
+            "location": "eastus",
+            "identity": {"type": "UserAssigned", "userAssignedIdentities": {ResourceId::user_assigned_identity(SUB, "rg", "id1").to_string(): {}}},
+            "sku": {"name": "AMLFS-Durable-Premium-250"},
+            "zones": ["1"],
+            "properties": {
+                "storageCapacityTiB": 16,
+                "filesystemSubnet": format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/fs"),
+                "maintenanceWindow": {"dayOfWeek": "Friday", "timeOfDayUTC": "22:00"},
+                "encryptionSettings": {"keyEncryptionKey": {"keyUrl": "https://kv.vault.azure.net/keys/k/v1", "sourceVault": {"id": ResourceId::vault(SUB, "rg", "kv").to_string()}}},
+                "hsm": {"settings": {
+                    "container": format!("{sa}/blobServices/default/containers/data"),
+                    "loggingContainer": format!("{sa}/blobServices/default/containers/logs"),
+                    "importPrefixesInitial": ["/"]
+                }}
+            }
+        })
+    );
+    assert!(put.body.contains("\"storageCapacityTiB\":16,"), "a whole TiB count is sent as an integer: {}", put.body);
+
+    // 202 without a body: the client reads the file system instead of failing on an empty body.
+    let other = ResourceId::aml_filesystem(SUB, "rg", "fs2");
+    let got = az.put_aml_filesystem(&other, &desired).await.unwrap();
+    assert_eq!(got.value.name.as_deref(), Some("fs2"));
+    assert_eq!(got.retry_after, Some(Duration::from_secs(15)), "the 202's Retry-After is kept");
+    let calls = stub.calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!((calls[2].method.clone(), calls[2].path.clone()), (Method::GET, other.to_string()));
+    assert_eq!(calls[2].query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+}
+
+#[tokio::test]
+async fn aml_put_accepted_but_absent_is_a_retryable_decode_error() {
+    let stub = Stub::start(|s, _| match s.method {
+        Method::PUT => StatusCode::ACCEPTED.into_response(),
+        _ => arm_error(404, "ResourceNotFound"),
+    })
+    .await;
+    let err = stub.client().await.put_aml_filesystem(&aml_id(), &desired_aml()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Decode(_)), "{err:?}");
+    assert!(err.to_string().contains("AML file system"), "{err}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn aml_put_errors_are_classified_by_the_one_classifier() {
+    let stub = Stub::start(|s, n| match (s.path.rsplit('/').next().unwrap(), n) {
+        ("bad", _) => arm_error(400, "InvalidParameter"),
+        ("forbidden", _) => arm_error(403, "AuthorizationFailed"),
+        ("busy", 2) => json_resp(201, aml_body("busy", "Updating", "Available")),
+        ("busy", _) => arm_error(409, "AnotherOperationInProgress"),
+        _ => arm_error(500, "InternalServerError"),
+    })
+    .await;
+    let az = stub.client().await;
+    let rg_fs = |n: &str| ResourceId::aml_filesystem(SUB, "rg", n);
+
+    let bad = az.put_aml_filesystem(&rg_fs("bad"), &desired_aml()).await.unwrap_err();
+    assert_eq!((bad.status(), bad.code()), (Some(400), Some("InvalidParameter")));
+    assert_eq!(bad.classify(), ErrorClass::Fatal);
+    assert_eq!(stub.calls().len(), 1, "a refusal is sent once");
+
+    // A PUT is idempotent: a transient conflict is sent again inside the call (1 + 1 retries here).
+    let busy = az.put_aml_filesystem(&rg_fs("busy"), &desired_aml()).await.unwrap();
+    assert_eq!(busy.value.provisioning_state(), Some("Updating"));
+    assert_eq!(stub.calls().len(), 3);
+
+    let forbidden = az.put_aml_filesystem(&rg_fs("forbidden"), &desired_aml()).await.unwrap_err();
+    assert_eq!((forbidden.status(), forbidden.classify()), (Some(403), ErrorClass::Fatal));
+    assert_eq!(stub.calls().len(), 4);
+
+    let five = az.put_aml_filesystem(&rg_fs("other"), &desired_aml()).await.unwrap_err();
+    assert_eq!(five.status(), Some(500));
+    assert!(matches!(five.classify(), ErrorClass::Retryable { after: Some(_) }), "{:?}", five.classify());
+    assert_eq!(stub.calls().len(), 7, "a 5xx PUT is retried (max_retries 2)");
+}
+
+#[tokio::test]
+async fn aml_patch_sends_the_merge_body_and_accepts_200_and_202() {
+    let stub = Stub::start(|s, n| match (s.method.clone(), n) {
+        (Method::PATCH, 0) => json_resp(200, aml_body("fs1", "Updating", "Available")),
+        (Method::PATCH, 1) => with_header(
+            with_header(
+                StatusCode::ACCEPTED.into_response(),
+                "azure-asyncoperation",
+                "https://management.azure.com/op",
+            ),
+            "location",
+            "https://management.azure.com/op?monitor=true",
+        ),
+        (Method::PATCH, 2) => arm_error(409, "AnotherOperationInProgress"),
+        (Method::PATCH, _) => arm_error(503, "ServiceUnavailable"),
+        _ => arm_error(400, "BadRequest"),
+    })
+    .await;
+    let az = stub.client().await;
+    let kek = models::KeyVaultKeyReference {
+        key_url: "https://kv.vault.azure.net/keys/k/v2".into(),
+        source_vault: models::SourceVault { id: ResourceId::vault(SUB, "rg", "kv").to_string() },
+    };
+    let body = AmlFilesystemUpdate::key(kek.clone()).to_json();
+    assert_eq!(
+        body,
+        json!({"properties": {"encryptionSettings": {"keyEncryptionKey": {
+            "keyUrl": "https://kv.vault.azure.net/keys/k/v2", "sourceVault": {"id": kek.source_vault.id}
+        }}}})
+    );
+    az.patch_aml_filesystem(&aml_id(), &body).await.expect("200");
+    az.patch_aml_filesystem(&aml_id(), &body).await.expect("202");
+    let calls = stub.calls();
+    assert_eq!(calls[0].method, Method::PATCH);
+    assert_eq!(calls[0].path, aml_id().to_string());
+    assert_eq!(calls[0].query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert_eq!(calls[0].json(), body);
+
+    // A PATCH is not resent inside the call; what the classifier says about the answer is handed back.
+    let busy = az.patch_aml_filesystem(&aml_id(), &body).await.unwrap_err();
+    assert_eq!(busy.code(), Some("AnotherOperationInProgress"));
+    assert_eq!(busy.classify(), ErrorClass::Retryable { after: None });
+    assert_eq!(stub.calls().len(), 3);
+    let down = az.patch_aml_filesystem(&aml_id(), &body).await.unwrap_err();
+    assert_eq!(down.status(), Some(503));
+    assert!(down.is_retryable());
+    assert_eq!(stub.calls().len(), 4, "a PATCH is not resent after a 5xx");
+}
+
+#[tokio::test]
+async fn aml_delete_outcomes() {
+    let stub = Stub::start(|_, n| match n {
+        0 => with_header(StatusCode::ACCEPTED.into_response(), "location", "https://management.azure.com/op"),
+        1 => StatusCode::NO_CONTENT.into_response(),
+        2 => arm_error(404, "ResourceNotFound"),
+        3 => StatusCode::OK.into_response(),
+        _ => arm_error(409, "Conflict"),
+    })
+    .await;
+    let az = stub.client().await;
+    assert_eq!(az.delete_aml_filesystem(&aml_id()).await.unwrap().value, DeleteOutcome::Accepted);
+    assert_eq!(az.delete_aml_filesystem(&aml_id()).await.unwrap().value, DeleteOutcome::Gone);
+    assert_eq!(az.delete_aml_filesystem(&aml_id()).await.unwrap().value, DeleteOutcome::Gone);
+    assert_eq!(az.delete_aml_filesystem(&aml_id()).await.unwrap().value, DeleteOutcome::Gone);
+    let err = az.delete_aml_filesystem(&aml_id()).await.unwrap_err();
+    assert_eq!((err.status(), err.classify()), (Some(409), ErrorClass::Fatal));
+    let calls = stub.calls();
+    assert!(calls.iter().all(|c| c.method == Method::DELETE && c.path == aml_id().to_string()));
+    assert!(calls.iter().all(|c| c.query == format!("api-version={AML_FILESYSTEMS_API_VERSION}")));
+}
+
+#[tokio::test]
+async fn aml_throttling_is_throttled() {
+    let stub =
+        Stub::start(|_, _| with_header(arm_error(429, "SubscriptionRequestsThrottled"), "retry-after", "120")).await;
+    let err = stub.client().await.delete_aml_filesystem(&aml_id()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Throttled { retry_after } if retry_after == Duration::from_secs(120)));
+    assert_eq!(err.classify(), ErrorClass::Retryable { after: Some(Duration::from_secs(120)) });
+}
+
+/// The blob-integration grants of an AML file system: the two storage roles for the "HPC Cache Resource Provider"
+/// principal on the storage account of `hsm.settings.container`, through the generic role-assignment calls.
+#[tokio::test]
+async fn storage_account_role_assignments() {
+    let sa = ResourceId::storage_account(SUB, "rg", "sa1");
+    let container = format!("{sa}/blobServices/default/containers/data");
+    let rg = ResourceId::resource_group_scope(SUB, "rg").to_string();
+    let below = container.clone();
+    let stub = Stub::start(move |s, _| match s.method {
+        Method::PUT => json_resp(201, json!({"name": "x", "properties": s.json()["properties"].clone()})),
+        Method::DELETE => StatusCode::NO_CONTENT.into_response(),
+        // The RP holds Storage Account Contributor on the resource group (covers the account) and Storage Blob Data
+        // Contributor only on one container (does not cover the account).
+        _ => json_resp(
+            200,
+            json!({"value": [
+                assignment("rp-1", STORAGE_ACCOUNT_CONTRIBUTOR, &rg),
+                assignment("rp-1", STORAGE_BLOB_DATA_CONTRIBUTOR, &below),
+            ]}),
+        ),
+    })
+    .await;
+    let az = stub.client().await;
+    let fs = desired_aml();
+    let scope = fs.hsm_settings().unwrap().storage_account().expect("the container's storage account");
+    assert_eq!(scope, sa);
+    for role in [STORAGE_ACCOUNT_CONTRIBUTOR, STORAGE_BLOB_DATA_CONTRIBUTOR] {
+        az.put_role_assignment(&scope, "rp-1", role).await.unwrap();
+    }
+    assert!(az.has_role_assignment(&scope, "rp-1", STORAGE_ACCOUNT_CONTRIBUTOR).await.unwrap());
+    assert!(!az.has_role_assignment(&scope, "rp-1", STORAGE_BLOB_DATA_CONTRIBUTOR).await.unwrap());
+    for role in [STORAGE_ACCOUNT_CONTRIBUTOR, STORAGE_BLOB_DATA_CONTRIBUTOR] {
+        az.delete_role_assignment(&scope, "rp-1", role).await.unwrap();
+    }
+
+    let calls = stub.calls();
+    let puts: Vec<_> = calls.iter().filter(|c| c.method == Method::PUT).collect();
+    assert_eq!(puts.len(), 2);
+    for (put, role) in puts.iter().zip([STORAGE_ACCOUNT_CONTRIBUTOR, STORAGE_BLOB_DATA_CONTRIBUTOR]) {
+        let name = role_assignment_name(&sa, "rp-1", role);
+        assert_eq!(
+            put.path,
+            format!(
+                "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa1/providers/Microsoft.Authorization/roleAssignments/{name}"
+            )
+        );
+        assert_eq!(put.query, format!("api-version={ROLE_ASSIGNMENTS_API_VERSION}"));
+        assert_eq!(
+            put.json(),
+            json!({"properties": {
+                "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{role}"),
+                "principalId": "rp-1",
+                "principalType": "ServicePrincipal"
+            }})
+        );
+    }
+    assert_ne!(puts[0].path, puts[1].path, "one assignment per role");
+    let list = calls.iter().find(|c| c.method == Method::GET).unwrap();
+    assert_eq!(list.path, format!("{sa}/providers/Microsoft.Authorization/roleAssignments"));
+    let deletes: Vec<_> = calls.iter().filter(|c| c.method == Method::DELETE).map(|c| c.path.clone()).collect();
+    assert_eq!(deletes, puts.iter().map(|p| p.path.clone()).collect::<Vec<_>>(), "deletes what was put");
+}
+
+#[test]
+fn storage_role_guids_are_the_documented_ones() {
+    // Microsoft's "Azure built-in roles for Storage" page (see the constants' docs).
+    assert_eq!(STORAGE_ACCOUNT_CONTRIBUTOR, "17d1049b-9a84-46fb-8f53-869881c3d3ab");
+    assert_eq!(STORAGE_BLOB_DATA_CONTRIBUTOR, "ba92f5b4-2d11-453d-a403-e96b0029c9fe");
+    for g in [STORAGE_ACCOUNT_CONTRIBUTOR, STORAGE_BLOB_DATA_CONTRIBUTOR, HPC_CACHE_RESOURCE_PROVIDER_APP_ID] {
+        assert!(uuid::Uuid::parse_str(g).is_ok(), "{g}");
+    }
+}

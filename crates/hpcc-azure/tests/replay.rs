@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use hpcc_azure::models::{KeyListResult, RoleAssignment};
+use hpcc_azure::models::{KeyListResult, RoleAssignment, aml_health_state, provisioning_state};
 use hpcc_azure::{
-    Azure, AzureConfig, AzureError, CACHES_API_VERSION, CMK_KEY_PERMISSIONS, Cache, DeleteOutcome, ErrorClass,
-    IDENTITIES_API_VERSION, KEYVAULT_API_VERSION, ROLE_ASSIGNMENTS_API_VERSION, ResourceId, VAULTS_API_VERSION,
-    role_assignment_name,
+    AML_FILESYSTEMS_API_VERSION, AmlFilesystem, AmlFilesystemUpdate, Azure, AzureConfig, AzureError,
+    CACHES_API_VERSION, CMK_KEY_PERMISSIONS, Cache, DeleteOutcome, ErrorClass, IDENTITIES_API_VERSION,
+    KEYVAULT_API_VERSION, ROLE_ASSIGNMENTS_API_VERSION, ResourceId, VAULTS_API_VERSION, role_assignment_name,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
@@ -422,6 +422,193 @@ async fn caches_patch_and_delete_examples() {
     assert_eq!(az.delete_cache(&del).await.unwrap().value, DeleteOutcome::Gone);
     assert_eq!(az.delete_cache(&del).await.unwrap().value, DeleteOutcome::Accepted);
     assert_eq!(az.delete_cache(&del).await.unwrap().value, DeleteOutcome::Gone);
+    replay.finish();
+}
+
+// ------------------------------------------------------------------------------------------------ AML file systems
+
+const AMLFS_GET: &str = "storagecache-2026-08-01/amlFilesystems_Get.json";
+const AMLFS_PUT: &str = "storagecache-2026-08-01/amlFilesystems_CreateOrUpdate.json";
+const AMLFS_PATCH: &str = "storagecache-2026-08-01/amlFilesystems_Update.json";
+const AMLFS_DELETE: &str = "storagecache-2026-08-01/amlFilesystems_Delete.json";
+
+fn aml_id(ex: &Value) -> ResourceId {
+    let p = &ex["parameters"];
+    ResourceId::aml_filesystem(
+        p["subscriptionId"].as_str().unwrap(),
+        p["resourceGroupName"].as_str().unwrap(),
+        p["amlFilesystemName"].as_str().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn aml_filesystems_get_example() {
+    let replay = Replay::start().await;
+    let id = aml_id(&example(AMLFS_GET));
+    replay.expect(Method::GET, &id.to_string(), Recorded::spec(AMLFS_GET, 200));
+    let fs = replay.client().await.get_aml_filesystem(&id).await.unwrap().value.expect("200 is a file system");
+    assert_eq!(fs.name.as_deref(), Some("fs1"));
+    assert_eq!(fs.id.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(fs.resource_type.as_deref(), Some("Microsoft.StorageCache/amlFilesystem"));
+    assert_eq!(fs.location.as_deref(), Some("eastus"));
+    assert_eq!(fs.zones.as_deref(), Some(&["1".to_string()][..]));
+    assert_eq!(fs.sku.as_ref().map(|s| s.name.as_str()), Some("AMLFS-Durable-Premium-250"));
+    assert_eq!(fs.tags.as_ref().and_then(|t| t.get("Dept")).map(String::as_str), Some("ContosoAds"));
+    let identity = fs.identity.as_ref().unwrap();
+    assert_eq!(identity.r#type, "UserAssigned");
+    let uai = ResourceId::user_assigned_identity(id.subscription(), "scgroup", "identity1");
+    assert_eq!(fs.user_assigned_identity_ids().collect::<Vec<_>>(), [uai.to_string()]);
+    assert_eq!(fs.provisioning_state(), Some(provisioning_state::SUCCEEDED));
+    assert_eq!(fs.health_state(), Some(aml_health_state::AVAILABLE));
+    assert_eq!(fs.properties.health.as_ref().unwrap().status_description.as_deref(), Some("amlFilesystem is ok."));
+    assert_eq!(fs.properties.storage_capacity_tib, Some(16.0));
+    assert_eq!(fs.properties.throughput_provisioned_mbps, Some(500));
+    let subnet: ResourceId = fs.properties.filesystem_subnet.as_deref().unwrap().parse().unwrap();
+    assert!(subnet.is_type("Microsoft.Network", "virtualNetworks/subnets"));
+    let mw = fs.properties.maintenance_window.as_ref().unwrap();
+    assert_eq!((mw.day_of_week.as_deref(), mw.time_of_day_utc.as_deref()), (Some("Friday"), Some("22:00")));
+    let kek = fs.key_encryption_key().unwrap();
+    assert_eq!(kek.key_url, "https://keyvault-cmk.vault.azure.net/keys/key2048/test");
+    assert_eq!(kek.source_vault.id, ResourceId::vault(id.subscription(), "scgroup", "keyvault-cmk").to_string());
+    let hsm = fs.hsm_settings().unwrap();
+    assert_eq!(hsm.import_prefixes_initial.as_deref(), Some(&["/".to_string()][..]));
+    assert_eq!(
+        hsm.storage_account(),
+        Some(ResourceId::storage_account(id.subscription(), "scgroup", "storageaccountname"))
+    );
+    let archive = &fs.properties.hsm.as_ref().unwrap().archive_status[0];
+    assert_eq!(
+        archive.status.as_ref().unwrap().last_completion_time,
+        Some("2019-04-21T18:25:43.511Z".parse().unwrap())
+    );
+    let squash = fs.properties.root_squash_settings.as_ref().unwrap();
+    assert_eq!((squash.mode.as_deref(), squash.squash_uid, squash.squash_gid), (Some("All"), Some(99), Some(99)));
+    assert_eq!(squash.status.as_deref(), Some("nodemap.active=1"));
+    assert_eq!(fs.mgs_address(), Some("10.0.0.4"));
+    assert_eq!(fs.mount_command(), Some("mount -t lustre 10.0.0.4@tcp:/lustrefs /lustre/lustrefs"));
+    let client = fs.properties.client_info.as_ref().unwrap();
+    assert_eq!(client.lustre_version.as_deref(), Some("2.15.0"));
+    assert!(client.container_storage_interface.as_ref().unwrap().storage_class.is_some());
+    assert_eq!(fs.created_at(), None, "the example has no systemData");
+    let call = &replay.calls()[0];
+    assert_eq!(call.host, "management.azure.com");
+    assert_eq!(call.query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert_eq!(call.auth.as_deref(), Some("Bearer access_token"));
+    replay.finish();
+}
+
+/// PUT answered 200 and 201 as the example gives them. The spec declares no 202 for this PUT (200 and 201 only, both
+/// with a body); a 202 without body is composed from the example's request path and the `Azure-AsyncOperation` and
+/// `Location` headers of the amlFilesystems_Update 202 (the same resource provider's accepted long-running
+/// operation), so the client's re-read after an empty accept is exercised with this resource's GET example.
+#[tokio::test]
+async fn aml_filesystems_put_answers_200_201_and_202_then_get() {
+    let replay = Replay::start().await;
+    let ex = example(AMLFS_PUT);
+    let id = aml_id(&ex);
+    let path = id.to_string();
+    let desired: AmlFilesystem = serde_json::from_value(ex["parameters"]["amlFilesystem"].clone()).unwrap();
+    replay.expect(Method::PUT, &path, Recorded::spec(AMLFS_PUT, 200));
+    replay.expect(Method::PUT, &path, Recorded::spec(AMLFS_PUT, 201));
+    let accepted = example(AMLFS_PATCH)["responses"]["202"]["headers"].clone();
+    replay.expect(Method::PUT, &path, Recorded::from_parts(202, &accepted, None));
+    replay.expect(Method::GET, &path, Recorded::spec(AMLFS_GET, 200));
+    let az = replay.client().await;
+
+    let updated = az.put_aml_filesystem(&id, &desired).await.unwrap();
+    assert_eq!(updated.value.provisioning_state(), Some(provisioning_state::SUCCEEDED));
+    assert!(updated.value.key_encryption_key().is_none(), "the example's 200 body carries no encryptionSettings");
+    let created = az.put_aml_filesystem(&id, &desired).await.unwrap();
+    assert_eq!(created.value.name.as_deref(), Some("fs1"));
+    let kek = created.value.key_encryption_key().unwrap();
+    assert_eq!(kek.key_url, "https://examplekv.vault.azure.net/keys/kvk/3540a47df75541378d3518c6a4bdf5af");
+    let reread = az.put_aml_filesystem(&id, &desired).await.unwrap();
+    assert_eq!(reread.value.properties.client_info.as_ref().unwrap().mgs_address.as_deref(), Some("10.0.0.4"));
+
+    let calls = replay.calls();
+    assert_eq!(calls.iter().map(|c| c.method.as_str()).collect::<Vec<_>>(), ["PUT", "PUT", "PUT", "GET"]);
+    assert!(calls.iter().all(|c| c.query == format!("api-version={AML_FILESYSTEMS_API_VERSION}")));
+    // The operator's model carries every field of the example's request: what it sends is the request itself.
+    assert_eq!(calls[0].json(), ex["parameters"]["amlFilesystem"]);
+    replay.finish();
+}
+
+#[tokio::test]
+async fn aml_filesystems_patch_and_delete_examples() {
+    let replay = Replay::start().await;
+    let patch_ex = example(AMLFS_PATCH);
+    let id = aml_id(&patch_ex);
+    replay.expect(Method::PATCH, &id.to_string(), Recorded::spec(AMLFS_PATCH, 200));
+    replay.expect(Method::PATCH, &id.to_string(), Recorded::spec(AMLFS_PATCH, 202));
+    let del = aml_id(&example(AMLFS_DELETE));
+    for status in [200, 202, 204] {
+        replay.expect(Method::DELETE, &del.to_string(), Recorded::spec(AMLFS_DELETE, status));
+    }
+    let az = replay.client().await;
+    // The example's body read into the PATCH model and written back is the same body.
+    let update: AmlFilesystemUpdate = serde_json::from_value(patch_ex["parameters"]["amlFilesystem"].clone()).unwrap();
+    let body = update.to_json();
+    assert_eq!(body, patch_ex["parameters"]["amlFilesystem"]);
+    az.patch_aml_filesystem(&id, &body).await.expect("200");
+    let accepted = az.patch_aml_filesystem(&id, &body).await.expect("202 with Azure-AsyncOperation and Location");
+    assert_eq!(accepted.retry_after, None, "the example's 202 has no Retry-After");
+    // A key change alone, as the operator sends it, is the example's encryptionSettings and nothing else.
+    let kek = update.properties.as_ref().unwrap().encryption_settings.clone().unwrap().key_encryption_key.unwrap();
+    let key_only = AmlFilesystemUpdate::key(kek).to_json();
+    assert_eq!(
+        key_only["properties"]["encryptionSettings"],
+        patch_ex["parameters"]["amlFilesystem"]["properties"]["encryptionSettings"]
+    );
+    assert!(same_shape(&key_only, &patch_ex["parameters"]["amlFilesystem"]));
+    let calls = replay.calls();
+    assert_eq!(calls[0].json(), patch_ex["parameters"]["amlFilesystem"]);
+    assert_eq!(calls[0].query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert_eq!(az.delete_aml_filesystem(&del).await.unwrap().value, DeleteOutcome::Gone);
+    assert_eq!(az.delete_aml_filesystem(&del).await.unwrap().value, DeleteOutcome::Accepted);
+    assert_eq!(az.delete_aml_filesystem(&del).await.unwrap().value, DeleteOutcome::Gone);
+    replay.finish();
+}
+
+/// AmlFilesystemsListResult is pageable (`x-ms-pageable`, `nextLink`); the published list examples have one page, so
+/// page 1 is `{"value": [the Get example's body], "nextLink": …}` and page 2 `{"value": [the CreateOrUpdate 201
+/// body]}` (bodies as published, envelope per `AmlFilesystemsListResult`).
+#[tokio::test]
+async fn aml_filesystems_list_follows_next_link() {
+    let replay = Replay::start().await;
+    let get = example(AMLFS_GET);
+    let id = aml_id(&get);
+    let rg = id.resource_group().unwrap();
+    let path = format!("{}/providers/Microsoft.StorageCache/amlFilesystems", id.resource_group_id().unwrap());
+    let next =
+        format!("https://management.azure.com{path}?api-version={AML_FILESYSTEMS_API_VERSION}&%24skiptoken=page2");
+    let page1 = json!({"value": [get["responses"]["200"]["body"]], "nextLink": next});
+    let page2 = json!({"value": [example(AMLFS_PUT)["responses"]["201"]["body"]]});
+    replay.expect(Method::GET, &path, Recorded::json(200, &page1));
+    replay.expect(Method::GET, &path, Recorded::json(200, &page2));
+    let all = replay.client().await.list_aml_filesystems(id.subscription(), Some(rg)).await.unwrap().value;
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|f| f.provisioning_state() == Some("Succeeded")));
+    let calls = replay.calls();
+    assert_eq!(calls[0].query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert_eq!(calls[1].query, Url::parse(&next).unwrap().query().unwrap(), "nextLink is followed as given");
+    replay.finish();
+}
+
+/// ARM's recorded 429 (the front door throttles every resource provider alike) on an AML file system GET.
+#[tokio::test]
+async fn aml_filesystems_throttling_honours_retry_after() {
+    let replay = Replay::start().await;
+    let id = aml_id(&example(AMLFS_GET));
+    replay.expect(Method::GET, &id.to_string(), Recorded::replay("arm-429-subscription-requests-throttled.json"));
+    replay.expect(Method::GET, &id.to_string(), Recorded::spec(AMLFS_GET, 200));
+    replay.expect(Method::DELETE, &id.to_string(), Recorded::replay("arm-429-subscription-requests-throttled.json"));
+    let start = Instant::now();
+    let got = replay.client().await.get_aml_filesystem(&id).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was not honoured ({:?})", start.elapsed());
+    assert!(got.value.is_some());
+    let err = replay.client_without_retries().await.delete_aml_filesystem(&id).await.unwrap_err();
+    assert!(matches!(err, AzureError::Throttled { .. }), "{err:?}");
+    assert_eq!(err.classify(), ErrorClass::Retryable { after: Some(Duration::from_secs(1)) });
     replay.finish();
 }
 

@@ -16,13 +16,17 @@ demo: ## the main job: local apiserver + Azure simulator + operator + examples
 	scripts/demo.sh
 
 .PHONY: demo-down
-demo-down: ## stop what `make demo` started (operator, simulator, control plane)
+demo-down: ## stop what `make demo` started (operator, simulator, control plane in .dev/; not demo-check's)
 	scripts/demo.sh down
+
+# Its own state directory (control plane, simulator, operator): never stops a `make demo` left running.
+DEMO_CHECK_DIR := .dev/demo-check
 
 .PHONY: demo-check
 demo-check: ## run the demo end to end and stop it (part of `make test`: the README's main command must work)
-	HPCC_DEMO_METRICS_ADDR=127.0.0.1:0 scripts/demo.sh || { scripts/demo.sh down; exit 1; }
-	scripts/demo.sh down
+	HPCC_DEMO_DIR=$(DEMO_CHECK_DIR) HPCC_DEMO_METRICS_ADDR=127.0.0.1:0 scripts/demo.sh \
+	  || { HPCC_DEMO_DIR=$(DEMO_CHECK_DIR) scripts/demo.sh down; exit 1; }
+	HPCC_DEMO_DIR=$(DEMO_CHECK_DIR) scripts/demo.sh down
 
 # `--lib --bins --tests`: every test binary, not the (empty) doctest run, so the output ends on a real summary.
 .PHONY: test

@@ -33,6 +33,9 @@ enum Command {
     // A flag given twice takes its last value (extra arguments after a deployment's own).
     #[command(args_override_self = true)]
     Run(RunArgs),
+    /// Print the commands that grant a cache's identity access to its key (keyAccess: Manual), from the live object.
+    #[command(name = "grant-command")]
+    Grant(hpc_cache_operator::grant_command::Args),
     /// Print the HpcCache CustomResourceDefinition as YAML.
     Crd,
     /// Run the local Azure simulator (ARM, Key Vault, Entra) on loopback (builds with the `simulator` feature).
@@ -68,6 +71,18 @@ struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "HPCC_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: SocketAddr,
+    /// This cluster's name in the owner tag of every cache it manages (`cluster/namespace/name`), so another
+    /// cluster never updates or deletes them. Default: the UID of the kube-system namespace.
+    #[arg(long, env = "HPCC_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Reconcile policy of objects without the hpccache.io/reconcile-policy annotation: manage, skip or
+    /// detach-on-delete.
+    #[arg(long, env = "HPCC_DEFAULT_RECONCILE_POLICY", default_value = "manage")]
+    default_reconcile_policy: hpcc_api::v1alpha1::ReconcilePolicy,
+    /// Object id of the "HPC Cache Resource Provider" service principal in your tenant (`az ad sp show --id
+    /// 4392ab71-2ce2-4b0d-8770-b352745c73f5 --query id`): AmlFilesystem blob integration grants it storage roles.
+    #[arg(long, env = "HPCC_STORAGE_CACHE_PROVIDER_PRINCIPAL_ID")]
+    storage_cache_provider_principal_id: Option<String>,
     /// Name of this instance in events and in the leader-election lease (defaults to $POD_NAME).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
@@ -77,6 +92,10 @@ struct RunArgs {
     /// Namespace of the leader-election Lease (defaults to $POD_NAMESPACE, then "default").
     #[arg(long, env = "POD_NAMESPACE")]
     leader_election_namespace: Option<String>,
+    /// Act in Azure only with a namespace's own credential (the Secret `hpccache-credential` in the object's
+    /// namespace); without it an object is Stalled (NamespaceCredentialMissing) instead of using the operator's.
+    #[arg(long, env = "HPCC_REQUIRE_NAMESPACE_CREDENTIALS")]
+    require_namespace_credentials: bool,
 }
 
 /// Name of the leader-election Lease.
@@ -84,7 +103,8 @@ const LEASE_NAME: &str = "hpc-cache-operator";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Also the kubectl plugin: `kubectl hpcc grant-command NAME` when installed as `kubectl-hpcc`.
+    let cli: Cli = hpc_cache_operator::grant_command::parse();
     let filter = EnvFilter::try_from_env("HPCC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format {
         LogFormat::Text => {
@@ -96,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
     // kube and reqwest both use rustls; pin the process-wide provider to aws-lc-rs once.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
+        Command::Grant(args) => hpc_cache_operator::grant_command::main(args).await,
         Command::Crd => print!("{}", hpcc_api::v1alpha1::crd_yaml()),
         Command::Version => println!("hpc-cache-operator {}", env!("CARGO_PKG_VERSION")),
         #[cfg(feature = "simulator")]
@@ -127,6 +148,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         facts_ttl: Duration::from_secs(args.facts_ttl_seconds),
         instance: args.instance.clone(),
+        require_namespace_credentials: args.require_namespace_credentials,
+        cluster_name: match args.cluster_name.clone() {
+            Some(name) => name,
+            None => default_cluster_name(&client).await?,
+        },
+        default_policy: args.default_reconcile_policy,
+        storage_cache_provider_principal_id: args.storage_cache_provider_principal_id.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
@@ -173,4 +201,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     watch_leadership.abort();
     let _ = lease_task.await;
     Ok(())
+}
+
+/// The UID of the kube-system namespace: stable for the life of a cluster and different in every cluster.
+async fn default_cluster_name(client: &kube::Client) -> anyhow::Result<String> {
+    let api = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let ns = api.get_metadata("kube-system").await.map_err(|e| {
+        anyhow::anyhow!("cannot read the kube-system namespace to name this cluster (set --cluster-name): {e}")
+    })?;
+    ns.metadata.uid.ok_or_else(|| anyhow::anyhow!("the kube-system namespace has no uid; set --cluster-name"))
 }

@@ -115,11 +115,20 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
         &["get", "namespaces/anywhere"],
         &["watch", "namespaces"],
         &["list", "namespaces"],
+        // a namespace's own Azure credential, by name only
+        &["get", "secrets/hpccache-credential", "-n", &ns],
+        &["get", "secrets/hpccache-credential", "-n", "anywhere"],
     ] {
         assert!(can_i(cluster, &sa, allowed), "the operator cannot {allowed:?}");
     }
     for denied in [
-        &["get", "secrets", "-n", &ns][..],
+        // no other Secret, and no listing or watching of Secrets
+        &["get", "secrets/other", "-n", &ns][..],
+        &["get", "secrets", "-n", &ns],
+        &["list", "secrets", "-n", &ns],
+        &["list", "secrets", "-A"],
+        &["watch", "secrets", "-n", &ns],
+        &["update", "secrets/hpccache-credential", "-n", &ns],
         &["delete", "hpccaches.hpccache.io", "-n", "anywhere"],
         &["create", "hpccaches.hpccache.io", "-n", "anywhere"],
         &["patch", "leases.coordination.k8s.io", "-n", "kube-system"],
@@ -184,6 +193,7 @@ async fn the_rendered_environment_is_what_the_operator_reads() {
         }
         assert_eq!(env["HPCC_NAMESPACE"], "research");
         assert_eq!(env["HPCC_LEADER_ELECTION"], "true");
+        assert_eq!(env["HPCC_REQUIRE_NAMESPACE_CREDENTIALS"], "false", "the operator-wide identity by default");
         env["HPCC_METRICS_ADDR"].parse::<std::net::SocketAddr>().expect("HPCC_METRICS_ADDR is an address");
         let config = AzureConfig::from_vars(|k| env.get(k).cloned())
             .unwrap_or_else(|e| panic!("the operator refuses the chart's Azure settings {extra:?}: {e:#}"));

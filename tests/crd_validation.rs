@@ -173,3 +173,118 @@ async fn status_is_a_subresource() {
     assert_eq!(after.data["status"]["phase"], "Ready");
     assert_eq!(after.metadata.generation, Some(1));
 }
+
+/// Runs kubectl against the shared control plane; (success, stdout, stderr).
+fn kubectl(args: &[&str]) -> (bool, String, String) {
+    let out = TestCluster::shared().kubectl().args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[tokio::test]
+async fn kubectl_get_shows_ready_and_reason_first() {
+    let (api, ns) = setup("columns").await;
+    api.create(&PostParams::default(), &object(valid("columns"))).await.unwrap();
+    let ready = json!({"status": {"phase": "WaitingForKey", "conditions": [{
+        "type": "Ready", "status": "False", "reason": "AwaitingManualGrant", "message": "grant it",
+        "lastTransitionTime": "2026-01-01T00:00:00Z"
+    }]}});
+    api.patch_status("columns", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+    let (ok, out, err) = kubectl(&["get", "hpcc", "-n", &ns]);
+    assert!(ok, "{err}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "REASON", "PHASE", "KEY", "DEADLINE", "AGE"], "{out}");
+    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row[..4], ["columns", "False", "AwaitingManualGrant", "WaitingForKey"], "{out}");
+    let (ok, wide, err) = kubectl(&["get", "hpcc", "-n", &ns, "-o", "wide"]);
+    assert!(ok, "{err}");
+    assert!(wide.lines().next().is_some_and(|h| h.contains("HEALTH") && h.contains("KEY URL")), "{wide}");
+}
+
+#[tokio::test]
+async fn kubectl_explain_starts_with_a_real_description() {
+    let _ = setup("explain").await;
+    // The apiserver publishes a new CRD's OpenAPI a moment after it is Established.
+    let start = std::time::Instant::now();
+    let out = loop {
+        let (ok, out, err) = kubectl(&["explain", "hpccache"]);
+        if ok && out.contains("DESCRIPTION:") {
+            break out;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "kubectl explain hpccache: {err}{out}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let description = out.split("DESCRIPTION:").nth(1).unwrap_or_default().trim_start();
+    assert!(
+        description.starts_with("An Azure HPC Cache encrypted with a customer-managed key"),
+        "kubectl explain hpccache:\n{out}"
+    );
+    assert!(!out.contains("Auto-generated derived type"), "{out}");
+    let (ok, spec, err) = kubectl(&["explain", "hpccache.spec.keyAccess"]);
+    assert!(ok, "{err}");
+    assert!(spec.contains("Who authorizes the cache's identity on the Key Vault"), "{spec}");
+}
+
+// ---- AmlFilesystem (Azure Managed Lustre) ----------------------------------------------------------------------
+
+fn amlfilesystems(client: Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("hpccache.io", "v1alpha1", "AmlFilesystem");
+    Api::namespaced_with(client, ns, &ApiResource::from_gvk_with_plural(&gvk, "amlfilesystems"))
+}
+
+fn valid_amlfs(name: &str) -> Value {
+    json!({
+        "apiVersion": "hpccache.io/v1alpha1",
+        "kind": "AmlFilesystem",
+        "metadata": {"name": name},
+        "spec": {
+            "azure": {"subscriptionId": SUB, "resourceGroup": "hpc-rg", "location": "eastus"},
+            "sku": "AMLFS-Durable-Premium-250",
+            "storageCapacityTiB": 8,
+            "subnetId": arm("Microsoft.Network/virtualNetworks/vnet/subnets/lustre"),
+            "zones": ["1"],
+            "maintenanceWindow": {"dayOfWeek": "Sunday", "timeOfDayUTC": "02:00"},
+            "identity": {"userAssignedIdentityId": arm("Microsoft.ManagedIdentity/userAssignedIdentities/lustre-id")},
+            "encryption": {
+                "keyVaultId": arm("Microsoft.KeyVault/vaults/kv-cmk"),
+                "keyName": "lustre-key",
+                "keyVersion": "0123456789abcdef0123456789abcdef"
+            },
+            "keyAccess": "Automatic"
+        }
+    })
+}
+
+#[tokio::test]
+async fn amlfs_identity_sku_and_capacity_are_create_only_and_the_key_version_is_not() {
+    let (_, ns) = setup("amlfs").await;
+    let api = amlfilesystems(TestCluster::shared().client().await, &ns);
+    let created = api.create(&PostParams::default(), &object(valid_amlfs("lustre"))).await.unwrap();
+    assert_contains(&serde_json::to_value(&created).unwrap()["spec"], &valid_amlfs("lustre")["spec"], "spec");
+    let changes = [
+        (
+            "identity",
+            json!({"identity": {"userAssignedIdentityId": arm("Microsoft.ManagedIdentity/userAssignedIdentities/other-id")}}),
+        ),
+        ("sku", json!({"sku": "AMLFS-Durable-Premium-500"})),
+        ("storageCapacityTiB", json!({"storageCapacityTiB": 16})),
+    ];
+    for (field, spec) in changes {
+        let (code, msg) =
+            refusal(api.patch("lustre", &PatchParams::default(), &Patch::Merge(&json!({"spec": spec}))).await);
+        assert_eq!(code, 422, "{field}: {msg}");
+        assert!(msg.contains(&format!("spec.{field} is immutable")), "{field}: {msg}");
+    }
+    let rotate = json!({"spec": {"encryption": {"keyVersion": "fedcba9876543210fedcba9876543210"}}});
+    api.patch("lustre", &PatchParams::default(), &Patch::Merge(&rotate))
+        .await
+        .expect("a key version change is allowed");
+    // CMK needs the user-assigned identity, and an unknown SKU is refused.
+    let mut no_identity = valid_amlfs("no-identity");
+    no_identity["spec"].as_object_mut().unwrap().remove("identity");
+    let (code, msg) = refusal(api.create(&PostParams::default(), &object(no_identity)).await);
+    assert!(code == 422 && msg.contains("userAssignedIdentityId is required"), "{code} {msg}");
+    let mut bad_sku = valid_amlfs("bad-sku");
+    bad_sku["spec"]["sku"] = json!("Standard_2G");
+    assert_eq!(refusal(api.create(&PostParams::default(), &object(bad_sku)).await).0, 422);
+}

@@ -383,6 +383,98 @@ async fn manual_without_grant_fails_at_the_deadline() {
     assert_eq!(s.requests("PUT", "/caches/").len(), 1, "Fail policy: no re-creation");
 }
 
+/// Runs `program` (the operator binary, a link to it, or kubectl) with `args` and `env`, without any Azure
+/// settings of the test process; (success, stdout, stderr).
+fn run_cli(program: &std::path::Path, args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .env_remove("AZURE_CLIENT_ID")
+        .env_remove("HPCC_CREDENTIAL")
+        .env_remove("HPCC_ARM_ENDPOINT")
+        .env_remove("AZURE_CLOUD")
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grant_command_prints_the_grant_for_the_live_object_also_as_a_kubectl_plugin() {
+    let s = Scenario::new("grantcmd", SimConfig::default()).await;
+    let name = s.apply("manual.yaml");
+    let waiting = s.wait_phase(&name, Phase::WaitingForKey).await;
+    let principal = waiting.status.unwrap().principal_id.unwrap();
+    let vault =
+        format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/kv-manual");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_hpc-cache-operator"));
+    let kubeconfig = ("KUBECONFIG".to_string(), s.cluster.kubeconfig_path().display().to_string());
+    let set_policy = format!(
+        "az keyvault set-policy --name kv-manual --resource-group security-rg --subscription {SUB} --object-id {principal} --key-permissions get wrapKey unwrapKey"
+    );
+    let role = format!(
+        "az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal --role 'Key Vault Crypto Service Encryption User' --scope {vault}"
+    );
+
+    // From a person's shell (only a kubeconfig): the object does not say how the vault grants, so both forms.
+    let (ok, out, err) = run_cli(bin, &["grant-command", "-n", &s.ns, &name], std::slice::from_ref(&kubeconfig));
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("principal:        {principal}")), "{out}");
+    assert!(out.contains(&format!("vault:            {vault}")), "{out}");
+    assert!(out.contains(&set_policy) && out.contains(&role), "{out}");
+    assert!(
+        out.contains(&format!("PUT https://management.azure.com{vault}/accessPolicies/add?api-version=2025-05-01")),
+        "{out}"
+    );
+    assert!(out.contains("/providers/Microsoft.Authorization/roleAssignments/"), "{out}");
+    assert!(out.contains("roleDefinitions/e147488a-f6f5-4113-8e2d-b22465e65bf6"), "{out}");
+    assert!(out.contains(&format!("\"objectId\": \"{principal}\"")), "{out}");
+    assert!(out.contains("left (this machine's clock)"), "{out}");
+
+    // With the operator's Azure settings (here the simulator's): the vault is read, one form, Azure's clock.
+    let mut env: Vec<(String, String)> = s.sim.env().into_iter().collect();
+    env.push(kubeconfig.clone());
+    let (ok, out, err) = run_cli(bin, &["grant-command", "-n", &s.ns, &name], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("permission model: vault access policy (read from the vault just now)"), "{out}");
+    assert!(out.contains(&set_policy) && !out.contains("az role assignment"), "{out}");
+    assert!(out.contains("left (Azure's clock)"), "{out}");
+    assert!(out.contains(&format!("{vault}/accessPolicies/add?api-version=2025-05-01")), "{out}");
+
+    // As a kubectl plugin: a link named kubectl-hpcc on PATH; the namespace comes from the kubeconfig's context.
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-hpcc");
+    std::os::unix::fs::symlink(bin, &plugin).unwrap();
+    let context_kubeconfig = dir.path().join("kubeconfig");
+    std::fs::copy(s.cluster.kubeconfig_path(), &context_kubeconfig).unwrap();
+    let kubectl = TestCluster::bin_dir().join("kubectl");
+    let in_ns = [("KUBECONFIG".to_string(), context_kubeconfig.display().to_string())];
+    let (ok, _, err) = run_cli(&kubectl, &["config", "set-context", "--current", "--namespace", &s.ns], &in_ns);
+    assert!(ok, "{err}");
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let plugin_env = [in_ns[0].clone(), ("PATH".to_string(), path)];
+    let (ok, out, err) = run_cli(&kubectl, &["hpcc", "grant-command", &name], &plugin_env);
+    assert!(ok, "kubectl hpcc grant-command: {err}");
+    assert!(out.contains(&format!("HpcCache {}/{name}: keyAccess Manual", s.ns)), "{out}");
+    assert!(out.contains(&principal) && out.contains(&set_policy), "{out}");
+    // kubectl passes -n through; the link itself takes the same arguments.
+    let (ok, out, err) = run_cli(&plugin, &["grant-command", &name, "-n", &s.ns], std::slice::from_ref(&kubeconfig));
+    assert!(ok, "{err}");
+    assert!(out.contains(&role), "{out}");
+    let (ok, _, err) = run_cli(&plugin, &["grant-command", "nope", "-n", &s.ns], std::slice::from_ref(&kubeconfig));
+    assert!(!ok && err.contains(&format!("hpccache {}/nope not found", s.ns)), "{err}");
+    let (ok, _, err) = run_cli(&plugin, &["grant-command"], std::slice::from_ref(&kubeconfig));
+    assert!(!ok && err.contains("kubectl hpcc grant-command"), "usage names the plugin: {err}");
+
+    // Microsoft-managed keys: nothing to grant.
+    let mmk = s.create(cache_manifest("no-cmk", serde_json::Value::Null, serde_json::json!({}))).await;
+    let (ok, _, err) = run_cli(bin, &["grant-command", "-n", &s.ns, &mmk], std::slice::from_ref(&kubeconfig));
+    assert!(
+        !ok && err.contains("uses Microsoft-managed keys (no spec.encryption): there is nothing to grant"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recreate_policy_replaces_a_failed_cache_and_counts_it() {
     let s = Scenario::new("recreate", SimConfig::default()).await;
@@ -669,6 +761,9 @@ async fn json_logs_metrics_and_no_secret_in_the_log() {
     assert!(metrics.contains("hpccache_objects{phase=\"Ready\"} 1"), "{metrics}");
     assert!(metrics.contains("hpccache_azure_calls_total{operation=\"caches.put\",status=\"201\"} 1"), "{metrics}");
     assert!(metrics.contains("hpccache_reconciles_total{result=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains(&format!("hpccache_ready{{namespace=\"{}\",name=\"{name}\"}} 1", s.ns)), "{metrics}");
+    assert!(metrics.contains("hpccache_reconcile_duration_seconds_count{result=\"ok\"}"), "{metrics}");
+    assert!(!metrics.contains("hpccache_authorization_deadline_timestamp_seconds{"), "no deadline once Ready");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -772,8 +867,8 @@ async fn moving_a_ready_cache_to_another_vault_grants_there_first() {
         "role assignment on the new vault before the cache PATCH"
     );
     let grants = moved.status.unwrap().grants;
-    assert!(grants.iter().any(|g| g.vault_id.contains("kv-cmk") && g.principal_id == principal && g.made));
-    assert!(grants.iter().any(|g| g.vault_id.contains("kv-rbac") && g.principal_id == principal && g.made));
+    assert!(grants.iter().any(|g| g.scope.contains("kv-cmk") && g.principal_id == principal && g.made));
+    assert!(grants.iter().any(|g| g.scope.contains("kv-rbac") && g.principal_id == principal && g.made));
     // Deleting revokes both.
     s.api.delete(&name, &DeleteParams::default()).await.unwrap();
     s.wait_gone(&name).await;
@@ -912,4 +1007,263 @@ async fn with_realistic_grant_propagation_every_example_is_ready_with_one_put() 
         let cache_name = cache.rsplit('/').next().unwrap().to_string();
         assert_eq!(s.requests("PUT", &format!("/caches/{cache_name}")).len(), 1, "{name}: one cache PUT");
     }
+}
+
+// ---- Day-2 control (issue #8): reconcile policy, detach, adoption ----------------------------------------------
+
+/// Requests that change something in Azure (not reads, not token requests).
+fn azure_writes(s: &Scenario) -> usize {
+    s.sim.requests().iter().filter(|r| matches!(r.method.as_str(), "PUT" | "PATCH" | "DELETE")).count()
+}
+
+async fn annotate(s: &Scenario, name: &str, key: &str, value: Option<&str>) {
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    s.api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skip_writes_nothing_to_azure_and_removing_it_applies_the_change() {
+    let s = Scenario::new("skip", SimConfig::default()).await;
+    let name = s.apply("system-assigned.yaml");
+    s.wait_phase(&name, Phase::Ready).await;
+    annotate(&s, &name, "hpccache.io/reconcile-policy", Some("skip")).await;
+    s.wait(&name, "skip reported", |o| condition(o, "Reconciling").1 == "ReconcileSkipped").await;
+    let writes = azure_writes(&s);
+    let patch = serde_json::json!({"spec": {"encryption": {"keyVersion": "fedcba9876543210fedcba9876543210"}}});
+    s.api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let noted = s
+        .wait(&name, "the skipped update reported", |o| {
+            condition(o, "Reconciling").2.contains("updating the cache")
+                && o.status.as_ref().and_then(|st| st.observed_generation) == o.metadata.generation
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // more than one resync (2 s here)
+    assert_eq!(azure_writes(&s), writes, "no Azure write of any kind under skip");
+    assert!(noted.status.unwrap().active_key_url.unwrap().ends_with("/0123456789abcdef0123456789abcdef"));
+
+    annotate(&s, &name, "hpccache.io/reconcile-policy", None).await;
+    s.wait(&name, "the new key version once skip is removed", |o| {
+        o.status
+            .as_ref()
+            .and_then(|st| st.active_key_url.as_deref())
+            .is_some_and(|k| k.ends_with("/fedcba9876543210fedcba9876543210"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detach_on_delete_leaves_the_azure_cache_and_its_grant() {
+    let s = Scenario::new("detach", SimConfig::default()).await;
+    let name = s.apply("system-assigned.yaml");
+    let ready = s.wait_phase(&name, Phase::Ready).await;
+    let principal = ready.status.unwrap().principal_id.unwrap();
+    annotate(&s, &name, "hpccache.io/reconcile-policy", Some("detach-on-delete")).await;
+    s.api.delete(&name, &DeleteParams::default()).await.unwrap();
+    s.wait_gone(&name).await;
+    let id = ResourceId::parse(&format!(
+        "/subscriptions/{SUB}/resourceGroups/hpc-rg/providers/Microsoft.StorageCache/caches/genomics-cache"
+    ))
+    .unwrap();
+    assert!(s.azure().await.get_cache(&id).await.unwrap().value.is_some(), "the Azure cache is still there (GET 200)");
+    assert!(s.requests("DELETE", "/caches/").is_empty());
+    let vault = s.azure().await.get_vault(&ResourceId::parse(CMK_VAULT).unwrap()).await.unwrap().value.unwrap();
+    assert!(vault.properties.access_policies.iter().any(|p| p.object_id == principal), "the grant is kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_made_outside_the_operator_is_adopted_only_on_request() {
+    let s = Scenario::new("adopt", SimConfig::default()).await;
+    let id = ResourceId::parse(&format!(
+        "/subscriptions/{SUB}/resourceGroups/hpc-rg/providers/Microsoft.StorageCache/caches/legacy-cache"
+    ))
+    .unwrap();
+    let made_by_hand: hpcc_azure::Cache = serde_json::from_value(serde_json::json!({
+        "location": "eastus", "sku": {"name": "Standard_2G"}, "identity": {"type": "SystemAssigned"},
+        "properties": {"cacheSizeGB": 3072, "subnet": format!("/subscriptions/{SUB}/resourceGroups/hpc-rg/providers/Microsoft.Network/virtualNetworks/hpc-vnet/subnets/cache")}
+    }))
+    .unwrap();
+    s.azure().await.put_cache(&id, &made_by_hand).await.unwrap();
+    let writes = azure_writes(&s);
+
+    let name = s
+        .create(cache_manifest("legacy-cache", serde_json::Value::Null, serde_json::json!({"tags": {"team": "x"}})))
+        .await;
+    let o = s.wait(&name, "Stalled", |o| condition_is(o, "Stalled", "True")).await;
+    assert_eq!(condition(&o, "Stalled").1, "CacheExistsNotOwned");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(azure_writes(&s), writes, "nothing is written to a cache the operator did not make");
+
+    annotate(&s, &name, "hpccache.io/adopt", Some("true")).await;
+    s.wait_phase(&name, Phase::Ready).await;
+    let tags = s.azure().await.get_cache(&id).await.unwrap().value.unwrap().tags.unwrap_or_default();
+    let owner = tags.get("hpccache.io-owner").expect("owner tag added");
+    assert!(owner.ends_with(&format!("/{}/legacy-cache", s.ns)), "cluster/namespace/name: {owner}");
+    assert_eq!(tags.get("team").map(String::as_str), Some("x"));
+}
+
+// ---- AmlFilesystem (Azure Managed Lustre, issue #11) --------------------------------------------------------------
+
+const FRESH_ID: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/security-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fresh-id";
+const FRESH_PRINCIPAL: &str = "7e7e7e7e-1111-4222-8333-444444444444";
+
+fn seed_fresh_identity_and_storage(s: &Scenario) {
+    let seed = Seed::from_yaml(&format!(
+        "identities: [{{subscriptionId: {SUB}, resourceGroup: security-rg, name: fresh-id, location: eastus, principalId: {FRESH_PRINCIPAL}}}]\n\
+         storageAccounts: [{{subscriptionId: {SUB}, resourceGroup: hpc-rg, name: hpcdata, location: eastus}}]"
+    ))
+    .unwrap();
+    s.sim.seed(&seed).unwrap();
+}
+
+fn amlfs_manifest(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "azure": {"subscriptionId": SUB, "resourceGroup": "hpc-rg", "location": "eastus"},
+        "sku": "AMLFS-Durable-Premium-250", "storageCapacityTiB": 8,
+        "subnetId": format!("/subscriptions/{SUB}/resourceGroups/hpc-rg/providers/Microsoft.Network/virtualNetworks/hpc-vnet/subnets/lustre"),
+        "maintenanceWindow": {"dayOfWeek": "Sunday", "timeOfDayUTC": "02:00"},
+        "identity": {"userAssignedIdentityId": FRESH_ID},
+        "encryption": {"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::json!({"apiVersion": "hpccache.io/v1alpha1", "kind": "AmlFilesystem", "metadata": {"name": name}, "spec": spec})
+}
+
+fn amlfs_api(s: &Scenario) -> Api<hpcc_api::v1alpha1::AmlFilesystem> {
+    Api::namespaced(s.api.clone().into_client(), &s.ns)
+}
+
+async fn wait_amlfs(
+    s: &Scenario,
+    name: &str,
+    what: &str,
+    done: impl Fn(&hpcc_api::v1alpha1::AmlFilesystem) -> bool,
+) -> hpcc_api::v1alpha1::AmlFilesystem {
+    let api = amlfs_api(s);
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(o)) = api.get_opt(name).await
+            && done(&o)
+        {
+            return o;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{name}: timed out waiting for {what}\n{:?}\n{}",
+            api.get_opt(name).await.ok().flatten().and_then(|o| o.status),
+            s.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn amlfs_phase(o: &hpcc_api::v1alpha1::AmlFilesystem) -> Option<Phase> {
+    o.status.as_ref().and_then(|s| s.phase)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amlfs_is_granted_before_its_one_put_and_a_key_change_is_one_patch() {
+    let s = Scenario::new("amlfs", SimConfig { grant_propagation: Duration::ZERO, ..SimConfig::default() }).await;
+    seed_fresh_identity_and_storage(&s);
+    let obj: hpcc_api::v1alpha1::AmlFilesystem =
+        serde_json::from_value(amlfs_manifest("lustre", serde_json::json!({}))).unwrap();
+    amlfs_api(&s).create(&PostParams::default(), &obj).await.unwrap();
+    let ready = wait_amlfs(&s, "lustre", "Ready", |o| amlfs_phase(o) == Some(Phase::Ready)).await;
+    let log = s.sim.requests();
+    let grant_at =
+        log.iter().position(|r| r.method == "PUT" && r.path.contains("/accessPolicies/add")).expect("a grant");
+    let puts: Vec<usize> =
+        (0..log.len()).filter(|i| log[*i].method == "PUT" && log[*i].path.contains("/amlFilesystems/lustre")).collect();
+    assert_eq!(puts.len(), 1, "one file-system PUT");
+    assert!(grant_at < puts[0], "the grant precedes the create");
+    let status = ready.status.unwrap();
+    assert!(status.mgs_address.is_some() && status.mount_command.is_some(), "client info in status");
+    assert_eq!(status.principal_id.as_deref(), Some(FRESH_PRINCIPAL));
+
+    let patch = serde_json::json!({"spec": {"encryption": {"keyVersion": "fedcba9876543210fedcba9876543210"}}});
+    amlfs_api(&s).patch("lustre", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    wait_amlfs(&s, "lustre", "the new key", |o| {
+        amlfs_phase(o) == Some(Phase::Ready)
+            && o.status
+                .as_ref()
+                .and_then(|st| st.active_key_url.as_deref())
+                .is_some_and(|k| k.ends_with("/fedcba9876543210fedcba9876543210"))
+    })
+    .await;
+    assert_eq!(s.requests("PATCH", "/amlFilesystems/lustre").len(), 1, "a key version change is one PATCH");
+    assert_eq!(s.requests("PUT", "/amlFilesystems/lustre").len(), 1);
+
+    // Delete removes the file system and the grant the operator made.
+    amlfs_api(&s).delete("lustre", &DeleteParams::default()).await.unwrap();
+    let start = Instant::now();
+    while amlfs_api(&s).get_opt("lustre").await.unwrap().is_some() {
+        assert!(start.elapsed() < TIMEOUT, "not deleted\n{}", s.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vault = s.azure().await.get_vault(&ResourceId::parse(CMK_VAULT).unwrap()).await.unwrap().value.unwrap();
+    assert!(!vault.properties.access_policies.iter().any(|p| p.object_id == FRESH_PRINCIPAL), "the grant is revoked");
+    assert_eq!(s.requests("DELETE", "/amlFilesystems/lustre").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amlfs_manual_creates_nothing_and_says_who_needs_what() {
+    let s = Scenario::new("amlfs-manual", SimConfig::default()).await;
+    seed_fresh_identity_and_storage(&s);
+    let obj: hpcc_api::v1alpha1::AmlFilesystem =
+        // kv-manual has purge protection on, so only the key grant is missing.
+        serde_json::from_value(amlfs_manifest(
+            "manual",
+            serde_json::json!({"keyAccess": "Manual", "encryption": {"keyVaultId": CMK_VAULT.replace("kv-cmk", "kv-manual"), "keyName": "cache-key", "keyVersion": "aabbccddeeff00112233445566778899"}}),
+        ))
+        .unwrap();
+    amlfs_api(&s).create(&PostParams::default(), &obj).await.unwrap();
+    let o = wait_amlfs(&s, "manual", "KeyAuthorized=False", |o| {
+        o.status
+            .as_ref()
+            .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "KeyAuthorized" && c.status == "False"))
+    })
+    .await;
+    let c = o.status.unwrap().conditions.into_iter().find(|c| c.type_ == "KeyAuthorized").unwrap();
+    assert_eq!(c.reason, "AwaitingManualGrant");
+    assert!(
+        c.message.contains(FRESH_PRINCIPAL) && c.message.contains("wrapKey") && c.message.contains("kv-manual"),
+        "{}",
+        c.message
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.requests("PUT", "/amlFilesystems/").is_empty(), "nothing is created");
+    assert!(s.requests("PUT", "/accessPolicies/").is_empty(), "and nothing is granted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amlfs_blob_integration_roles_exist_before_the_put_and_orphan_keeps_everything() {
+    let s = Scenario::new("amlfs-blob", SimConfig { grant_propagation: Duration::ZERO, ..SimConfig::default() }).await;
+    seed_fresh_identity_and_storage(&s);
+    let account =
+        format!("/subscriptions/{SUB}/resourceGroups/hpc-rg/providers/Microsoft.Storage/storageAccounts/hpcdata");
+    let blob = serde_json::json!({"blobIntegration": {"storageAccountId": account, "container": "data", "loggingContainer": "logs", "grantBlobAccess": "Automatic"}, "deletionPolicy": "Orphan"});
+    let obj: hpcc_api::v1alpha1::AmlFilesystem = serde_json::from_value(amlfs_manifest("blob", blob)).unwrap();
+    amlfs_api(&s).create(&PostParams::default(), &obj).await.unwrap();
+    wait_amlfs(&s, "blob", "Ready", |o| amlfs_phase(o) == Some(Phase::Ready)).await;
+    let log = s.sim.requests();
+    let role_puts: Vec<usize> = (0..log.len())
+        .filter(|i| {
+            log[*i].method == "PUT"
+                && log[*i].path.contains("/storageAccounts/hpcdata/providers/Microsoft.Authorization/roleAssignments/")
+        })
+        .collect();
+    let put_at = log.iter().position(|r| r.method == "PUT" && r.path.contains("/amlFilesystems/blob")).expect("a PUT");
+    assert_eq!(role_puts.len(), 2, "Storage Account Contributor and Storage Blob Data Contributor");
+    assert!(role_puts.iter().all(|i| *i < put_at), "both role assignments precede the create");
+    // Orphan: deleting the object keeps the file system and the grants.
+    amlfs_api(&s).delete("blob", &DeleteParams::default()).await.unwrap();
+    let start = Instant::now();
+    while amlfs_api(&s).get_opt("blob").await.unwrap().is_some() {
+        assert!(start.elapsed() < TIMEOUT, "not released\n{}", s.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        s.requests("DELETE", "/amlFilesystems/").is_empty() && s.requests("DELETE", "/roleAssignments/").is_empty()
+    );
 }

@@ -15,7 +15,7 @@ use super::observe::cache_id;
 use super::reads::RecentReads;
 use super::status::Recorded;
 
-/// The ARM body of the cache the spec describes (Caches_CreateOrUpdate); `owner` is `namespace/name`.
+/// The ARM body of the cache the spec describes (Caches_CreateOrUpdate); `owner` is the owner tag's value.
 pub fn desired_cache(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Value {
     let identity = match spec.identity.type_ {
         IdentityType::SystemAssigned => json!({"type": "SystemAssigned"}),
@@ -67,58 +67,90 @@ impl Actor {
         azure: &Azure,
         reads: &RecentReads,
         obj: &HpcCache,
+        owner: &str,
         vault: Option<&Vault>,
         recorded: &Recorded,
     ) -> Result<(), AzureError> {
+        let vault_id = obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
+        if let Some(done) = self.write_access(azure, reads, vault_id, vault, recorded.action()).await {
+            return done;
+        }
         match recorded.action() {
             Action::None | Action::RemoveFinalizer => Ok(()),
-            Action::EnableVaultProtection => {
-                // The spec's id is the key of the protected-vault memory (observe records it the same way).
-                let vault_id = obj.spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
-                let id = parse_id(vault_id)?;
-                let lock = self.vault_lock(&id);
-                let _held = lock.lock().await;
-                if reads.vault_protected(vault_id) {
-                    return Ok(()); // another reconcile protected this vault a moment ago
-                }
-                azure.enable_vault_protection(&id).await?;
-                reads.mark_vault_protected(vault_id);
-                Ok(())
-            }
-            Action::Grant(g) => {
-                let id = parse_id(&g.vault_id)?;
-                let lock = self.vault_lock(&id);
-                let _held = lock.lock().await;
-                grant(azure, &id, g, vault).await
-            }
-            Action::RevokeGrant(g) => {
-                let id = parse_id(&g.vault_id)?;
-                let lock = self.vault_lock(&id);
-                let _held = lock.lock().await;
-                revoke(azure, &id, g, vault).await
-            }
-            Action::CreateCache { key_url } => {
-                let body = desired_cache(&obj.spec, &owner(obj), key_url.as_deref());
+            Action::EnableVaultProtection | Action::Grant(_) | Action::RevokeGrant(_) => Ok(()), // done above
+            Action::Create { key_url } => {
+                let body = desired_cache(&obj.spec, owner, key_url.as_deref());
                 let cache = serde_json::from_value(body).map_err(|e| AzureError::Input(e.to_string()))?;
                 azure.put_cache(&cache_id(obj), &cache).await.map(drop)
             }
-            Action::UpdateCache { key_url } => {
-                let patch = key_update(&obj.spec, &owner(obj), key_url.as_deref());
+            Action::Update { key_url } => {
+                let patch = key_update(&obj.spec, owner, key_url.as_deref());
                 azure.patch_cache(&cache_id(obj), &patch).await.map(drop)
             }
-            Action::DeleteCache => azure.delete_cache(&cache_id(obj)).await.map(drop),
+            Action::Delete => azure.delete_cache(&cache_id(obj)).await.map(drop),
         }
     }
 
-    /// One lock per vault (case-insensitive ARM id).
+    /// The access writes both kinds share: vault protection (of `vault_id`, the spec's vault), grants and revokes,
+    /// each serialized per vault or storage account. None for any other action.
+    pub async fn write_access(
+        &self,
+        azure: &Azure,
+        reads: &RecentReads,
+        vault_id: &str,
+        vault: Option<&Vault>,
+        action: &Action,
+    ) -> Option<Result<(), AzureError>> {
+        let result = match action {
+            Action::EnableVaultProtection => {
+                // The spec's id is the key of the protected-vault memory (observe records it the same way).
+                let id = match parse_id(vault_id) {
+                    Ok(id) => id,
+                    Err(e) => return Some(Err(e)),
+                };
+                let lock = self.vault_lock(&id);
+                let _held = lock.lock().await;
+                if reads.vault_protected(vault_id) {
+                    return Some(Ok(())); // another reconcile protected this vault a moment ago
+                }
+                let done = azure.enable_vault_protection(&id).await.map(drop);
+                if done.is_ok() {
+                    reads.mark_vault_protected(vault_id);
+                }
+                done
+            }
+            Action::Grant(g) | Action::RevokeGrant(g) => {
+                let id = match parse_id(&g.scope) {
+                    Ok(id) => id,
+                    Err(e) => return Some(Err(e)),
+                };
+                let lock = self.vault_lock(&id);
+                let _held = lock.lock().await;
+                if matches!(action, Action::Grant(_)) {
+                    grant(azure, &id, g, vault).await
+                } else {
+                    revoke(azure, &id, g, vault).await
+                }
+            }
+            _ => return None,
+        };
+        Some(result)
+    }
+
+    /// One lock per vault or storage account (case-insensitive ARM id).
     fn vault_lock(&self, vault: &ResourceId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.vault_writes.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(vault.to_string().to_ascii_lowercase()).or_default().clone()
     }
 }
 
-/// `namespace/name` of the object, the value of the cache's owner tag.
-pub fn owner(obj: &HpcCache) -> String {
+/// The value of the owner tag for an object of this cluster (either kind): `cluster/namespace/name`.
+pub fn owner(cluster: &str, obj: &impl kube::ResourceExt) -> String {
+    hpcc_core::owner_tag(cluster, &obj.namespace().unwrap_or_default(), &obj.name_any())
+}
+
+/// The owner tag written before the cluster was part of it (`namespace/name`).
+pub fn legacy_owner(obj: &HpcCache) -> String {
     format!(
         "{}/{}",
         obj.metadata.namespace.as_deref().unwrap_or_default(),
@@ -134,26 +166,30 @@ fn tenant_of(g: &GrantRecord, vault: Option<&Vault>) -> String {
     g.tenant_id.clone().or_else(|| vault.and_then(|v| v.properties.tenant_id.clone())).unwrap_or_default()
 }
 
+/// The built-in role a role-assignment grant gives (None for an access policy).
+fn role_of(kind: GrantKind) -> Option<&'static str> {
+    match kind {
+        GrantKind::AccessPolicy => None,
+        GrantKind::RoleAssignment => Some(KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER),
+        GrantKind::StorageAccountContributor => Some(hpcc_azure::STORAGE_ACCOUNT_CONTRIBUTOR),
+        GrantKind::StorageBlobDataContributor => Some(hpcc_azure::STORAGE_BLOB_DATA_CONTRIBUTOR),
+    }
+}
+
 async fn grant(azure: &Azure, id: &ResourceId, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
-    match g.kind {
-        GrantKind::AccessPolicy => {
-            azure.add_access_policy(id, &tenant_of(g, vault), &g.principal_id, &CMK_KEY_PERMISSIONS).await
-        }
-        GrantKind::RoleAssignment => {
-            azure.put_role_assignment(id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
-        }
+    match role_of(g.kind) {
+        None => azure.add_access_policy(id, &tenant_of(g, vault), &g.principal_id, &CMK_KEY_PERMISSIONS).await,
+        Some(role) => azure.put_role_assignment(id, &g.principal_id, role).await,
     }
 }
 
 async fn revoke(azure: &Azure, id: &ResourceId, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {
-    let result = match g.kind {
-        GrantKind::AccessPolicy => azure.remove_access_policy(id, &tenant_of(g, vault), &g.principal_id).await,
-        GrantKind::RoleAssignment => {
-            azure.delete_role_assignment(id, &g.principal_id, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER).await
-        }
+    let result = match role_of(g.kind) {
+        None => azure.remove_access_policy(id, &tenant_of(g, vault), &g.principal_id).await,
+        Some(role) => azure.delete_role_assignment(id, &g.principal_id, role).await,
     };
     match result {
-        // The vault itself is gone: nothing left to revoke.
+        // What the grant was on is gone: nothing left to revoke.
         Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }

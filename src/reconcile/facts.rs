@@ -11,27 +11,68 @@ use jiff::Timestamp;
 
 use super::observation::{IdentityRead, KeyRead, Observation, VaultRead};
 
+/// What a spec points at, by name: the words the facts' messages use. Both kinds fill it from their spec.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Names<'a> {
+    /// The resource's region (the vault must be in it).
+    pub location: &'a str,
+    pub vault_id: &'a str,
+    pub key_name: &'a str,
+    pub key_version: Option<&'a str>,
+    pub identity_id: &'a str,
+}
+
+impl<'a> Names<'a> {
+    fn of(spec: &'a HpcCacheSpec) -> Self {
+        let enc = spec.encryption.as_ref();
+        Names {
+            location: &spec.azure.location,
+            vault_id: enc.map(|e| e.key_vault_id.as_str()).unwrap_or_default(),
+            key_name: enc.map(|e| e.key_name.as_str()).unwrap_or_default(),
+            key_version: enc.and_then(|e| e.key_version.as_deref()),
+            identity_id: spec.identity.user_assigned_identity_id.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
+/// The verdicts on what a spec references (key, vault, user-assigned identity), for either kind.
+#[derive(Clone, Debug, Default)]
+pub struct ReferencedFacts {
+    pub key: Option<KeyFacts>,
+    pub vault: Option<VaultFacts>,
+    pub identity: Option<IdentityFacts>,
+}
+
 /// The facts of one reconcile. `vault_known_protected`: this process saw the vault protected before (Azure never
 /// turns protection off again, so a stale read cannot undo it).
 pub fn facts(spec: &HpcCacheSpec, observation: &Observation, vault_known_protected: bool) -> Facts {
-    let now = observation.now;
-    let mut facts =
-        Facts { now, cache: observation.cache.as_ref().map(cache_facts), key: None, vault: None, identity: None };
-    let Some(referenced) = &observation.referenced else {
-        return facts;
-    };
-    let vault = referenced.vault.as_ref().map(|v| vault_facts(spec, v, vault_known_protected));
-    facts.key = match &referenced.vault {
-        Some(VaultRead::Found { key, .. }) => Some(key_facts(spec, key, now)),
-        _ => None,
-    };
-    facts.vault = vault;
-    facts.identity = referenced.identity.as_ref().map(|i| identity_facts(spec, i, observation.vault()));
-    facts
+    let referenced = referenced_facts(Names::of(spec), observation, vault_known_protected);
+    Facts {
+        now: observation.now,
+        cache: observation.cache.as_ref().map(cache_facts),
+        key: referenced.key,
+        vault: referenced.vault,
+        identity: referenced.identity,
+    }
 }
 
-fn vault_facts(spec: &HpcCacheSpec, read: &VaultRead, known_protected: bool) -> VaultFacts {
-    let vault_id = spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
+/// The verdicts on the vault, the key and the identity an observation read.
+pub fn referenced_facts(names: Names, observation: &Observation, vault_known_protected: bool) -> ReferencedFacts {
+    let Some(referenced) = &observation.referenced else {
+        return ReferencedFacts::default();
+    };
+    ReferencedFacts {
+        key: match &referenced.vault {
+            Some(VaultRead::Found { key, .. }) => Some(key_facts(names, key, observation.now)),
+            _ => None,
+        },
+        vault: referenced.vault.as_ref().map(|v| vault_facts(names, v, vault_known_protected)),
+        identity: referenced.identity.as_ref().map(|i| identity_facts(names, i, observation.vault())),
+    }
+}
+
+fn vault_facts(names: Names, read: &VaultRead, known_protected: bool) -> VaultFacts {
+    let vault_id = names.vault_id;
     let invalid = |reason, message: String| VaultFacts::Invalid { reason, message };
     match read {
         VaultRead::NotAllowed(message) => invalid(Reason::VaultNotAllowed, message.clone()),
@@ -44,7 +85,7 @@ fn vault_facts(spec: &HpcCacheSpec, read: &VaultRead, known_protected: bool) -> 
         VaultRead::Found { vault, .. } => {
             let mut facts = check_vault(
                 vault.location.as_deref().unwrap_or_default(),
-                &spec.azure.location,
+                names.location,
                 vault.is_protected(),
                 vault.properties.enable_rbac_authorization == Some(true),
             );
@@ -56,12 +97,8 @@ fn vault_facts(spec: &HpcCacheSpec, read: &VaultRead, known_protected: bool) -> 
     }
 }
 
-fn key_facts(spec: &HpcCacheSpec, read: &KeyRead, now: Timestamp) -> KeyFacts {
-    let (name, version) = match &spec.encryption {
-        Some(e) => (e.key_name.as_str(), e.key_version.as_deref()),
-        None => ("", None),
-    };
-    let vault_id = spec.encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default();
+fn key_facts(names: Names, read: &KeyRead, now: Timestamp) -> KeyFacts {
+    let (name, version, vault_id) = (names.key_name, names.key_version, names.vault_id);
     let invalid = |reason, message: String| KeyFacts::Invalid { reason, message };
     match read {
         KeyRead::NoVaultUri => invalid(Reason::VaultUriMissing, format!("Key Vault {vault_id} reports no vaultUri")),
@@ -92,8 +129,8 @@ fn key_facts(spec: &HpcCacheSpec, read: &KeyRead, now: Timestamp) -> KeyFacts {
     }
 }
 
-fn identity_facts(spec: &HpcCacheSpec, read: &IdentityRead, vault: Option<&hpcc_azure::Vault>) -> IdentityFacts {
-    let id = spec.identity.user_assigned_identity_id.as_deref().unwrap_or_default();
+fn identity_facts(names: Names, read: &IdentityRead, vault: Option<&hpcc_azure::Vault>) -> IdentityFacts {
+    let id = names.identity_id;
     match read {
         IdentityRead::BadId(e) => IdentityFacts::Invalid {
             reason: Reason::InvalidIdentityId,

@@ -1,7 +1,8 @@
-//! The finalizer that keeps an `HpcCache` until its Azure cache is handled by `deletionPolicy`.
+//! The finalizer that keeps an object until its Azure resource is handled by `deletionPolicy`.
 
-use hpcc_api::v1alpha1::HpcCache;
 use kube::ResourceExt;
+
+use super::status::Kind;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
@@ -18,9 +19,9 @@ pub enum Finalizer {
 }
 
 /// Adds the finalizer to a live object that lacks it.
-pub async fn ensure(api: &Api<HpcCache>, obj: &HpcCache) -> Result<Finalizer, kube::Error> {
+pub async fn ensure<K: Kind>(api: &Api<K>, obj: &K) -> Result<Finalizer, kube::Error> {
     let held = obj.finalizers().iter().any(|f| f == FINALIZER);
-    match (held, obj.metadata.deletion_timestamp.is_some()) {
+    match (held, obj.meta().deletion_timestamp.is_some()) {
         (true, _) => Ok(Finalizer::Held),
         (false, true) => Ok(Finalizer::Released),
         (false, false) => {
@@ -33,13 +34,13 @@ pub async fn ensure(api: &Api<HpcCache>, obj: &HpcCache) -> Result<Finalizer, ku
 }
 
 /// Removes the finalizer, letting Kubernetes delete the object.
-pub async fn remove(api: &Api<HpcCache>, obj: &HpcCache) -> Result<(), kube::Error> {
+pub async fn remove<K: Kind>(api: &Api<K>, obj: &K) -> Result<(), kube::Error> {
     let finalizers = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     patch(api, obj, finalizers).await
 }
 
 /// A merge patch guarded by the resourceVersion the decision was made on, so a concurrent change is never lost.
-async fn patch(api: &Api<HpcCache>, obj: &HpcCache, finalizers: Vec<String>) -> Result<(), kube::Error> {
+async fn patch<K: Kind>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<(), kube::Error> {
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
     api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(drop)
 }

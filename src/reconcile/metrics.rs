@@ -1,9 +1,10 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
@@ -43,6 +44,9 @@ pub struct Metrics {
     azure_call_seconds: Family<CallLabels, Histogram>,
     objects: Family<PhaseLabels, Gauge>,
     deadline_seconds: Family<ObjectLabels, Gauge>,
+    deadline_timestamp: Family<ObjectLabels, Gauge>,
+    ready_objects: Family<ObjectLabels, Gauge>,
+    reconcile_seconds: Family<ResultLabels, Histogram>,
     phases: Arc<Mutex<BTreeMap<(String, String), Phase>>>,
     ready: Arc<AtomicBool>,
 }
@@ -63,6 +67,11 @@ impl Metrics {
         });
         let objects = Family::<PhaseLabels, Gauge>::default();
         let deadline_seconds = Family::<ObjectLabels, Gauge>::default();
+        let deadline_timestamp = Family::<ObjectLabels, Gauge>::default();
+        let ready_objects = Family::<ObjectLabels, Gauge>::default();
+        let reconcile_seconds = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register("azure_calls", "Azure API calls by operation and HTTP status", azure_calls.clone());
         registry.register("azure_call_duration_seconds", "Azure API call latency", azure_call_seconds.clone());
@@ -72,6 +81,17 @@ impl Metrics {
             "Seconds left before Azure fails a cache whose key grant is outstanding",
             deadline_seconds.clone(),
         );
+        registry.register(
+            "authorization_deadline_timestamp_seconds",
+            "When Azure fails a cache whose key grant is outstanding (Unix time, Azure's clock)",
+            deadline_timestamp.clone(),
+        );
+        registry.register("ready", "1 when the object's Ready condition is True, else 0", ready_objects.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, by result (as in hpccache_reconciles_total)",
+            reconcile_seconds.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -79,6 +99,9 @@ impl Metrics {
             azure_call_seconds,
             objects,
             deadline_seconds,
+            deadline_timestamp,
+            ready_objects,
+            reconcile_seconds,
             phases: Default::default(),
             ready: Default::default(),
         }
@@ -86,6 +109,28 @@ impl Metrics {
 
     pub fn reconciled(&self, result: &str) {
         self.reconciles.get_or_create(&ResultLabels { result: result.into() }).inc();
+        // Inside [`Metrics::timed`]: the duration is recorded under the same result.
+        let _ = RECONCILE_RESULT.try_with(|r| *r.borrow_mut() = Some(result.to_string()));
+    }
+
+    /// Runs one reconcile and records how long it took in `hpccache_reconcile_duration_seconds{result}`: the
+    /// result the reconcile reported through [`Metrics::reconciled`], `error` when it returned an error (the error
+    /// policy counts those), `ok` when it ended without reporting one (e.g. the object was gone).
+    pub async fn timed<T, E>(&self, reconcile: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        let start = Instant::now();
+        let (out, reported) = RECONCILE_RESULT
+            .scope(RefCell::new(None), async {
+                let out = reconcile.await;
+                (out, RECONCILE_RESULT.with(|r| r.borrow_mut().take()))
+            })
+            .await;
+        let result = match (&out, reported) {
+            (Err(_), _) => "error".to_string(),
+            (Ok(_), Some(r)) => r,
+            (Ok(_), None) => "ok".to_string(),
+        };
+        self.reconcile_seconds.get_or_create(&ResultLabels { result }).observe(start.elapsed().as_secs_f64());
+        out
     }
 
     /// Records the phase of one object (None when it is gone) and recomputes the per-phase gauge.
@@ -119,15 +164,17 @@ impl Metrics {
 
     /// Seconds left before the authorization deadline; None removes the series.
     pub fn set_deadline(&self, namespace: &str, name: &str, seconds_left: Option<i64>) {
-        let labels = ObjectLabels { namespace: namespace.into(), name: name.into() };
-        match seconds_left {
-            Some(s) => {
-                self.deadline_seconds.get_or_create(&labels).set(s);
-            }
-            None => {
-                self.deadline_seconds.remove(&labels);
-            }
-        }
+        set_or_remove(&self.deadline_seconds, namespace, name, seconds_left);
+    }
+
+    /// The authorization deadline as Unix seconds; None removes the series.
+    pub fn set_deadline_timestamp(&self, namespace: &str, name: &str, unix_seconds: Option<i64>) {
+        set_or_remove(&self.deadline_timestamp, namespace, name, unix_seconds);
+    }
+
+    /// Whether the object is Ready (1) or not (0); None (the object is gone) removes the series.
+    pub fn set_object_ready(&self, namespace: &str, name: &str, ready: Option<bool>) {
+        set_or_remove(&self.ready_objects, namespace, name, ready.map(i64::from));
     }
 
     pub fn set_ready(&self) {
@@ -181,6 +228,24 @@ impl Metrics {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
             });
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The result a reconcile reported, while [`Metrics::timed`] runs it.
+    static RECONCILE_RESULT: RefCell<Option<String>>;
+}
+
+/// One object's series of a per-object gauge: set to `value`, or removed with None.
+fn set_or_remove(family: &Family<ObjectLabels, Gauge>, namespace: &str, name: &str, value: Option<i64>) {
+    let labels = ObjectLabels { namespace: namespace.into(), name: name.into() };
+    match value {
+        Some(v) => {
+            family.get_or_create(&labels).set(v);
+        }
+        None => {
+            family.remove(&labels);
         }
     }
 }
@@ -255,5 +320,58 @@ mod tests {
         assert!(text.contains("hpccache_authorization_deadline_seconds{namespace=\"ns\",name=\"c\"} 4200"), "{text}");
         m.set_deadline("ns", "c", None);
         assert!(!m.render().contains("name=\"c\""));
+    }
+
+    #[test]
+    fn per_object_gauges_are_set_and_removed() {
+        let m = Metrics::new();
+        m.set_deadline_timestamp("ns", "c", Some(1_795_000_000));
+        m.set_object_ready("ns", "c", Some(false));
+        m.set_object_ready("ns", "d", Some(true));
+        let text = m.render();
+        assert!(
+            text.contains("hpccache_authorization_deadline_timestamp_seconds{namespace=\"ns\",name=\"c\"} 1795000000"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE hpccache_ready gauge"), "{text}");
+        assert!(text.contains("hpccache_ready{namespace=\"ns\",name=\"c\"} 0"), "{text}");
+        assert!(text.contains("hpccache_ready{namespace=\"ns\",name=\"d\"} 1"), "{text}");
+        m.set_object_ready("ns", "c", Some(true));
+        assert!(m.render().contains("hpccache_ready{namespace=\"ns\",name=\"c\"} 1"));
+        m.set_deadline_timestamp("ns", "c", None);
+        m.set_object_ready("ns", "c", None);
+        let text = m.render();
+        assert!(!text.contains("name=\"c\""), "{text}");
+        assert!(text.contains("name=\"d\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn reconcile_durations_carry_the_reported_result() {
+        let m = Metrics::new();
+        let inner = m.clone();
+        let ok: Result<(), ()> = m
+            .timed(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                inner.reconciled("azure_error");
+                Ok(())
+            })
+            .await;
+        assert!(ok.is_ok());
+        let failed: Result<(), &str> = m.timed(async { Err("kube") }).await;
+        assert!(failed.is_err());
+        let silent: Result<(), ()> = m.timed(async { Ok(()) }).await;
+        assert!(silent.is_ok());
+        m.reconciled("ok"); // outside timed: counted, no duration
+        let text = m.render();
+        assert!(text.contains("# TYPE hpccache_reconcile_duration_seconds histogram"), "{text}");
+        assert!(text.contains("hpccache_reconcile_duration_seconds_count{result=\"azure_error\"} 1"), "{text}");
+        assert!(
+            text.contains("hpccache_reconcile_duration_seconds_bucket{le=\"0.025\",result=\"azure_error\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("hpccache_reconcile_duration_seconds_count{result=\"error\"} 1"), "{text}");
+        assert!(text.contains("hpccache_reconcile_duration_seconds_count{result=\"ok\"} 1"), "{text}");
+        assert!(text.contains("hpccache_reconciles_total{result=\"azure_error\"} 1"), "{text}");
+        assert!(text.contains("hpccache_reconciles_total{result=\"ok\"} 1"), "{text}");
     }
 }

@@ -9,9 +9,12 @@
 //! 7. [`publish`]: events and metrics.
 //!
 //! [`reads`] budgets Azure reads across reconciles; [`namespaces`] keeps each namespace's allowed vault scopes
-//! from a watch.
+//! from a watch; [`credentials`] picks who acts in Azure for a namespace (its `hpccache-credential` Secret).
 
 pub mod act;
+pub mod amlfs;
+pub mod context;
+pub mod credentials;
 pub mod facts;
 pub mod finalizer;
 pub mod metrics;
@@ -26,94 +29,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hpcc_api::v1alpha1::{HpcCache, HpcCacheStatus};
-use hpcc_azure::{Azure, AzureError, ErrorClass};
-use hpcc_core::{Action, ActionError, Input, Timing};
+use hpcc_api::v1alpha1::{AmlFilesystem, HpcCache, HpcCacheStatus};
+use hpcc_azure::AzureError;
+use hpcc_core::{Action, Input};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use act::Actor;
+pub use context::{Context, Error, Settings};
+use context::{action_error, retry_delay};
 use finalizer::Finalizer;
 pub use metrics::Metrics;
-use namespaces::NamespaceScopes;
-use reads::RecentReads;
 
 /// After an action, look again soon: the next step usually follows quickly.
 const AFTER_ACTION: Duration = Duration::from_secs(1);
-
-/// How the controller runs.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Watch one namespace only (None: all namespaces).
-    pub namespace: Option<String>,
-    /// Only reconcile objects matching this label selector (sharding).
-    pub label_selector: Option<String>,
-    /// Reconciles running at once.
-    pub concurrency: u16,
-    pub timing: Timing,
-    /// How long vault/key/identity facts are reused.
-    pub facts_ttl: Duration,
-    /// Name reported in events (pod name in a cluster).
-    pub instance: Option<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            namespace: None,
-            label_selector: None,
-            concurrency: 8,
-            timing: Timing::default(),
-            facts_ttl: Duration::from_secs(60),
-            instance: None,
-        }
-    }
-}
-
-pub struct Context {
-    pub client: Client,
-    pub azure: Azure,
-    pub metrics: Metrics,
-    pub settings: Settings,
-    recorder: Recorder,
-    reads: RecentReads,
-    actor: Actor,
-    namespaces: NamespaceScopes,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("Azure: {0}")]
-    Azure(#[from] AzureError),
-}
-
-impl Context {
-    pub fn new(client: Client, azure: Azure, metrics: Metrics, settings: Settings) -> Arc<Self> {
-        let reporter = Reporter { controller: status::MANAGER.into(), instance: settings.instance.clone() };
-        let recorder = Recorder::new(client.clone(), reporter);
-        // Half a poll: a cache is never seen more than that late, and the caches of a resource group share a list.
-        let reads = RecentReads::new(settings.facts_ttl, settings.timing.poll / 2);
-        Arc::new(Self {
-            client,
-            azure,
-            metrics,
-            settings,
-            recorder,
-            reads,
-            actor: Actor::default(),
-            namespaces: NamespaceScopes::default(),
-        })
-    }
-}
 
 /// Runs the controller until SIGTERM/SIGINT or `stop` resolves (e.g. leadership lost); in-flight reconciles finish.
 pub async fn run(
@@ -140,10 +74,13 @@ pub async fn run(
     }
     ctx.metrics.set_ready();
     info!(namespace = ?ctx.settings.namespace, selector = ?ctx.settings.label_selector, "controller started");
-    let controller = Controller::new(api, wc);
+    // Both kinds stop together: on a signal, or when `stop` resolves.
+    let stop = futures::FutureExt::shared(stop);
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency);
+    let controller = Controller::new(api, wc.clone());
     let objects = controller.store();
     let scopes_ctx = ctx.clone();
-    controller
+    let caches = controller
         .watches(Api::<Namespace>::all(ctx.client.clone()), namespaces, move |ns: Namespace| {
             // A changed vault-scope annotation re-triggers the namespace's objects; other namespace events do not.
             let changed = scopes_ctx.namespaces.update(&ns);
@@ -160,45 +97,59 @@ pub async fn run(
             };
             refs
         })
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency))
+        .with_config(config.clone())
         .shutdown_on_signal()
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, ctx)
+        .graceful_shutdown_on(stop.clone())
+        .run(|obj, ctx| async move { ctx.metrics.clone().timed(reconcile(obj, ctx)).await }, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "reconcile failed");
             }
-        })
-        .await;
+        });
+    let filesystems: Api<AmlFilesystem> = match &ctx.settings.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    // Managed Lustre is optional: without its CRD the operator runs for HpcCache alone.
+    let lustre = match filesystems.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Some(
+            Controller::new(filesystems, wc)
+                .with_config(config)
+                .shutdown_on_signal()
+                .graceful_shutdown_on(stop)
+                .run(
+                    |obj, ctx| async move { ctx.metrics.clone().timed(amlfs::reconcile(obj, ctx)).await },
+                    error_policy,
+                    ctx,
+                )
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        warn!(error = %e, "AmlFilesystem reconcile failed");
+                    }
+                }),
+        ),
+        Err(e) => {
+            warn!(error = %e, "AmlFilesystem objects cannot be listed (is its CRD installed?); managing HpcCache only");
+            None
+        }
+    };
+    match lustre {
+        Some(lustre) => {
+            futures::join!(caches, lustre);
+        }
+        None => caches.await,
+    }
     info!("controller stopped");
     Ok(())
 }
 
-fn error_policy(obj: Arc<HpcCache>, err: &Error, ctx: Arc<Context>) -> Requeue {
+fn error_policy<K: ResourceExt>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconciled("error");
     warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, "reconcile error");
     match err {
         Error::Azure(e) => Requeue::requeue(retry_delay(e).unwrap_or(ctx.settings.timing.poll)),
         Error::Kube(_) => Requeue::requeue(Duration::from_secs(5)),
-    }
-}
-
-/// Azure's `Retry-After`, when the classifier says the call is worth repeating and Azure said when.
-fn retry_delay(e: &AzureError) -> Option<Duration> {
-    match e.classify() {
-        ErrorClass::Retryable { after } => after,
-        ErrorClass::Fatal => None,
-    }
-}
-
-/// The Azure error as the machine sees it; retryability is the classifier's answer.
-fn action_error(e: &AzureError) -> ActionError {
-    ActionError {
-        status: e.status(),
-        code: e.code().unwrap_or("Unknown").to_string(),
-        message: e.to_string(),
-        retryable: e.is_retryable(),
-        retry_after: retry_delay(e),
+        Error::Unusable(..) => Requeue::requeue(ctx.settings.timing.poll),
     }
 }
 
@@ -209,6 +160,7 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
     // The watch cache can lag behind our own last status write (which records intent and grants); deciding from
     // it and applying the whole status back would undo that write. Read the object itself.
     let Some(obj) = api.get_opt(&name).await? else {
+        publish::forget(&ctx.metrics, &ns, &name); // deleted (e.g. without our finalizer): drop its series
         return Ok(Requeue::await_change());
     };
     match finalizer::ensure(&api, &obj).await? {
@@ -218,20 +170,42 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
     }
     let status = obj.status.clone().unwrap_or_default();
     let scopes = ctx.namespaces.allowed_vault_scopes(&ctx.client, &ns).await?;
-
-    let observation = match observe::observe(&ctx.azure, &ctx.reads, &obj, scopes.as_deref()).await {
-        Ok(o) => o,
-        Err(e) => return Err(report_unobservable(&ctx, &api, &obj, &status, e).await),
+    // Who acts in Azure for this namespace (its `hpccache-credential` Secret, or the operator), with whose reads.
+    let (timing, recorder, metrics) = (ctx.settings.timing, &ctx.recorder, &ctx.metrics);
+    let credential = match ctx.credentials.resolve(&ctx.client, &ctx.azure, &ns).await? {
+        Ok(c) => c,
+        Err(p) => {
+            return Ok(
+                credentials::report(&api, &obj, &p, recorder, metrics, timing, ctx.settings.default_policy).await?
+            );
+        }
     };
-    let known_protected = obj.spec.encryption.as_ref().is_some_and(|e| ctx.reads.vault_protected(&e.key_vault_id));
+    let (azure, reads) = credential.pick(&ctx.azure, &ctx.reads);
+
+    let observation = match observe::observe(azure, reads, &obj, scopes.as_deref()).await {
+        Ok(o) => o,
+        Err(e) => match credential.rejected(&e) {
+            Some(p) => {
+                return Ok(
+                    credentials::report(&api, &obj, &p, recorder, metrics, timing, ctx.settings.default_policy).await?
+                );
+            }
+            None => return Err(report_unobservable(&ctx, &api, &obj, &status, e).await),
+        },
+    };
+    let known_protected = obj.spec.encryption.as_ref().is_some_and(|e| reads.vault_protected(&e.key_vault_id));
     let facts = facts::facts(&obj.spec, &observation, known_protected);
+    let owner = act::owner(&ctx.settings.cluster_name, &obj);
     let decision = hpcc_core::decide(&Input {
         spec: &obj.spec,
         generation: obj.metadata.generation,
         status: &status,
         deleting: obj.metadata.deletion_timestamp.is_some(),
         cache_id: &observe::cache_id(&obj).to_string(),
-        owner: &act::owner(&obj),
+        owner: &owner,
+        legacy_owner: &act::legacy_owner(&obj),
+        policy: obj.reconcile_policy(ctx.settings.default_policy),
+        adopt: obj.adopt(),
         facts: &facts,
         timing: ctx.settings.timing,
     });
@@ -255,8 +229,8 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
         }
         action => info!(namespace = %ns, name = %name, ?action, "acting"),
     }
-    let result = ctx.actor.perform(&ctx.azure, &ctx.reads, &obj, observation.vault(), &recorded).await;
-    ctx.reads.forget_cache(&observe::cache_id(&obj));
+    let result = ctx.actor.perform(azure, reads, &obj, &owner, observation.vault(), &recorded).await;
+    reads.forget_cache(&observe::cache_id(&obj));
     let decided = &recorded.decision().status;
     match result {
         Ok(()) => {
@@ -310,6 +284,8 @@ async fn report_unobservable(
 mod tests {
     use super::*;
     use hpcc_api::v1alpha1::{GrantKind, GrantRecord};
+    use hpcc_core::Timing;
+    use jiff::Timestamp;
 
     #[test]
     fn a_revoke_refused_with_key_vault_conflict_error_is_kept_and_retried() {
@@ -322,7 +298,7 @@ mod tests {
             retry_after: None,
         };
         let grant = GrantRecord {
-            vault_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv".into(),
+            scope: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv".into(),
             principal_id: "p".into(),
             tenant_id: None,
             kind: GrantKind::AccessPolicy,

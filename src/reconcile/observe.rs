@@ -72,7 +72,7 @@ async fn read_cache(azure: &Azure, reads: &RecentReads, id: &ResourceId) -> Resu
 
 /// Reads the vault, the key and the user-assigned identity the spec references. A vault the namespace may not
 /// use is never read, not even to look at it.
-async fn read_referenced(azure: &Azure, refs: &References) -> Result<Referenced, AzureError> {
+pub(super) async fn read_referenced(azure: &Azure, refs: &References) -> Result<Referenced, AzureError> {
     let vault = match &refs.encryption {
         None => None,
         Some(enc) => Some(read_vault(azure, refs, enc).await?),

@@ -1,5 +1,6 @@
 //! The read budget: what was read from Azure recently, so that reads are spent where they buy reaction time
-//! (ARM throttles per subscription).
+//! (ARM throttles per subscription and principal). There is one per principal (the operator's, and each namespace
+//! credential's: see [`credentials`](super::credentials)), so nothing read by one principal is shown to another.
 //!
 //! - What the spec references (vault, key, identity) changes rarely: kept for the facts TTL, keyed by
 //!   [`References`](super::observation::References), the very value the reads are made from.

@@ -1,20 +1,26 @@
 //! Record status: the decision's status is written (server-side apply) before its action is taken. [`Recorded`]
 //! makes that order a type: [`act`](super::act) takes only a `Recorded`, and only [`record`] makes one.
 
-use hpcc_api::v1alpha1::{HpcCache, HpcCacheStatus};
+use hpcc_api::v1alpha1::HpcCacheStatus;
 use hpcc_core::{Action, Decision};
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
+
+/// A kind the operator writes status for (`HpcCache`, `AmlFilesystem`).
+pub trait Kind: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug {}
+impl<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug> Kind for K {}
 
 /// Field manager for server-side apply of status.
 pub const MANAGER: &str = "hpc-cache-operator";
 
 /// A decision whose status (the intent: create time, grant record, re-creation count) is stored.
-pub struct Recorded(Decision);
+pub struct Recorded<S = HpcCacheStatus>(Decision<S>);
 
-impl Recorded {
-    pub fn decision(&self) -> &Decision {
+impl<S> Recorded<S> {
+    pub fn decision(&self) -> &Decision<S> {
         &self.0
     }
 
@@ -25,28 +31,28 @@ impl Recorded {
 
 /// Stores the decision's status (skipped when it did not change) and returns it as recorded; None when the object
 /// is gone, so nothing could be recorded and nothing may be done.
-pub async fn record(
-    api: &Api<HpcCache>,
+pub async fn record<K: Kind, S: Serialize + PartialEq>(
+    api: &Api<K>,
     name: &str,
-    old: &HpcCacheStatus,
-    decision: Decision,
-) -> Result<Option<Recorded>, kube::Error> {
+    old: &S,
+    decision: Decision<S>,
+) -> Result<Option<Recorded<S>>, kube::Error> {
     Ok(write(api, name, old, &decision.status).await?.then_some(Recorded(decision)))
 }
 
 /// Server-side apply of the whole status, skipped when nothing changed. False when the object is gone.
-pub async fn write(
-    api: &Api<HpcCache>,
+pub async fn write<K: Kind, S: Serialize + PartialEq>(
+    api: &Api<K>,
     name: &str,
-    old: &HpcCacheStatus,
-    new: &HpcCacheStatus,
+    old: &S,
+    new: &S,
 ) -> Result<bool, kube::Error> {
     if old == new {
         return Ok(true);
     }
     let body = json!({
-        "apiVersion": HpcCache::api_version(&()),
-        "kind": HpcCache::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": new,
     });
     match api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {

@@ -33,15 +33,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/* The rules the operator needs on its own API, wherever it watches. */}}
 {{- define "hpcc.hpccacheRules" -}}
 - apiGroups: [hpccache.io]
-  resources: [hpccaches]
+  resources: [hpccaches, amlfilesystems]
   verbs: [get, list, watch, patch, update]
 - apiGroups: [hpccache.io]
-  resources: [hpccaches/status]
+  resources: [hpccaches/status, amlfilesystems/status]
   verbs: [get, patch, update]
 - apiGroups: [hpccache.io]
-  resources: [hpccaches/finalizers]
+  resources: [hpccaches/finalizers, amlfilesystems/finalizers]
   verbs: [update]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# A namespace's own Azure credential: one Secret by name, read with a GET (no list, no watch, no other Secret).
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [hpccache-credential]
+  verbs: [get]
 {{- end }}

@@ -7,6 +7,7 @@
 //! Modules point one way: `reason`, `azure_state` → `facts` → `validate`, `decision` → `machine`; this file only
 //! re-exports.
 
+pub mod amlfs;
 pub mod azure_state;
 mod decision;
 mod facts;
@@ -16,11 +17,13 @@ mod validate;
 
 pub use azure_state::{HealthState, ProvisioningState};
 pub use decision::{
-    AUTHORIZATION_WINDOW, Action, ActionError, DEADLINE_WARNING, Decision, Event, Input, OWNER_TAG, Timing,
-    desired_tags,
+    AUTHORIZATION_WINDOW, Action, ActionError, DEADLINE_WARNINGS, Decision, Event, Input, OWNER_TAG, Timing,
+    desired_tags, owner_tag,
 };
 pub use facts::{CacheFacts, Facts, IdentityFacts, KeyFacts, VaultFacts};
-pub use machine::{action_failed, action_succeeded, decide};
+pub use machine::{
+    CredentialProblem, action_failed, action_succeeded, credential_recheck, credential_unusable, decide,
+};
 pub use reason::Reason;
 pub use validate::{
     ALLOWED_VAULT_SCOPES_ANNOTATION, CMK_KEY_OPERATIONS, KeyProperties, check_key, check_vault, vault_allowed,

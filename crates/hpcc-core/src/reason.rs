@@ -40,6 +40,8 @@ reasons! {
     CheckingVault,
     /// Looking up the user-assigned identity.
     CheckingIdentity,
+    /// Reading the storage account's role assignments (AmlFilesystem blob integration).
+    CheckingBlobAccess,
     /// Turning on soft delete and purge protection on the vault (Automatic mode).
     EnablingPurgeProtection,
     /// Granting the cache's identity access to the key before the cache exists (user-assigned identity).
@@ -50,8 +52,10 @@ reasons! {
     GrantPropagating,
     /// The grant is made; the cache is still waiting for Azure to use the key.
     KeyAccessPropagating,
-    /// Manual mode: a person must grant the principal access before the deadline.
+    /// Manual mode: a person must grant the principal access (before the deadline, for a cache).
     AwaitingManualGrant,
+    /// grantBlobAccess Manual: a person must give the HPC Cache resource provider the storage roles.
+    AwaitingBlobAccess,
     /// Azure has not reported the cache's identity yet.
     WaitingForIdentity,
     /// The cache is being created in Azure.
@@ -76,6 +80,10 @@ reasons! {
     NotOwned,
     /// The object is being deleted and the Azure cache is gone.
     Deleted,
+    /// The object is being deleted under reconcile-policy skip or detach-on-delete: the cache and grants stay.
+    Detaching,
+    /// reconcile-policy is skip: the operator reports what Azure says and writes nothing.
+    ReconcileSkipped,
     /// An Azure call failed in a way that clears by itself; it is retried.
     AzureRetrying,
     // ---- done (Ready=True, KeyValid=True, KeyAuthorized=True) ----
@@ -134,6 +142,17 @@ reasons! {
     AzureRequestRejected,
     /// The Azure cache carries another object's owner tag; this object never touches it.
     CacheOwnedByAnother,
+    /// An Azure cache of this name exists without an owner tag; it is adopted only with hpccache.io/adopt: "true".
+    CacheExistsNotOwned,
+    /// The hpccache.io/reconcile-policy annotation has a value the operator does not know; nothing is written.
+    InvalidReconcilePolicy,
+    /// --require-namespace-credentials is set and the namespace has no Secret hpccache-credential; Azure is not called.
+    NamespaceCredentialMissing,
+    /// The namespace's Secret hpccache-credential lacks a key or holds a malformed value; Azure is not called.
+    NamespaceCredentialInvalid,
+    /// Entra ID refused the credential in the namespace's Secret hpccache-credential (e.g. invalid_client); ARM and
+    /// Key Vault are not called.
+    NamespaceCredentialRejected,
     // ---- events only ----
     /// Event: an Azure call failed.
     AzureError,

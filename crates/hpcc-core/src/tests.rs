@@ -6,6 +6,7 @@ use crate::validate::strip_version;
 use hpcc_api::v1alpha1::{AuthorizationTimeoutPolicy, AzureLocation, CacheIdentity, Encryption};
 use hpcc_api::v1alpha1::{
     DeletionPolicy, GrantKind, GrantRecord, HpcCacheSpec, HpcCacheStatus, IdentityType, KeyAccess, Phase,
+    ReconcilePolicy,
 };
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -16,7 +17,8 @@ const VAULT: &str =
     "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv";
 const KID: &str = "https://kv.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef";
 const KID2: &str = "https://kv.vault.azure.net/keys/k/fedcba9876543210fedcba9876543210";
-const OWNER: &str = "research/genomics";
+const OWNER: &str = "cluster-a/research/genomics";
+const LEGACY_OWNER: &str = "research/genomics";
 const CACHE_ID: &str =
     "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.StorageCache/caches/c";
 
@@ -98,11 +100,20 @@ struct Case {
     status: HpcCacheStatus,
     facts: Facts,
     deleting: bool,
+    policy: Result<ReconcilePolicy, String>,
+    adopt: bool,
 }
 
 impl Case {
     fn new() -> Self {
-        Self { spec: spec(), status: HpcCacheStatus::default(), facts: facts(), deleting: false }
+        Self {
+            spec: spec(),
+            status: HpcCacheStatus::default(),
+            facts: facts(),
+            deleting: false,
+            policy: Ok(ReconcilePolicy::Manage),
+            adopt: false,
+        }
     }
     fn run(&self) -> Decision {
         decide(&Input {
@@ -112,6 +123,9 @@ impl Case {
             deleting: self.deleting,
             cache_id: CACHE_ID,
             owner: OWNER,
+            legacy_owner: LEGACY_OWNER,
+            policy: self.policy.clone(),
+            adopt: self.adopt,
             facts: &self.facts,
             timing: Timing::default(),
         })
@@ -124,7 +138,7 @@ fn cond<'a>(d: &'a Decision, t: &str) -> &'a k8s_openapi::apimachinery::pkg::api
 
 fn grant(principal: &str, system_assigned: bool) -> GrantRecord {
     GrantRecord {
-        vault_id: VAULT.into(),
+        scope: VAULT.into(),
         principal_id: principal.into(),
         tenant_id: Some("tenant".into()),
         kind: GrantKind::AccessPolicy,
@@ -136,7 +150,7 @@ fn grant(principal: &str, system_assigned: bool) -> GrantRecord {
 #[test]
 fn valid_system_assigned_spec_creates_and_records_intent() {
     let d = Case::new().run();
-    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    assert_eq!(d.action, Action::Create { key_url: Some(KID.into()) });
     assert_eq!(d.status.phase, Some(Phase::Creating));
     assert_eq!(d.status.create_requested_at, Some(Time(t0())));
     assert_eq!(d.status.azure_resource_id.as_deref(), Some(CACHE_ID));
@@ -152,7 +166,7 @@ fn microsoft_managed_keys_create_without_key_checks() {
     c.facts.key = None;
     c.facts.vault = None;
     let d = c.run();
-    assert_eq!(d.action, Action::CreateCache { key_url: None });
+    assert_eq!(d.action, Action::Create { key_url: None });
     assert_eq!(cond(&d, "KeyValid").reason, "MicrosoftManagedKey");
 }
 
@@ -221,7 +235,7 @@ fn user_assigned_without_access_is_granted_before_create() {
     action_succeeded(&mut c.status, &d.action);
     assert!(c.status.grants[0].made);
     let d = c.run();
-    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    assert_eq!(d.action, Action::Create { key_url: Some(KID.into()) });
     assert_eq!(cond(&d, "KeyAuthorized").status, "True");
 }
 
@@ -232,7 +246,7 @@ fn user_assigned_with_access_creates_directly_and_never_waits() {
     c.facts.identity =
         Some(IdentityFacts::Usable { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(true) });
     let d = c.run();
-    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    assert_eq!(d.action, Action::Create { key_url: Some(KID.into()) });
     c.status = d.status;
     c.facts.cache = Some(CacheFacts { principal_id: None, ..cache("Creating", "Transitioning") });
     let d = c.run();
@@ -247,7 +261,7 @@ fn user_assigned_manual_without_access_creates_and_waits() {
     c.spec.key_access = KeyAccess::Manual;
     c.facts.identity =
         Some(IdentityFacts::Usable { principal_id: "ua".into(), tenant_id: None, has_key_access: Some(false) });
-    assert!(matches!(c.run().action, Action::CreateCache { .. }));
+    assert!(matches!(c.run().action, Action::Create { .. }));
 }
 
 #[test]
@@ -347,6 +361,18 @@ fn manual_mode_reports_principal_and_deadline_and_never_grants() {
     c.facts.now = t0() + mins(70);
     let d = c.run();
     assert!(d.events.iter().any(|e| e.warning && e.reason == "AuthorizationDeadlineApproaching"));
+    // Once per threshold (30, 10, 5 minutes left), not on every poll.
+    let warnings = |c: &mut Case, at: i64| {
+        c.facts.now = t0() + mins(at);
+        let d = c.run();
+        c.status = d.status.clone();
+        d.events.iter().filter(|e| e.reason == "AuthorizationDeadlineApproaching").count()
+    };
+    let mut w = Case { status: d.status.clone(), ..Case::new() };
+    w.spec.key_access = KeyAccess::Manual;
+    w.facts.cache = Some(cache("Creating", "WaitingForKey"));
+    let seen: Vec<usize> = [71, 75, 80, 81, 85, 86, 89].iter().map(|m| warnings(&mut w, *m)).collect();
+    assert_eq!(seen, [0, 0, 1, 0, 1, 0, 0], "10 and 5 minutes left warn once each");
     assert!(d.requeue_after <= Duration::from_secs(15));
 }
 
@@ -380,13 +406,13 @@ fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
     c.facts.cache = Some(cache("Failed", "Down"));
     let d = c.run();
-    assert_eq!(d.action, Action::DeleteCache);
+    assert_eq!(d.action, Action::Delete);
     assert_eq!(d.status.phase, Some(Phase::Deleting));
     assert_eq!(d.status.recreations, 1);
     // A retry of the same step (e.g. the DELETE failed) does not count again.
     c.status = d.status;
     let d = c.run();
-    assert_eq!(d.action, Action::DeleteCache);
+    assert_eq!(d.action, Action::Delete);
     assert_eq!(d.status.recreations, 1);
     // Azure deleting: wait.
     c.status = d.status;
@@ -405,7 +431,7 @@ fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     assert!(c.status.grants.is_empty());
     // Then a new cache, with the old cache's facts forgotten.
     let d = c.run();
-    assert_eq!(d.action, Action::CreateCache { key_url: Some(KID.into()) });
+    assert_eq!(d.action, Action::Create { key_url: Some(KID.into()) });
     assert_eq!(d.status.phase, Some(Phase::Creating));
     assert_eq!(d.status.principal_id, None);
     assert_eq!(d.status.authorization_deadline, None);
@@ -449,7 +475,7 @@ fn key_version_change_updates_then_returns_to_ready() {
     c.facts.cache = Some(cache("Succeeded", "Healthy"));
     c.facts.key = Some(KeyFacts::Valid { kid: KID2.into() });
     let d = c.run();
-    assert_eq!(d.action, Action::UpdateCache { key_url: Some(KID2.into()) });
+    assert_eq!(d.action, Action::Update { key_url: Some(KID2.into()) });
     assert_eq!(d.status.phase, Some(Phase::Updating));
     c.status = d.status;
     c.facts.cache = Some(CacheFacts { key_url: Some(KID2.into()), ..cache("Updating", "Healthy") });
@@ -466,7 +492,7 @@ fn rotation_flag_reset_by_azure_is_reapplied_but_versions_are_not_fought() {
     let mut c = Case::new();
     c.spec.encryption.as_mut().unwrap().rotate_to_latest_key_version = true;
     c.facts.cache = Some(CacheFacts { rotation_enabled: false, ..cache("Succeeded", "Healthy") });
-    assert!(matches!(c.run().action, Action::UpdateCache { .. }), "flag reset to false is re-applied");
+    assert!(matches!(c.run().action, Action::Update { .. }), "flag reset to false is re-applied");
     // Azure rotated to a newer version by itself: not drift.
     c.facts.key = Some(KeyFacts::Valid { kid: KID.into() });
     c.facts.cache =
@@ -489,7 +515,7 @@ fn tag_drift_is_patched() {
     let mut c = Case::new();
     c.spec.tags.insert("team".into(), "genomics".into());
     c.facts.cache = Some(cache("Succeeded", "Healthy"));
-    assert!(matches!(c.run().action, Action::UpdateCache { .. }));
+    assert!(matches!(c.run().action, Action::Update { .. }));
 }
 
 #[test]
@@ -499,7 +525,7 @@ fn deletion_follows_policy() {
     c.deleting = true;
     c.status.grants = vec![grant("sa-principal", true)];
     c.facts.cache = Some(cache("Succeeded", "Healthy"));
-    assert_eq!(c.run().action, Action::DeleteCache);
+    assert_eq!(c.run().action, Action::Delete);
     c.facts.cache = Some(cache("Deleting", "Transitioning"));
     assert_eq!(c.run().action, Action::None);
     c.facts.cache = None;
@@ -543,10 +569,13 @@ fn rejected_create_stalls_and_is_not_retried_until_the_spec_changes() {
         deleting: false,
         cache_id: CACHE_ID,
         owner: OWNER,
+        legacy_owner: LEGACY_OWNER,
+        policy: c.policy.clone(),
+        adopt: c.adopt,
         facts: &c.facts,
         timing: Timing::default(),
     });
-    assert!(matches!(next.action, Action::CreateCache { .. }));
+    assert!(matches!(next.action, Action::Create { .. }));
 }
 
 #[test]
@@ -767,12 +796,12 @@ fn moving_to_a_new_vault_protects_and_grants_before_pointing_the_cache_at_it() {
     c.facts.vault = Some(VaultFacts::Usable { protected: true, rbac: false });
     let d = c.run();
     let Action::Grant(g) = d.action.clone() else { panic!("expected a grant, got {:?}", d.action) };
-    assert_eq!(g.vault_id, new_vault);
+    assert_eq!(g.scope, new_vault);
     assert_eq!(d.status.grants.len(), 2, "the old vault's grant is still recorded, to revoke on delete");
     c.status = d.status;
     action_succeeded(&mut c.status, &Action::Grant(g));
     let d = c.run();
-    assert_eq!(d.action, Action::UpdateCache { key_url: Some(new_kid.into()) });
+    assert_eq!(d.action, Action::Update { key_url: Some(new_kid.into()) });
     assert_eq!(d.status.phase, Some(Phase::Updating));
 }
 
@@ -795,11 +824,7 @@ fn tag_drift_with_rotation_keeps_the_version_azure_rotated_to() {
     c.spec.tags.insert("team".into(), "x".into());
     c.facts.cache =
         Some(CacheFacts { rotation_enabled: true, key_url: Some(KID2.into()), ..cache("Succeeded", "Healthy") });
-    assert_eq!(
-        c.run().action,
-        Action::UpdateCache { key_url: Some(KID2.into()) },
-        "no roll-back to the pinned version"
-    );
+    assert_eq!(c.run().action, Action::Update { key_url: Some(KID2.into()) }, "no roll-back to the pinned version");
 }
 
 #[test]
@@ -808,7 +833,7 @@ fn tag_drift_is_patched_on_microsoft_managed_caches_too() {
     c.spec.encryption = None;
     c.spec.tags.insert("team".into(), "x".into());
     c.facts.cache = Some(CacheFacts { key_url: None, key_vault_id: None, ..cache("Succeeded", "Healthy") });
-    assert_eq!(c.run().action, Action::UpdateCache { key_url: None });
+    assert_eq!(c.run().action, Action::Update { key_url: None });
 }
 
 #[test]
@@ -863,11 +888,113 @@ fn a_cache_owned_by_another_object_is_left_alone() {
 }
 
 #[test]
-fn a_cache_made_outside_the_operator_is_adopted_with_the_owner_tag() {
+fn a_cache_made_outside_the_operator_is_left_alone_unless_adopted() {
     let mut c = authorized(Case::new());
     c.facts.cache = Some(CacheFacts { tags: Default::default(), ..cache("Succeeded", "Healthy") });
-    assert!(matches!(c.run().action, Action::UpdateCache { .. }), "the owner tag is added");
+    let d = c.run();
+    assert_eq!(d.action, Action::None, "nothing is written to a cache the operator did not make");
+    assert_eq!(
+        (cond(&d, "Stalled").status.as_str(), cond(&d, "Stalled").reason.as_str()),
+        ("True", "CacheExistsNotOwned")
+    );
+    assert!(cond(&d, "Stalled").message.contains("hpccache.io/adopt"), "{}", cond(&d, "Stalled").message);
+    c.deleting = true;
+    assert_eq!(c.run().action, Action::RemoveFinalizer, "deleting the object never deletes it");
+    // Asked to adopt: the owner tag is added and the cache is managed.
+    c.deleting = false;
+    c.adopt = true;
+    assert!(matches!(c.run().action, Action::Update { .. }), "the owner tag is added");
     assert_eq!(desired_tags(&c.spec, OWNER).get(OWNER_TAG).map(String::as_str), Some(OWNER));
+}
+
+#[test]
+fn the_owner_tag_names_the_cluster_and_a_legacy_tag_is_rewritten() {
+    assert_eq!(owner_tag("cluster-a", "research", "genomics"), OWNER);
+    let mut c = authorized(Case::new());
+    // Written before the cluster was part of the tag: still this object's, and brought up to date.
+    c.facts.cache = Some(CacheFacts {
+        tags: [(OWNER_TAG.to_string(), LEGACY_OWNER.to_string())].into(),
+        ..cache("Succeeded", "Healthy")
+    });
+    assert!(matches!(c.run().action, Action::Update { .. }));
+    // The same namespace/name in another cluster is someone else's.
+    c.facts.cache = Some(CacheFacts {
+        tags: [(OWNER_TAG.to_string(), "cluster-b/research/genomics".to_string())].into(),
+        ..cache("Succeeded", "Healthy")
+    });
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "CacheOwnedByAnother");
+    c.deleting = true;
+    assert_eq!(c.run().action, Action::RemoveFinalizer);
+}
+
+#[test]
+fn skip_reports_and_writes_nothing() {
+    let mut c = Case::new();
+    c.policy = Ok(ReconcilePolicy::Skip);
+    // No cache yet: the create is not made, and no intent for it is recorded.
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert!(d.status.create_requested_at.is_none());
+    let reconciling = cond(&d, "Reconciling");
+    assert_eq!((reconciling.status.as_str(), reconciling.reason.as_str()), ("False", "ReconcileSkipped"));
+    assert!(reconciling.message.contains("creating the cache"), "{}", reconciling.message);
+    // A cache waiting for its key is reported, and not granted.
+    c.facts.cache = Some(cache("Creating", "WaitingForKey"));
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert!(d.status.grants.is_empty(), "no grant intent");
+    assert_eq!(d.status.health_state.as_deref(), Some("WaitingForKey"));
+    // A key change on a Ready cache is not applied.
+    let mut c = authorized(Case::new());
+    c.policy = Ok(ReconcilePolicy::Skip);
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
+    c.facts.key = Some(KeyFacts::Valid { kid: KID2.into() });
+    assert_eq!(c.run().action, Action::None);
+    c.policy = Ok(ReconcilePolicy::Manage);
+    assert!(matches!(c.run().action, Action::Update { .. }), "removing skip applies it");
+    // Deleting under skip keeps the cache.
+    c.policy = Ok(ReconcilePolicy::Skip);
+    c.deleting = true;
+    assert_eq!(c.run().action, Action::RemoveFinalizer);
+}
+
+#[test]
+fn detach_on_delete_keeps_the_cache_and_its_grants() {
+    let mut c = authorized(Case::new());
+    c.policy = Ok(ReconcilePolicy::DetachOnDelete);
+    c.facts.cache = Some(cache("Succeeded", "Healthy"));
+    c.status.grants = vec![GrantRecord { made: true, ..grant("sa-principal", true) }];
+    assert_eq!(c.run().action, Action::None, "managed as usual while the object lives");
+    c.deleting = true;
+    let d = c.run();
+    assert_eq!(d.action, Action::RemoveFinalizer);
+    assert_eq!(cond(&d, "Reconciling").reason, "Detaching");
+    assert_eq!(d.status.grants.len(), 1, "the grant is not revoked");
+}
+
+#[test]
+fn an_unknown_policy_writes_nothing_and_says_why() {
+    let mut c = Case::new();
+    c.policy = Err("hpccache.io/reconcile-policy: \"pause\" is not one of manage, skip, detach-on-delete".into());
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    let stalled = cond(&d, "Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "InvalidReconcilePolicy"));
+    assert!(stalled.message.contains("\"pause\""), "{}", stalled.message);
+}
+
+#[test]
+fn events_are_sent_once_per_change() {
+    let mut c = Case::new();
+    c.facts.key = Some(KeyFacts::Invalid { reason: Reason::KeyDisabled, message: "disabled".into() });
+    let first = c.run();
+    assert!(first.events.iter().any(|e| e.reason == "KeyDisabled"));
+    assert!(first.events.iter().any(|e| e.message == "phase Pending"), "no 'Pending -> Pending': {:?}", first.events);
+    c.status = first.status;
+    let again = c.run();
+    assert!(again.events.is_empty(), "nothing new to say: {:?}", again.events);
 }
 
 #[test]

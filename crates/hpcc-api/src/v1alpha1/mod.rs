@@ -3,9 +3,19 @@
 //! Field names are fixed by the design brief. What the apiserver can judge is enforced in the schema (OpenAPI
 //! patterns and CEL rules, see [`rules`]), so a bad manifest is refused at `kubectl apply` with a readable message.
 
+mod amlfs;
+mod common;
 mod conditions;
 pub mod rules;
 
+pub use amlfs::{
+    AmlEncryption, AmlFilesystem, AmlFilesystemSpec, AmlFilesystemStatus, AmlIdentity, BlobIntegration,
+    MaintenanceWindow, RootSquash,
+};
+pub use common::{
+    ADOPT_ANNOTATION, AzureLocation, DeletionPolicy, GrantKind, GrantRecord, KeyAccess, KindStatus, Phase,
+    RECONCILE_POLICY_ANNOTATION, ReconcilePolicy, adopt, reconcile_policy,
+};
 pub use conditions::{ConditionStatus, ConditionType, set_condition};
 
 use std::collections::BTreeMap;
@@ -102,26 +112,6 @@ fn default_max_recreations() -> i32 {
     3
 }
 
-/// Where the cache lives. All fields are create-only.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AzureLocation {
-    /// Azure subscription id (a GUID).
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
-    #[schemars(length(max = 36))]
-    pub subscription_id: String,
-    /// Resource group that holds the cache.
-    #[schemars(regex(pattern = r"^[-\w._()]{1,90}$"))]
-    pub resource_group: String,
-    /// Azure region, for example eastus. The Key Vault must be in the same region.
-    #[schemars(regex(pattern = r"^[a-z0-9]{2,40}$"))]
-    pub location: String,
-    /// Name of the cache in Azure; defaults to metadata.name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[-0-9a-zA-Z_]{1,80}$"))]
-    pub name: Option<String>,
-}
-
 /// The cache's managed identity.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -172,16 +162,6 @@ pub struct Encryption {
     pub rotate_to_latest_key_version: bool,
 }
 
-/// Who grants the cache identity access to the key.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-pub enum KeyAccess {
-    /// The operator grants access (access policy, or a role assignment on RBAC vaults).
-    #[default]
-    Automatic,
-    /// A person grants access; the operator never writes to the vault.
-    Manual,
-}
-
 /// What to do when Azure's 90-minute authorization window is missed.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum AuthorizationTimeoutPolicy {
@@ -190,44 +170,6 @@ pub enum AuthorizationTimeoutPolicy {
     Fail,
     /// Delete the failed cache and create a new one (counted in status.recreations).
     Recreate,
-}
-
-/// What happens to the Azure cache when the HpcCache object is deleted.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-pub enum DeletionPolicy {
-    /// Delete the Azure cache (and the vault grant the operator made for a system-assigned identity).
-    #[default]
-    Delete,
-    /// Leave the Azure cache in place.
-    Orphan,
-}
-
-/// Where a cache is in its life.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-pub enum Phase {
-    /// Accepted; checking the key, the vault and the identity.
-    #[default]
-    Pending,
-    /// Granting the identity access to the key.
-    Authorizing,
-    /// Azure is creating the cache.
-    Creating,
-    /// The cache waits for its identity to be authorized on the key (Azure health WaitingForKey).
-    WaitingForKey,
-    /// The cache is healthy and uses the desired key.
-    Ready,
-    /// Applying a key change.
-    Updating,
-    /// The cache failed (for example the authorization window was missed) or the input cannot work.
-    Failed,
-    /// Deleting the Azure cache.
-    Deleting,
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
 }
 
 /// Observed state, written by the operator.
@@ -283,49 +225,40 @@ pub struct HpcCacheStatus {
     /// and the cache is never deleted to re-create it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_at: Option<Time>,
+    /// Manual mode: the last deadline warning sent as an event (minutes left: 30, 10 or 5), so each warns once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_warning_minutes: Option<i32>,
     /// Set before the first create request (Azure's clock), so a restart never loses the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_requested_at: Option<Time>,
 }
 
-/// A grant the operator made on a Key Vault.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GrantRecord {
-    /// ARM id of the vault.
-    pub vault_id: String,
-    /// Object id of the principal that was granted access.
-    pub principal_id: String,
-    /// Tenant of the principal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
-    /// AccessPolicy (access-policy vault) or RoleAssignment (RBAC vault).
-    pub kind: GrantKind,
-    /// True when the principal is the cache's system-assigned identity (the grant is revoked on delete).
-    pub system_assigned: bool,
-    /// False while the grant is only intended (recorded before the call); true once Azure accepted it.
-    #[serde(default)]
-    pub made: bool,
-}
-
-impl GrantRecord {
-    /// Whether two records are about the same principal on the same vault.
-    pub fn same_as(&self, other: &GrantRecord) -> bool {
-        self.vault_id.eq_ignore_ascii_case(&other.vault_id)
-            && self.principal_id.eq_ignore_ascii_case(&other.principal_id)
+impl KindStatus for HpcCacheStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    fn grants_mut(&mut self) -> &mut Vec<GrantRecord> {
+        &mut self.grants
+    }
+    fn phase_mut(&mut self) -> &mut Option<Phase> {
+        &mut self.phase
+    }
+    fn create_requested_at_mut(&mut self) -> &mut Option<Time> {
+        &mut self.create_requested_at
     }
 }
 
-/// How a vault grant was made.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum GrantKind {
-    /// get/wrapKey/unwrapKey in the vault's access policies.
-    AccessPolicy,
-    /// Key Vault Crypto Service Encryption User role at the vault scope.
-    RoleAssignment,
-}
-
 impl HpcCache {
+    /// The reconcile policy from the annotation, `default` without one; Err(message) for an unknown value.
+    pub fn reconcile_policy(&self, default: ReconcilePolicy) -> Result<ReconcilePolicy, String> {
+        reconcile_policy(&self.metadata, default)
+    }
+
+    /// Whether the object asks to adopt an Azure cache made outside the operator.
+    pub fn adopt(&self) -> bool {
+        adopt(&self.metadata)
+    }
+
     /// The name of the cache in Azure.
     pub fn azure_name(&self) -> &str {
         self.spec.azure.name.as_deref().or(self.metadata.name.as_deref()).unwrap_or_default()
@@ -334,9 +267,9 @@ impl HpcCache {
 
 /// The CRD as YAML, as `hpc-cache-operator crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> String {
-    let crd = HpcCache::crd();
-    let body = serde_yaml_ng::to_string(&crd).expect("a CRD always serialises");
-    format!("# Generated by `hpc-cache-operator crd`; do not edit.\n---\n{body}")
+    let hpc = serde_yaml_ng::to_string(&HpcCache::crd()).expect("a CRD always serialises");
+    let aml = serde_yaml_ng::to_string(&AmlFilesystem::crd()).expect("a CRD always serialises");
+    format!("# Generated by `hpc-cache-operator crd`; do not edit.\n---\n{hpc}---\n{aml}")
 }
 
 #[cfg(test)]

@@ -29,7 +29,10 @@ impl<'a> Draft<'a> {
         Self { input, status, requeue_after: input.timing.poll, events: vec![], now: Time(input.facts.now) }
     }
 
-    pub(super) fn finish(self, action: Action) -> Decision {
+    pub(super) fn finish(mut self, action: Action) -> Decision {
+        if self.status.authorization_deadline.is_none() {
+            self.status.deadline_warning_minutes = None; // a new window warns afresh
+        }
         Decision { status: self.status, action, requeue_after: self.requeue_after, events: self.events }
     }
 
@@ -44,7 +47,10 @@ impl<'a> Draft<'a> {
     /// Moves to `phase`; a change (never a self-transition) is announced by an event.
     pub(super) fn phase(&mut self, phase: Phase) {
         if self.status.phase != Some(phase) {
-            let message = format!("phase {} -> {phase}", self.status.phase.unwrap_or_default());
+            let message = match self.status.phase {
+                Some(before) => format!("phase {before} -> {phase}"),
+                None => format!("phase {phase}"),
+            };
             self.events.push(Event { warning: phase == Phase::Failed, reason: phase.to_string(), message });
         }
         self.status.phase = Some(phase);
@@ -65,7 +71,16 @@ impl<'a> Draft<'a> {
         self.cond(C::Reconciling, S::False, reason, message);
         self.cond(C::Stalled, S::True, reason, message);
         self.requeue_after = self.input.timing.resync;
-        self.events.push(Event::warning(reason, message));
+        // Announced once: not again on every resync while it stays stalled for the same reason.
+        let already = self
+            .input
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == C::Stalled.as_str() && c.status == S::True.as_str() && c.reason == reason.as_str());
+        if !already {
+            self.events.push(Event::warning(reason, message));
+        }
     }
 
     pub(super) fn recorded_sa_grant(&self) -> Option<GrantRecord> {
@@ -83,7 +98,7 @@ impl<'a> Draft<'a> {
         let system_assigned = self.spec().identity.type_ == IdentityType::SystemAssigned;
         let rbac = matches!(self.input.facts.vault, Some(VaultFacts::Usable { rbac: true, .. }));
         let grant = GrantRecord {
-            vault_id: self.spec().encryption.as_ref().map(|e| e.key_vault_id.clone()).unwrap_or_default(),
+            scope: self.spec().encryption.as_ref().map(|e| e.key_vault_id.clone()).unwrap_or_default(),
             principal_id: principal.to_string(),
             tenant_id: tenant,
             kind: if rbac { GrantKind::RoleAssignment } else { GrantKind::AccessPolicy },
@@ -101,7 +116,7 @@ impl<'a> Draft<'a> {
         self.status
             .grants
             .iter()
-            .any(|g| g.made && g.principal_id.eq_ignore_ascii_case(principal) && g.vault_id.eq_ignore_ascii_case(vault))
+            .any(|g| g.made && g.principal_id.eq_ignore_ascii_case(principal) && g.scope.eq_ignore_ascii_case(vault))
     }
 
     /// The identity that must be trusted: the cache's system-assigned one, or the user-assigned one.

@@ -23,7 +23,7 @@ impl Draft<'_> {
     pub(super) fn drift(&mut self, cache: &CacheFacts) -> Drift {
         let tags_differ = cache.tags != desired_tags(self.spec(), self.input.owner);
         let Some(enc) = self.spec().encryption.clone() else {
-            return if tags_differ { Drift::Do(Action::UpdateCache { key_url: None }) } else { Drift::None };
+            return if tags_differ { Drift::Do(Action::Update { key_url: None }) } else { Drift::None };
         };
         // The spec points at a vault or key that cannot be used: the cache keeps its key, and says why.
         let unusable = match (self.vault_invalid(), self.input.facts.key.clone()) {
@@ -64,6 +64,6 @@ impl Draft<'_> {
         }
         // With rotation on and the same key, keep the version Azure rotated to rather than rolling it back.
         let key_url = if enc.rotate_to_latest_key_version && same_key && !actual.is_empty() { actual } else { desired };
-        Drift::Do(Action::UpdateCache { key_url: Some(key_url) })
+        Drift::Do(Action::Update { key_url: Some(key_url) })
     }
 }

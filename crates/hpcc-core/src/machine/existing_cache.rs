@@ -100,7 +100,7 @@ impl Draft<'_> {
             Drift::Reported => return Action::None,
             Drift::Do(action) => {
                 let why = match &action {
-                    Action::UpdateCache { .. } => "applying the key settings and tags from the spec",
+                    Action::Update { .. } => "applying the key settings and tags from the spec",
                     Action::EnableVaultProtection => "turning on purge protection on the new Key Vault",
                     _ => "granting the cache's identity access to the new Key Vault",
                 };

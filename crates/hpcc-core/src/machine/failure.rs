@@ -51,7 +51,7 @@ impl Draft<'_> {
             }
             self.cond(C::KeyAuthorized, S::False, Reason::AuthorizationWindowMissed, &why);
             self.progressing(Phase::Deleting, Reason::Recreating, &format!("{why}; re-creating the cache"));
-            return Action::DeleteCache;
+            return Action::Delete;
         }
         let hint = if recreate {
             format!("; the re-creation limit ({}) is reached", self.spec().max_recreations)

@@ -72,7 +72,7 @@ impl Draft<'_> {
             "creating the cache in Azure".to_string()
         };
         self.progressing(Phase::Creating, Reason::Creating, &message);
-        Action::CreateCache { key_url }
+        Action::Create { key_url }
     }
 
     /// A create Azure refused (e.g. product retirement) is not retried until the spec changes.

@@ -7,7 +7,7 @@ use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, KeyAccess, Ph
 use jiff::Timestamp;
 
 use super::draft::{Draft, format_left};
-use crate::decision::{Action, DEADLINE_WARNING, Event};
+use crate::decision::{Action, DEADLINE_WARNINGS, Event};
 use crate::facts::CacheFacts;
 use crate::reason::Reason;
 
@@ -38,7 +38,13 @@ impl Draft<'_> {
             );
             self.cond(C::KeyAuthorized, S::False, Reason::AwaitingManualGrant, &msg);
             self.progressing(Phase::WaitingForKey, Reason::AwaitingManualGrant, &msg);
-            if left.is_some_and(|l| l <= DEADLINE_WARNING) {
+            // One Warning event as each threshold (30, 10, 5 minutes left) is crossed, not one per poll.
+            let crossed =
+                left.and_then(|l| DEADLINE_WARNINGS.into_iter().filter(|t| l.as_secs() <= i64::from(*t) * 60).min());
+            if let Some(threshold) = crossed
+                && self.status.deadline_warning_minutes.is_none_or(|warned| threshold < warned)
+            {
+                self.status.deadline_warning_minutes = Some(threshold);
                 self.events.push(Event::warning(Reason::AuthorizationDeadlineApproaching, msg));
             }
             return Action::None;

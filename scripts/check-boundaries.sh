@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The crate boundaries of issue #5 that Cargo alone does not enforce, checked on the resolved dependency graph:
+# The crate boundaries of issue 7 that Cargo alone does not enforce, checked on the resolved dependency graph:
 # - hpcc-core (the pure state machine) links no Kubernetes client or runtime, no async runtime and no HTTP stack;
 # - hpcc-azure links no Kubernetes crate; hpcc-sim links no other project crate;
 # - the operator built without the `simulator` feature (what the Dockerfile builds) carries none of the crates only

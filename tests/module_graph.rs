@@ -2,7 +2,7 @@
 //!
 //! Each crate's modules form a graph: an edge from module A to module B when A names B's items through a path
 //! (`crate::`, `super::`, `self::` or a child module's name; in `use` or inline). A circle means two modules that can only be understood together; the
-//! rooms of issue #5 point one way. Test modules (`tests.rs`, `#[cfg(test)]` blocks) are left out: they exist to
+//! rooms of issue 7 point one way. Test modules (`tests.rs`, `#[cfg(test)]` blocks) are left out: they exist to
 //! reach into their parent.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -899,7 +899,7 @@ async fn a_second_object_for_the_same_azure_cache_touches_nothing() {
     assert_eq!(phase_of(&s.get(&first).await), Some(Phase::Ready));
 }
 
-// ---- Azure's contract (issue #6): key operations, vault conflicts, rotation, grant propagation -----------------
+// ---- Azure's contract (issue 8): key operations, vault conflicts, rotation, grant propagation -----------------
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_without_wrap_and_unwrap_is_refused_before_any_cache_put() {
@@ -1009,7 +1009,7 @@ async fn with_realistic_grant_propagation_every_example_is_ready_with_one_put() 
     }
 }
 
-// ---- Day-2 control (issue #8): reconcile policy, detach, adoption ----------------------------------------------
+// ---- Day-2 control (issue 10): reconcile policy, detach, adoption ----------------------------------------------
 
 /// Requests that change something in Azure (not reads, not token requests).
 fn azure_writes(s: &Scenario) -> usize {
@@ -1101,7 +1101,7 @@ async fn a_cache_made_outside_the_operator_is_adopted_only_on_request() {
     assert_eq!(tags.get("team").map(String::as_str), Some("x"));
 }
 
-// ---- AmlFilesystem (Azure Managed Lustre, issue #11) --------------------------------------------------------------
+// ---- AmlFilesystem (Azure Managed Lustre, issue 13) --------------------------------------------------------------
 
 const FRESH_ID: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/security-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fresh-id";
 const FRESH_PRINCIPAL: &str = "7e7e7e7e-1111-4222-8333-444444444444";

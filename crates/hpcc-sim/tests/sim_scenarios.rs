@@ -838,7 +838,7 @@ async fn azure_identity_client_secret_credential_gets_a_token_that_arm_accepts()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Real Azure's contract (issue #6)
+// Real Azure's contract (issue 8)
 
 fn plain_cache_body(sku: &str, size: i64) -> Value {
     json!({

@@ -59,22 +59,15 @@ clippy:
 	cargo clippy --no-default-features -- -D warnings
 
 .PHONY: crds
-crds: ## regenerate crds/hpccache.yaml from the Rust types
-	cargo run --quiet --bin hpc-cache-operator -- crd > crds/hpccache.yaml.tmp
-	mv crds/hpccache.yaml.tmp crds/hpccache.yaml
+crds: ## regenerate crds/hpccache.yaml and the chart's CRD template from the Rust types
+	scripts/crds.sh
 
 .PHONY: crd-check
-crd-check: ## fail when crds/ is stale
-	scripts/crd-check.sh
-
-.PHONY: chart-crds
-chart-crds: ## copy crds/ into the chart (the chart's copy is generated, not committed)
-	rm -rf $(CHART)/crds
-	mkdir -p $(CHART)/crds
-	if compgen -G 'crds/*.yaml' >/dev/null; then cp crds/*.yaml $(CHART)/crds/; fi
+crd-check: ## fail when crds/ or the chart's CRD template is stale
+	scripts/crds.sh --check
 
 .PHONY: chart-lint
-chart-lint: chart-crds test-deps ## helm lint + helm template of the chart
+chart-lint: test-deps ## helm lint + helm template of the chart
 	"$(BIN_DIR)/helm" lint --strict $(CHART)
 	"$(BIN_DIR)/helm" template hpcc $(CHART) --namespace hpcc-system >/dev/null
 	"$(BIN_DIR)/helm" template hpcc $(CHART) --namespace hpcc-system --set watchNamespace=research \

@@ -162,10 +162,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let leading = args.leader_election;
     let identity = args.instance.clone().unwrap_or_else(|| format!("hpc-cache-operator-{}", uuid::Uuid::new_v4()));
     let lease_namespace = args.leader_election_namespace.clone().unwrap_or_else(|| "default".into());
-    let ctx = reconcile::Context::new(client.clone(), azure, metrics, settings);
+    let ctx = reconcile::Context::new(client.clone(), azure, metrics.clone(), settings);
     if !leading {
         return reconcile::run(ctx, std::future::pending()).await;
     }
+    // A standby is ready too: it serves and can read what it would manage. Readiness that waited for the Lease
+    // would hang every rolling update (the new pod never ready while the old one leads).
+    reconcile::check_crd(&ctx).await?;
+    metrics.set_ready();
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, LEASE_NAME)
         .with_namespace(&lease_namespace)
         .with_identity(&identity)

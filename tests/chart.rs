@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use hpcc_azure::{AzureConfig, CredentialChoice};
 use hpcc_test_support::TestCluster;
@@ -12,13 +11,8 @@ use serde::Deserialize;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The chart directory, with its `crds/` copied from the top-level `crds/` once per test binary (`make chart-crds`).
+/// The chart directory, exactly as it is in git: no make step between a clone and `helm install`.
 fn chart() -> &'static str {
-    static SYNCED: OnceLock<()> = OnceLock::new();
-    SYNCED.get_or_init(|| {
-        let status = Command::new("make").args(["-s", "-C", REPO, "chart-crds"]).status().unwrap();
-        assert!(status.success(), "make chart-crds failed");
-    });
     concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hpc-cache-operator")
 }
 
@@ -74,7 +68,9 @@ async fn an_unknown_credentials_mode_is_refused_at_render_time() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("azure.credentials.mode"), "{out:?}");
+    // values.schema.json refuses it first, naming the key and the allowed values.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/azure/credentials/mode") && err.contains("workloadIdentity"), "{out:?}");
 }
 
 fn can_i(cluster: &TestCluster, sa: &str, args: &[&str]) -> bool {
@@ -101,7 +97,7 @@ async fn helm_install_deploys_the_operator_with_least_privilege() {
     run(cluster.kubectl().args(["get", "-n", &ns, "deployment", &name]));
     run(cluster.kubectl().args(["get", "-n", &ns, "serviceaccount", &name]));
     run(cluster.kubectl().args(["get", "clusterrole", &name]));
-    // The chart ships the CRD (copied from crds/ by `make chart-crds`).
+    // The chart ships the CRDs as templates (generated from the Rust types, committed).
     run(cluster.kubectl().args(["get", "crd", "hpccaches.hpccache.io"]));
 
     let sa = format!("system:serviceaccount:{ns}:{name}");
@@ -198,5 +194,120 @@ async fn the_rendered_environment_is_what_the_operator_reads() {
         let config = AzureConfig::from_vars(|k| env.get(k).cloned())
             .unwrap_or_else(|e| panic!("the operator refuses the chart's Azure settings {extra:?}: {e:#}"));
         assert_eq!(config.credential, credential, "{extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_chart_from_git_renders_its_crds_and_refuses_unknown_values() {
+    let cluster = TestCluster::shared();
+    // From a clone, no make step: `helm template --include-crds` carries both CRDs, kept on uninstall.
+    let rendered = run(cluster.helm().args(["template", "x", chart(), "--include-crds"]));
+    for crd in ["name: hpccaches.hpccache.io", "name: amlfilesystems.hpccache.io"] {
+        assert!(rendered.contains(crd), "{crd} missing");
+    }
+    assert!(rendered.contains("helm.sh/resource-policy: keep"));
+    let unkept = run(cluster.helm().args(["template", "x", chart(), "--set", "crds.keep=false"]));
+    assert!(unkept.contains("name: hpccaches.hpccache.io") && !unkept.contains("helm.sh/resource-policy"));
+    let none = run(cluster.helm().args(["template", "x", chart(), "--set", "crds.enabled=false"]));
+    assert!(!none.contains("kind: CustomResourceDefinition"));
+    // A mistyped value is refused by values.schema.json instead of rendering silently.
+    let out = cluster.helm().args(["template", "x", chart(), "--set", "replicaCuont=3"]).output().unwrap();
+    assert!(!out.status.success(), "a mistyped key renders");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("replicaCuont"), "{err}");
+    let out = cluster.helm().args(["template", "x", chart(), "--set", "replicaCount=many"]).output().unwrap();
+    assert!(!out.status.success(), "a wrong type renders");
+    run(cluster.helm().args(["lint", "--strict", chart()]));
+}
+
+#[tokio::test]
+async fn opt_in_pdb_network_policy_and_pod_settings_render_and_pass_a_dry_run() {
+    let cluster = TestCluster::shared();
+    let ns = cluster.namespace("optin").await;
+    let rendered = run(cluster.helm().args([
+        "template",
+        "hpcc",
+        chart(),
+        "--namespace",
+        &ns,
+        "--set",
+        "crds.enabled=false",
+        "--set",
+        "podDisruptionBudget.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "extraEnv[0].name=HPCC_ARM_ENDPOINT",
+        "--set",
+        "extraEnv[0].value=https://management.example",
+        "--set",
+        "extraArgs[0]=--poll-seconds=30",
+        "--set",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "--set",
+        "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+        "--set",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    ]));
+    for expected in [
+        "kind: PodDisruptionBudget",
+        "kind: NetworkPolicy",
+        "name: HPCC_ARM_ENDPOINT",
+        "- --poll-seconds=30",
+        "topologyKey: kubernetes.io/hostname",
+    ] {
+        assert!(rendered.contains(expected), "{expected} missing:\n{rendered}");
+    }
+    let applied = dry_run_apply(cluster, &rendered);
+    assert!(applied.contains("poddisruptionbudget.policy/") && applied.contains("networkpolicy.networking.k8s.io/"));
+}
+
+/// The README's values table, generated from values.schema.json (one row per leaf key).
+fn values_table() -> String {
+    fn walk(prefix: &str, schema: &serde_json::Value, rows: &mut Vec<String>) {
+        let props = schema.get("properties").and_then(|p| p.as_object());
+        match props {
+            Some(props) if !props.is_empty() => {
+                for (k, v) in props {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, rows);
+                }
+            }
+            _ => {
+                let ty = match &schema["type"] {
+                    serde_json::Value::Array(a) => a.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(" or "),
+                    t => t.as_str().unwrap_or("any").to_string(),
+                };
+                let choices = schema["enum"]
+                    .as_array()
+                    .map(|e| format!(" ({})", e.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")))
+                    .unwrap_or_default();
+                let desc = schema["description"].as_str().unwrap_or_default();
+                rows.push(format!("| `{prefix}` | {ty}{choices} | {desc} |"));
+            }
+        }
+    }
+    let text = std::fs::read_to_string(format!("{}/values.schema.json", chart())).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut rows = vec!["| value | type | what it does |".to_string(), "|---|---|---|".to_string()];
+    walk("", &schema, &mut rows);
+    rows.join("\n") + "\n"
+}
+
+#[test]
+fn the_readme_values_table_matches_the_schema() {
+    // HPCC_BLESS=1 cargo test --test chart the_readme rewrites it; a stale table fails.
+    let path = format!("{REPO}/README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = ("<!-- values:begin -->\n", "<!-- values:end -->");
+    let start = readme.find(begin).expect("values:begin marker in README.md") + begin.len();
+    let stop = readme.find(end).expect("values:end marker in README.md");
+    let want = values_table();
+    if readme[start..stop] != want {
+        if std::env::var_os("HPCC_BLESS").is_some() {
+            std::fs::write(&path, format!("{}{want}{}", &readme[..start], &readme[stop..])).unwrap();
+        } else {
+            panic!("README.md's values table is stale: HPCC_BLESS=1 cargo test --test chart the_readme");
+        }
     }
 }

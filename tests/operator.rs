@@ -785,6 +785,26 @@ async fn leader_election_lets_one_replica_act_and_hands_over_on_shutdown() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(leads(&s.log) != leads(&b_log), "exactly one replica leads");
+    // Both replicas are ready, leader and standby, within 15 s: a rolling update never waits on the Lease.
+    let readyz = |log: &PathBuf| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let line = text.lines().rev().find(|l| l.contains("serving /metrics")).map(str::to_string);
+        line.and_then(|l| l.split("addr=").nth(1).map(|a| a.split_whitespace().next().unwrap_or_default().to_string()))
+    };
+    for log in [&s.log, &b_log] {
+        let start = Instant::now();
+        loop {
+            let ok = match readyz(log) {
+                Some(addr) => reqwest::get(format!("http://{addr}/readyz")).await.is_ok_and(|r| r.status() == 200),
+                None => false,
+            };
+            if ok {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "{} not ready within 15 s", log.display());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     // SIGTERM the leader: it finishes, releases the lease, and the other replica takes over.
     let (leader, follower_log) =
         if leads(&s.log) { (s.operator.as_mut().unwrap(), b_log.clone()) } else { (&mut b, s.log.clone()) };

@@ -49,6 +49,20 @@ pub use metrics::Metrics;
 /// After an action, look again soon: the next step usually follows quickly.
 const AFTER_ACTION: Duration = Duration::from_secs(1);
 
+/// Fails early and clearly when HpcCache objects cannot be listed (the CRD is not installed, or no RBAC).
+pub async fn check_crd(ctx: &Context) -> anyhow::Result<()> {
+    let api: Api<HpcCache> = match &ctx.settings.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    if let Err(e) = api.list(&ListParams::default().limit(1)).await {
+        anyhow::bail!(
+            "cannot list HpcCache objects (is the CRD installed? `hpc-cache-operator crd | kubectl apply -f -`): {e}"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the controller until SIGTERM/SIGINT or `stop` resolves (e.g. leadership lost); in-flight reconciles finish.
 pub async fn run(
     ctx: Arc<Context>,
@@ -58,12 +72,7 @@ pub async fn run(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    // Fail early and clearly when the CRD is not installed.
-    if let Err(e) = api.list(&ListParams::default().limit(1)).await {
-        anyhow::bail!(
-            "cannot list HpcCache objects (is the CRD installed? `hpc-cache-operator crd | kubectl apply -f -`): {e}"
-        );
-    }
+    check_crd(&ctx).await?;
     let mut wc = watcher::Config::default();
     if let Some(sel) = &ctx.settings.label_selector {
         wc = wc.labels(sel);

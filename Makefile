@@ -30,7 +30,7 @@ demo-check: ## run the demo end to end and stop it (part of `make test`: the REA
 
 # `--lib --bins --tests`: every test binary, not the (empty) doctest run, so the output ends on a real summary.
 .PHONY: test
-test: fmt-check clippy boundaries test-deps crd-check lint-docker chart-lint demo-check ## everything CI checks
+test: fmt-check clippy boundaries test-deps crd-check lint-docker chart-lint alerts-test demo-check ## everything CI checks
 	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test --workspace --lib --bins --tests
 
 .PHONY: test-deps
@@ -72,6 +72,14 @@ chart-lint: test-deps ## helm lint + helm template of the chart
 	"$(BIN_DIR)/helm" template hpcc $(CHART) --namespace hpcc-system >/dev/null
 	"$(BIN_DIR)/helm" template hpcc $(CHART) --namespace hpcc-system --set watchNamespace=research \
 	  --set azure.credentials.mode=secret --set azure.credentials.secretName=azure >/dev/null
+
+# promtool is built from the Go module proxy at PROMETHEUS_VERSION (scripts/versions.env) and cached like test-deps.
+.PHONY: alerts-test
+alerts-test: ## promtool check + unit tests of the chart's alerts (tests/alerts/); alert/dashboard metric names vs /metrics
+	promtool="$$(scripts/promtool.sh)"; \
+	  "$$promtool" check rules $(CHART)/files/alerts.yaml; \
+	  "$$promtool" test rules tests/alerts/*.test.yaml
+	cargo test --quiet --lib the_charts_alerts_and_dashboard_query_exported_series
 
 .PHONY: lint-docker
 lint-docker: ## offline Dockerfile checks (hadolint is not available offline)

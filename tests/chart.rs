@@ -311,3 +311,181 @@ fn the_readme_values_table_matches_the_schema() {
         }
     }
 }
+
+/// The monitoring values, all on (ServiceMonitor, PrometheusRule, Grafana dashboard ConfigMap).
+const MONITORING: [&str; 14] = [
+    "--set",
+    "serviceMonitor.enabled=true",
+    "--set",
+    "serviceMonitor.labels.release=kube-prometheus-stack",
+    "--set",
+    "prometheusRule.enabled=true",
+    "--set",
+    "prometheusRule.labels.release=kube-prometheus-stack",
+    "--set",
+    "grafanaDashboard.enabled=true",
+    "--set",
+    "crds.enabled=false",
+    "--set",
+    "serviceMonitor.interval=15s",
+];
+
+/// The rendered documents (a YAML stream) as JSON values, by kind; only kinds rendered once are kept.
+fn documents(rendered: &str) -> BTreeMap<String, serde_json::Value> {
+    let mut by_kind = BTreeMap::new();
+    let mut twice = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(rendered) {
+        let doc = serde_json::Value::deserialize(doc).unwrap();
+        if let Some(kind) = doc["kind"].as_str()
+            && by_kind.insert(kind.to_string(), doc.clone()).is_some()
+        {
+            twice.push(kind.to_string());
+        }
+    }
+    for kind in twice {
+        by_kind.remove(&kind);
+    }
+    by_kind
+}
+
+fn chart_file(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", chart())).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn monitoring_objects_are_opt_in_and_pass_lint_and_a_dry_run() {
+    let cluster = TestCluster::shared();
+    let ns = cluster.namespace("monitoring").await;
+    // prometheus-operator's CRDs are not part of the test apiserver: stand-ins with group, version and kind only.
+    cluster.install_crds(format!("{REPO}/tests/fixtures/monitoring-crds.yaml")).await;
+
+    let plain = run(cluster.helm().args(["template", "hpcc", chart(), "--namespace", &ns]));
+    for kind in ["kind: ServiceMonitor", "kind: PrometheusRule", "-dashboard"] {
+        assert!(!plain.contains(kind), "{kind} rendered without being asked for");
+    }
+    for (value, kind) in [
+        ("serviceMonitor.enabled=true", "ServiceMonitor"),
+        ("prometheusRule.enabled=true", "PrometheusRule"),
+        ("grafanaDashboard.enabled=true", "ConfigMap"),
+    ] {
+        let one = run(cluster.helm().args(["template", "hpcc", chart(), "--namespace", &ns, "--set", value]));
+        assert!(documents(&one).contains_key(kind), "{value} renders no {kind}");
+    }
+
+    run(cluster.helm().args(["lint", "--strict", chart(), "--namespace", &ns]).args(MONITORING));
+    let rendered = run(cluster.helm().args(["template", "hpcc", chart(), "--namespace", &ns]).args(MONITORING));
+    let applied = dry_run_apply(cluster, &rendered);
+    for object in [
+        "servicemonitor.monitoring.coreos.com/hpcc-hpc-cache-operator",
+        "prometheusrule.monitoring.coreos.com/hpcc-hpc-cache-operator",
+        "configmap/hpcc-hpc-cache-operator-dashboard",
+        "deployment.apps/hpcc-hpc-cache-operator",
+    ] {
+        assert!(applied.contains(object), "{object} missing:\n{applied}");
+    }
+
+    // A ServiceMonitor without the Service it scrapes is refused at render time.
+    let out = cluster
+        .helm()
+        .args([
+            "template",
+            "hpcc",
+            chart(),
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "metrics.service.enabled=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("metrics.service.enabled"));
+}
+
+#[tokio::test]
+async fn the_prometheus_rule_ships_the_rules_promtool_tests() {
+    let cluster = TestCluster::shared();
+    let file = chart_file("files/alerts.yaml");
+    let threshold = "- time() < 1800";
+    assert_eq!(file.matches(threshold).count(), 1, "files/alerts.yaml: the deadline threshold");
+    for (extra, seconds) in [(None, 1800), (Some("prometheusRule.deadlineWarningSeconds=600"), 600)] {
+        let mut helm = cluster.helm();
+        helm.args(["template", "hpcc", chart(), "--namespace", "hpcc-system"]).args(MONITORING);
+        if let Some(value) = extra {
+            helm.args(["--set", value]);
+        }
+        let rule = documents(&run(&mut helm)).remove("PrometheusRule").expect("a PrometheusRule");
+        assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus-stack", "prometheusRule.labels");
+        // spec is files/alerts.yaml (what `make alerts-test` checks), the threshold aside.
+        let expected = file.replace(threshold, &format!("- time() < {seconds}"));
+        let expected: serde_json::Value = serde_yaml_ng::from_str(&expected).unwrap();
+        assert_eq!(rule["spec"], expected, "{extra:?}");
+        let deadline = rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == "HpcCacheKeyGrantDeadlineNear")
+            .expect("the deadline alert");
+        assert!(deadline["expr"].as_str().unwrap().ends_with(&format!("time() < {seconds}")), "{deadline}");
+    }
+    let mut values = chart_file("values.yaml");
+    values.retain(|c| c != ' ');
+    assert!(values.contains("deadlineWarningSeconds:1800"), "the chart's default is the file's threshold");
+}
+
+#[tokio::test]
+async fn the_service_monitor_scrapes_the_metrics_service_as_the_alerts_expect() {
+    let cluster = TestCluster::shared();
+    let rendered = run(cluster.helm().args(["template", "other-name", chart(), "--namespace", "ops"]).args(MONITORING));
+    let docs = documents(&rendered);
+    let (monitor, service) = (&docs["ServiceMonitor"], &docs["Service"]);
+    assert_eq!(monitor["metadata"]["namespace"], "ops");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack", "serviceMonitor.labels");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"], serde_json::json!(["ops"]));
+    // It selects the metrics Service ...
+    let service_labels = service["metadata"]["labels"].as_object().unwrap();
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(service_labels.get(k), Some(v), "selector {k}={v} does not match the Service");
+    }
+    // ... by its port name, at the chart's interval, keeping the objects' own `namespace` label.
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "15s");
+    assert_eq!(endpoint["honorLabels"], true);
+    // The job is the Service's app.kubernetes.io/name whatever the release is called: what the alerts select.
+    let job_label = monitor["spec"]["jobLabel"].as_str().unwrap();
+    let job = service_labels[job_label].as_str().unwrap();
+    assert_eq!(job, "hpc-cache-operator");
+    let alerts = chart_file("files/alerts.yaml");
+    assert!(alerts.contains(&format!("up{{job=\"{job}\"}}")), "the operator-down alert selects job {job}");
+    let dashboard = chart_file("dashboards/hpc-cache-operator.json");
+    assert!(dashboard.contains(&format!("up{{job=\\\"{job}\\\"}}")), "the dashboard selects job {job}");
+}
+
+#[tokio::test]
+async fn the_dashboard_config_map_carries_the_dashboard_and_the_sidecar_label() {
+    let cluster = TestCluster::shared();
+    let dashboard: serde_json::Value = serde_json::from_str(&chart_file("dashboards/hpc-cache-operator.json")).unwrap();
+    let rendered = run(cluster.helm().args(["template", "hpcc", chart()]).args(MONITORING));
+    let config_map = documents(&rendered).remove("ConfigMap").expect("the dashboard ConfigMap");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1", "the default sidecar label");
+    let shipped: serde_json::Value =
+        serde_json::from_str(config_map["data"]["hpc-cache-operator.json"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped, dashboard);
+    assert_eq!(dashboard["uid"], "hpc-cache-operator");
+    // Every panel queries the data source the user picks.
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+        assert!(!panel["targets"].as_array().unwrap().is_empty(), "{} has no query", panel["title"]);
+    }
+    let relabelled = run(cluster.helm().args(["template", "hpcc", chart()]).args(MONITORING).args([
+        "--set",
+        "grafanaDashboard.labels.grafana_dashboard=null",
+        "--set",
+        "grafanaDashboard.labels.team=storage",
+    ]));
+    let labels = documents(&relabelled)["ConfigMap"]["metadata"]["labels"].clone();
+    assert_eq!(labels["team"], "storage");
+    assert!(labels.get("grafana_dashboard").is_none(), "{labels}");
+}

@@ -374,4 +374,129 @@ mod tests {
         assert!(text.contains("hpccache_reconciles_total{result=\"azure_error\"} 1"), "{text}");
         assert!(text.contains("hpccache_reconciles_total{result=\"ok\"} 1"), "{text}");
     }
+
+    /// The series the operator exports once every metric has seen a value: name -> label -> values.
+    async fn exported_series() -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+        let m = Metrics::new();
+        for result in ["ok", "azure_error", "error", "finalized"] {
+            let inner = m.clone();
+            let _: Result<(), ()> = m
+                .timed(async move {
+                    inner.reconciled(result);
+                    Ok(())
+                })
+                .await;
+        }
+        for status in [Some(200), Some(404), Some(429), Some(503), None] {
+            m.observe("caches.get", status, Duration::from_millis(5));
+        }
+        m.set_phase("ns", "c", Some(Phase::Failed));
+        m.set_object_ready("ns", "c", Some(false));
+        m.set_deadline("ns", "c", Some(600));
+        m.set_deadline_timestamp("ns", "c", Some(1_795_000_000));
+        let mut series: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        for line in m.render().lines().filter(|l| !l.starts_with('#')) {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let labels = series.entry(line[..name_end].to_string()).or_default();
+            if let Some(set) = line[name_end..].strip_prefix('{').and_then(|l| l.split_once('}')).map(|(set, _)| set) {
+                for pair in set.split(',') {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    labels.entry(k.to_string()).or_default().push(v.trim_matches('"').to_string());
+                }
+            }
+        }
+        series
+    }
+
+    /// One label matcher of a selector: (label, operator, value).
+    type Matcher = (String, String, String);
+
+    /// Each `hpccache_*` selector in a PromQL expression: (name, its matchers).
+    fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        let mut found = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("hpccache_") {
+            let preceded = rest[..at].chars().next_back().is_some_and(ident);
+            let tail = &rest[at..];
+            let name_len = tail.find(|c: char| !ident(c)).unwrap_or(tail.len());
+            let (name, after) = tail.split_at(name_len);
+            rest = after;
+            if preceded {
+                continue;
+            }
+            let mut matchers = Vec::new();
+            if let Some(set) = after.trim_start().strip_prefix('{').and_then(|s| s.split_once('}')).map(|(s, _)| s) {
+                for m in set.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                    let op_at = m.find(['=', '!']).unwrap_or_else(|| panic!("matcher {m:?} in {expr}"));
+                    let (label, op_value) = m.split_at(op_at);
+                    let op_len = op_value.find('"').unwrap_or_else(|| panic!("matcher {m:?} in {expr}"));
+                    let (op, value) = op_value.split_at(op_len);
+                    matchers.push((
+                        label.trim().to_string(),
+                        op.trim().to_string(),
+                        value.trim_matches('"').to_string(),
+                    ));
+                }
+            }
+            found.push((name.to_string(), matchers));
+        }
+        found
+    }
+
+    /// The PromQL of the chart's Grafana dashboard: panel queries and template variable queries.
+    fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v.as_str()) {
+                        ("expr" | "definition", Some(q)) => out.push(q.to_string()),
+                        _ => dashboard_queries(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| dashboard_queries(v, out)),
+            _ => {}
+        }
+    }
+
+    /// The chart's alerts (files/alerts.yaml, embedded by its PrometheusRule) and Grafana dashboard query only
+    /// series this operator exports, with labels it sets (and for `label="value"` matchers, values it uses).
+    #[tokio::test]
+    async fn the_charts_alerts_and_dashboard_query_exported_series() {
+        let alerts: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(include_str!("../../charts/hpc-cache-operator/files/alerts.yaml")).unwrap();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../charts/hpc-cache-operator/dashboards/hpc-cache-operator.json"))
+                .unwrap();
+        let mut rule_exprs = Vec::new();
+        for group in alerts["groups"].as_sequence().unwrap() {
+            for rule in group["rules"].as_sequence().unwrap() {
+                rule_exprs.push(rule["expr"].as_str().expect("a rule's expr").to_string());
+            }
+        }
+        let mut panel_exprs = Vec::new();
+        dashboard_queries(&dashboard, &mut panel_exprs);
+        let exported = exported_series().await;
+        for (source, exprs, at_least) in [("files/alerts.yaml", &rule_exprs, 5), ("the dashboard", &panel_exprs, 7)] {
+            let mut names = std::collections::BTreeSet::new();
+            for expr in exprs.iter() {
+                for (name, matchers) in selectors(expr) {
+                    let labels = exported
+                        .get(&name)
+                        .unwrap_or_else(|| panic!("{source} queries {name}, which /metrics does not export: {expr}"));
+                    for (label, op, value) in matchers {
+                        let values = labels
+                            .get(&label)
+                            .unwrap_or_else(|| panic!("{source}: {name} has no label {label:?}: {expr}"));
+                        if op == "=" && !value.contains('$') {
+                            assert!(values.contains(&value), "{source}: {name}{{{label}={value:?}}} is never exported");
+                        }
+                    }
+                    names.insert(name);
+                }
+            }
+            assert!(names.len() >= at_least, "{source} queries only {names:?}");
+        }
+    }
 }

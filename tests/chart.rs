@@ -489,3 +489,45 @@ async fn the_dashboard_config_map_carries_the_dashboard_and_the_sidecar_label() 
     assert_eq!(labels["team"], "storage");
     assert!(labels.get("grafana_dashboard").is_none(), "{labels}");
 }
+
+#[tokio::test]
+async fn every_opt_in_together_passes_lint_and_a_server_side_dry_run() {
+    let cluster = TestCluster::shared();
+    let ns = cluster.namespace("all-opt-ins").await;
+    cluster.install_crds(format!("{REPO}/tests/fixtures/monitoring-crds.yaml")).await;
+    let all: Vec<&str> = MONITORING
+        .iter()
+        .copied()
+        .chain([
+            "--set",
+            "podDisruptionBudget.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "extraEnv[0].name=HPCC_POLL_SECONDS",
+            "--set-string",
+            "extraEnv[0].value=30",
+            "--set",
+            "extraArgs[0]=--concurrency=4",
+            "--set",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "--set",
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "--set",
+            "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        ])
+        .collect();
+    run(cluster.helm().args(["lint", "--strict", chart(), "--namespace", &ns]).args(&all));
+    let rendered = run(cluster.helm().args(["template", "hpcc", chart(), "--namespace", &ns]).args(&all));
+    let applied = dry_run_apply(cluster, &rendered);
+    for object in [
+        "poddisruptionbudget.policy/",
+        "networkpolicy.networking.k8s.io/",
+        "servicemonitor.monitoring.coreos.com/",
+        "prometheusrule.monitoring.coreos.com/",
+        "-dashboard",
+        "deployment.apps/",
+    ] {
+        assert!(applied.contains(object), "{object} missing:\n{applied}");
+    }
+}

@@ -226,6 +226,7 @@ pub async fn reconcile(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<
     let name = cached.name_any();
     let api: Api<AmlFilesystem> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(obj) = api.get_opt(&name).await? else {
+        super::publish::forget(&ctx.metrics, &ns, &name);
         return Ok(Requeue::await_change());
     };
     match finalizer::ensure(&api, &obj).await? {
@@ -264,9 +265,12 @@ pub async fn reconcile(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<
         return Ok(Requeue::await_change());
     };
     super::publish::events(&ctx.recorder, &obj, recorded.decision()).await;
+    let st = &recorded.decision().status;
+    super::publish::object(&ctx.metrics, &ns, &name, st.phase, &st.conditions);
     match recorded.action() {
         Action::RemoveFinalizer => {
             finalizer::remove(&api, &obj).await?;
+            super::publish::forget(&ctx.metrics, &ns, &name);
             ctx.metrics.reconciled("finalized");
             return Ok(Requeue::await_change());
         }

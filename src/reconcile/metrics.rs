@@ -46,6 +46,7 @@ pub struct Metrics {
     deadline_seconds: Family<ObjectLabels, Gauge>,
     deadline_timestamp: Family<ObjectLabels, Gauge>,
     ready_objects: Family<ObjectLabels, Gauge>,
+    stalled_objects: Family<ObjectLabels, Gauge>,
     reconcile_seconds: Family<ResultLabels, Histogram>,
     phases: Arc<Mutex<BTreeMap<(String, String), Phase>>>,
     ready: Arc<AtomicBool>,
@@ -69,6 +70,7 @@ impl Metrics {
         let deadline_seconds = Family::<ObjectLabels, Gauge>::default();
         let deadline_timestamp = Family::<ObjectLabels, Gauge>::default();
         let ready_objects = Family::<ObjectLabels, Gauge>::default();
+        let stalled_objects = Family::<ObjectLabels, Gauge>::default();
         let reconcile_seconds = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
@@ -88,6 +90,11 @@ impl Metrics {
         );
         registry.register("ready", "1 when the object's Ready condition is True, else 0", ready_objects.clone());
         registry.register(
+            "stalled",
+            "1 when the object's Stalled condition is True (it needs a person), else 0",
+            stalled_objects.clone(),
+        );
+        registry.register(
             "reconcile_duration_seconds",
             "Time one reconcile took, by result (as in hpccache_reconciles_total)",
             reconcile_seconds.clone(),
@@ -101,6 +108,7 @@ impl Metrics {
             deadline_seconds,
             deadline_timestamp,
             ready_objects,
+            stalled_objects,
             reconcile_seconds,
             phases: Default::default(),
             ready: Default::default(),
@@ -175,6 +183,11 @@ impl Metrics {
     /// Whether the object is Ready (1) or not (0); None (the object is gone) removes the series.
     pub fn set_object_ready(&self, namespace: &str, name: &str, ready: Option<bool>) {
         set_or_remove(&self.ready_objects, namespace, name, ready.map(i64::from));
+    }
+
+    /// Whether the object's Stalled condition is True; None removes the series.
+    pub fn set_object_stalled(&self, namespace: &str, name: &str, stalled: Option<bool>) {
+        set_or_remove(&self.stalled_objects, namespace, name, stalled.map(i64::from));
     }
 
     pub fn set_ready(&self) {
@@ -327,7 +340,12 @@ mod tests {
         let m = Metrics::new();
         m.set_deadline_timestamp("ns", "c", Some(1_795_000_000));
         m.set_object_ready("ns", "c", Some(false));
+        m.set_object_stalled("ns", "c", Some(true));
         m.set_object_ready("ns", "d", Some(true));
+        m.set_object_stalled("ns", "c", Some(true));
+        assert!(m.render().contains("hpccache_stalled{namespace=\"ns\",name=\"c\"} 1"));
+        m.set_object_stalled("ns", "c", None);
+        assert!(!m.render().contains("hpccache_stalled{"));
         let text = m.render();
         assert!(
             text.contains("hpccache_authorization_deadline_timestamp_seconds{namespace=\"ns\",name=\"c\"} 1795000000"),
@@ -392,6 +410,7 @@ mod tests {
         }
         m.set_phase("ns", "c", Some(Phase::Failed));
         m.set_object_ready("ns", "c", Some(false));
+        m.set_object_stalled("ns", "c", Some(true));
         m.set_deadline("ns", "c", Some(600));
         m.set_deadline_timestamp("ns", "c", Some(1_795_000_000));
         let mut series: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();

@@ -1,7 +1,9 @@
 //! Publish: a decision's events (Kubernetes Events) and its metrics.
 
+use hpcc_api::v1alpha1::Phase;
 use hpcc_core::Decision;
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tracing::warn;
@@ -29,18 +31,24 @@ pub async fn events<K: Resource<DynamicType = ()>, S>(recorder: &Recorder, obj: 
 /// Azure's clock `now`).
 pub fn metrics(metrics: &Metrics, ns: &str, name: &str, decision: &Decision, now: Timestamp) {
     let status = &decision.status;
-    metrics.set_phase(ns, name, status.phase);
-    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    metrics.set_object_ready(ns, name, Some(ready));
     let deadline = status.authorization_deadline.as_ref().map(|t| t.0);
+    object(metrics, ns, name, status.phase, &status.conditions);
     metrics.set_deadline(ns, name, deadline.map(|d| d.duration_since(now).as_secs()));
     metrics.set_deadline_timestamp(ns, name, deadline.map(|d| d.as_second()));
 }
 
-/// The object is gone: drop its series.
+/// The per-object series both kinds have: phase, Ready, Stalled.
+pub fn object(metrics: &Metrics, ns: &str, name: &str, phase: Option<Phase>, conditions: &[Condition]) {
+    let is_true = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
+    metrics.set_phase(ns, name, phase);
+    metrics.set_object_ready(ns, name, Some(is_true("Ready")));
+    metrics.set_object_stalled(ns, name, Some(is_true("Stalled")));
+}
+
 pub fn forget(metrics: &Metrics, ns: &str, name: &str) {
     metrics.set_phase(ns, name, None);
     metrics.set_object_ready(ns, name, None);
+    metrics.set_object_stalled(ns, name, None);
     metrics.set_deadline(ns, name, None);
     metrics.set_deadline_timestamp(ns, name, None);
 }

@@ -2,7 +2,11 @@
 //! [`facts`](super::facts)). Reads are shared and budgeted through [`RecentReads`].
 
 use hpcc_api::v1alpha1::{Encryption, HpcCache};
-use hpcc_azure::{Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault};
+use std::time::Instant;
+
+use hpcc_azure::{
+    Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Urgency, Vault,
+};
 use jiff::Timestamp;
 use url::Url;
 
@@ -33,7 +37,8 @@ pub async fn observe(
         return Ok(observation);
     };
     let key = refs.cache_key();
-    let referenced = match reads.referenced(&key) {
+    let urgency = hpcc_azure::current_caller().map_or(Urgency::Normal, |c| c.urgency);
+    let referenced = match reads.referenced(&key, urgency) {
         Some(r) => r,
         None => {
             let r = read_referenced(azure, &refs).await?;
@@ -52,13 +57,22 @@ pub async fn observe(
 
 /// The cache as Azure reports it: from its resource group's recent list, or a GET when the list lacks it.
 async fn read_cache(azure: &Azure, reads: &RecentReads, id: &ResourceId) -> Result<Dated<Option<Cache>>, AzureError> {
-    let list = match reads.cache_list(id) {
+    let urgency = hpcc_azure::current_caller().map_or(Urgency::Normal, |c| c.urgency);
+    let list = match reads.cache_list(id, urgency) {
         Some(list) => list,
         None => {
-            let epoch = reads.list_epoch(id);
-            let list = azure.list_caches(id.subscription(), id.resource_group()).await?;
-            reads.remember_cache_list(id, epoch, list.clone());
-            list
+            let lock = reads.list_read(id);
+            let _reading = lock.lock().await;
+            // Another reconcile may have read it while this one waited.
+            match reads.cache_list(id, urgency) {
+                Some(list) => list,
+                None => {
+                    let started = Instant::now();
+                    let list = azure.list_caches(id.subscription(), id.resource_group()).await?;
+                    reads.remember_cache_list(id, started, list.clone());
+                    list
+                }
+            }
         }
     };
     let wanted = id.to_string();

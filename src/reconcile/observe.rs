@@ -2,6 +2,7 @@
 //! [`facts`](super::facts)). Reads are shared and budgeted through [`RecentReads`].
 
 use hpcc_api::v1alpha1::{Encryption, HpcCache};
+use std::sync::Arc;
 use std::time::Instant;
 
 use hpcc_azure::{
@@ -68,7 +69,7 @@ async fn read_cache(azure: &Azure, reads: &RecentReads, id: &ResourceId) -> Resu
                 Some(list) => list,
                 None => {
                     let started = Instant::now();
-                    let list = azure.list_caches(id.subscription(), id.resource_group()).await?;
+                    let list = Arc::new(azure.list_caches(id.subscription(), id.resource_group()).await?);
                     reads.remember_cache_list(id, started, list.clone());
                     list
                 }

@@ -61,7 +61,7 @@ pub struct Freshness {
 pub struct RecentReads {
     referenced: TtlMap<Referenced>,
     /// Lists by resource group, with the moment their read began.
-    cache_lists: TtlMap<(Instant, Dated<Vec<Cache>>)>,
+    cache_lists: TtlMap<(Instant, Arc<Dated<Vec<Cache>>>)>,
     /// When each cache (lower-case id) was last acted on.
     acted: Mutex<HashMap<String, Instant>>,
     /// One list read at a time per resource group.
@@ -102,7 +102,7 @@ impl RecentReads {
 
     /// The recent list of a cache's resource group, if it speaks for the cache: young enough for `urgency`, and
     /// read after the last action on the cache.
-    pub fn cache_list(&self, cache: &ResourceId, urgency: Urgency) -> Option<Dated<Vec<Cache>>> {
+    pub fn cache_list(&self, cache: &ResourceId, urgency: Urgency) -> Option<Arc<Dated<Vec<Cache>>>> {
         let (started, list) = self.cache_lists.get(&list_key(cache), self.max_age(self.cache_list_ttl, urgency))?;
         let acted = self.acted().get(&cache_key(cache)).copied();
         acted.is_none_or(|at| at < started).then_some(list)
@@ -116,7 +116,7 @@ impl RecentReads {
     }
 
     /// Stores a list whose read began at `started`.
-    pub fn remember_cache_list(&self, cache: &ResourceId, started: Instant, list: Dated<Vec<Cache>>) {
+    pub fn remember_cache_list(&self, cache: &ResourceId, started: Instant, list: Arc<Dated<Vec<Cache>>>) {
         self.cache_lists.put(list_key(cache), (started, list));
     }
 

@@ -28,8 +28,8 @@ pub struct TokenBucket {
 struct BucketState {
     tokens: f64,
     last: Instant,
-    /// Reserved tokens by holder: when each becomes usable.
-    tickets: HashMap<String, Instant>,
+    /// Reserved tokens by holder: when each becomes usable, and for what urgency.
+    tickets: HashMap<String, (Instant, Urgency)>,
 }
 
 /// How much a call matters for Azure's deadlines; decides how much of a bucket it may use.
@@ -97,12 +97,13 @@ impl TokenBucket {
     }
 
     /// A token for `caller` at `now`, without waiting: `Ok` to call now, or `Err(wait)` to come back after `wait`.
-    /// Urgent and normal callers get a ticket (a reserved token, FIFO) that a later `take` honours once due; routine
-    /// callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
+    /// Normal callers get a ticket (a reserved token, first come first served) that a later `take` honours once
+    /// due. Urgent callers go ahead of every normal ticket (which each move back by one token). Routine callers
+    /// leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
     pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let mut s = self.refilled(now);
-        s.tickets.retain(|_, due| now.saturating_duration_since(*due) < TICKET_EXPIRY);
-        if let Some(&due) = s.tickets.get(&caller.holder) {
+        s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < TICKET_EXPIRY);
+        if let Some(&(due, _)) = s.tickets.get(&caller.holder) {
             if now >= due {
                 s.tickets.remove(&caller.holder);
                 return Ok(());
@@ -114,13 +115,33 @@ impl TokenBucket {
             s.tokens -= 1.0;
             return Ok(());
         }
-        if caller.urgency == Urgency::Routine {
-            return Err(Duration::from_secs_f64((floor + 1.0 - s.tokens) / self.rate));
+        let step = Duration::from_secs_f64(1.0 / self.rate);
+        match caller.urgency {
+            Urgency::Routine => Err(Duration::from_secs_f64((floor + 1.0 - s.tokens) / self.rate)),
+            Urgency::Normal => {
+                s.tokens -= 1.0;
+                let due = now + Duration::from_secs_f64(-s.tokens / self.rate);
+                s.tickets.insert(caller.holder.clone(), (due, Urgency::Normal));
+                Err(due - now)
+            }
+            Urgency::Urgent => {
+                // Ahead of the normal tickets: only the urgent ones already waiting count against it.
+                let normal = s.tickets.values().filter(|(_, u)| *u == Urgency::Normal).count() as f64;
+                s.tokens -= 1.0;
+                let ahead = s.tokens + normal;
+                for (due, urgency) in s.tickets.values_mut() {
+                    if *urgency == Urgency::Normal {
+                        *due += step;
+                    }
+                }
+                if ahead >= 0.0 {
+                    return Ok(());
+                }
+                let due = now + Duration::from_secs_f64(-ahead / self.rate);
+                s.tickets.insert(caller.holder.clone(), (due, Urgency::Urgent));
+                Err(due - now)
+            }
         }
-        s.tokens -= 1.0;
-        let due = now + Duration::from_secs_f64(-s.tokens / self.rate);
-        s.tickets.insert(caller.holder.clone(), due);
-        Err(due - now)
     }
 
     /// Take one token, sleeping until it is available.
@@ -248,7 +269,7 @@ mod tests {
         assert_eq!(b.take(&caller("b", Urgency::Normal), t0), Ok(()));
         // Empty: c and d are told when their reserved tokens will be there, in the order they asked.
         assert_eq!(b.take(&caller("c", Urgency::Normal), t0), Err(Duration::from_millis(100)));
-        assert_eq!(b.take(&caller("d", Urgency::Urgent), t0), Err(Duration::from_millis(200)));
+        assert_eq!(b.take(&caller("d", Urgency::Normal), t0), Err(Duration::from_millis(200)));
         // Asking again early does not take a second token; the wait shrinks.
         assert_eq!(
             b.take(&caller("c", Urgency::Normal), t0 + Duration::from_millis(40)),
@@ -256,11 +277,30 @@ mod tests {
         );
         // Once due, the ticket is honoured whatever the balance, exactly once.
         assert_eq!(b.take(&caller("c", Urgency::Normal), t0 + Duration::from_millis(100)), Ok(()));
-        assert_eq!(b.take(&caller("d", Urgency::Urgent), t0 + Duration::from_millis(200)), Ok(()));
+        assert_eq!(b.take(&caller("d", Urgency::Normal), t0 + Duration::from_millis(200)), Ok(()));
         assert!(
             b.take(&caller("c", Urgency::Normal), t0 + Duration::from_millis(200)).is_err(),
             "a new token is needed"
         );
+    }
+
+    #[test]
+    fn urgent_work_goes_ahead_of_normal_tickets_which_each_move_back_one_token() {
+        let b = TokenBucket::new(10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        assert_eq!(b.take(&caller("n1", Urgency::Normal), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("n2", Urgency::Normal), t0), Err(Duration::from_millis(200)));
+        // A grant for a cache whose window runs: first in line, the normal tickets one token later each.
+        assert_eq!(b.take(&caller("u1", Urgency::Urgent), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("u2", Urgency::Urgent), t0), Err(Duration::from_millis(200)));
+        assert_eq!(b.take(&caller("n1", Urgency::Normal), t0), Err(Duration::from_millis(300)));
+        assert_eq!(b.take(&caller("n2", Urgency::Normal), t0), Err(Duration::from_millis(400)));
+        // Spent exactly once each, in that order: never more than the bucket allows.
+        for (holder, at) in [("u1", 100), ("u2", 200), ("n1", 300), ("n2", 400)] {
+            assert_eq!(b.take(&caller(holder, Urgency::Normal), t0 + Duration::from_millis(at)), Ok(()), "{holder}");
+        }
+        assert!(b.available_at(t0 + Duration::from_millis(400)) < 0.5);
     }
 
     #[test]

@@ -293,10 +293,8 @@ pub async fn reconcile_current(
             Ok(Some(Duration::from_secs(1)))
         }
         // Its turn in the ARM budget comes later: nothing was sent; the recorded intent stands.
-        Err(AzureError::Deferred { after }) => {
-            ctx.metrics.reconciled("deferred");
-            Ok(Some(after))
-        }
+        // (The error policy requeues it for exactly that turn, unpaced.)
+        Err(e @ AzureError::Deferred { .. }) => Err(e.into()),
         Err(e) => {
             let mut error = action_error(&e);
             // Grants take minutes to take effect: a create refused right after the operator's own grants is retried.

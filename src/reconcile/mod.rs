@@ -168,9 +168,14 @@ fn strip<K: ResourceExt>(obj: &mut K) {
 }
 
 fn error_policy<K: kube::Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Requeue {
-    if let Error::Azure(AzureError::Deferred { after }) = err {
+    if let Error::Azure(AzureError::Deferred { after, access }) = err {
         // Not an error: the ARM budget has this object's turn at `after` (nothing was sent, nothing is reported).
         ctx.metrics.reconciled("deferred");
+        // Reads wait when polling asks for more than the read budget: spread the polls. (Writes wait for their
+        // own reasons, e.g. many creates at once; polling less would only slow their progress down.)
+        if *access == hpcc_azure::Access::Read {
+            ctx.pacer.deferred(*after, Instant::now());
+        }
         return Requeue::requeue(*after);
     }
     ctx.metrics.reconciled("error");
@@ -310,10 +315,8 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
     let decided = &recorded.decision().status;
     match result {
         // Its turn in the ARM budget comes later: nothing was sent; the recorded intent stands.
-        Err(AzureError::Deferred { after }) => {
-            ctx.metrics.reconciled("deferred");
-            Ok(Some(after))
-        }
+        // (The error policy requeues it for exactly that turn, unpaced.)
+        Err(e @ AzureError::Deferred { .. }) => Err(e.into()),
         Ok(()) => {
             let mut after = decided.clone();
             hpcc_core::action_succeeded(&mut after, recorded.action());

@@ -3,9 +3,10 @@
 //! - each reconcile runs as a [`Caller`] whose [`Urgency`] says how much of the ARM budget it may use
 //!   (`hpcc_azure::with_caller`): a cache waiting for its key goes first, steady-state resyncs last;
 //! - the [`Pacer`] keeps the queue from running late: when reconciles start later than they were asked for
-//!   (more polling than the operator can serve), routine and normal polls are spread out (stretched) until the queue
-//!   is on time again, so a new object and a cache near its deadline are reached within seconds whatever the load.
-//!   Urgent polls are never stretched.
+//!   (more polling than the operator can serve), or are deferred for long by the ARM budget (more polling than the
+//!   subscription's budget), routine and normal polls are spread out (stretched) until the queue is on time and the
+//!   budget has room again, so a new object and a cache near its deadline are reached within seconds whatever the
+//!   load. Urgent polls are never stretched.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -81,6 +82,16 @@ impl Pacer {
     pub fn started(&self, holder: &str, now: Instant) {
         let mut s = self.lock();
         let late = s.due.remove(holder).map_or(0.0, |due| now.saturating_duration_since(due).as_secs_f64());
+        Self::sample(&mut s, late, now);
+    }
+
+    /// A reconcile's read was deferred by the ARM budget for `wait`: the polling asks for more reads than the budget
+    /// has, which counts like a late queue (so polls spread out and leave the budget room).
+    pub fn deferred(&self, wait: Duration, now: Instant) {
+        Self::sample(&mut self.lock(), wait.as_secs_f64(), now);
+    }
+
+    fn sample(s: &mut PacerState, late: f64, now: Instant) {
         s.lateness = 0.9 * s.lateness + 0.1 * late;
         if now.saturating_duration_since(s.adjusted) >= ADJUST_EVERY {
             s.adjusted = now;
@@ -155,5 +166,16 @@ mod tests {
         }
         assert_eq!(pacer.stretch(), 1.0);
         assert_eq!(pacer.requeue("a", POLL, Urgency::Normal, now), POLL);
+    }
+
+    #[test]
+    fn long_waits_for_the_arm_budget_stretch_polls_too() {
+        let pacer = Pacer::new(Duration::from_secs(600));
+        let mut now = Instant::now();
+        for _ in 0..40 {
+            now += Duration::from_millis(600);
+            pacer.deferred(Duration::from_secs(5), now);
+        }
+        assert!(pacer.stretch() > 4.0, "{}", pacer.stretch());
     }
 }

@@ -381,11 +381,11 @@ impl Inner {
         // Inside a reconcile, waits (for a token, or after a 429) are the controller's to schedule, not ours.
         let caller = current_caller();
         loop {
-            if let Some((b, _)) = &bucket {
+            if let Some((b, access)) = &bucket {
                 match &caller {
-                    Some(c) => {
-                        b.take(c, tokio::time::Instant::now()).map_err(|after| AzureError::Deferred { after })?
-                    }
+                    Some(c) => b
+                        .take(c, tokio::time::Instant::now())
+                        .map_err(|after| AzureError::Deferred { after, access: *access })?,
                     None => b.acquire().await,
                 }
             }

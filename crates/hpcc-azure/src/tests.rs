@@ -744,7 +744,8 @@ async fn inside_a_reconcile_an_empty_bucket_defers_the_call_instead_of_sleeping(
     let err = crate::with_caller(caller("b"), az.get_cache(&cache_id())).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_millis(100), "no sleep: {:?}", start.elapsed());
     match err {
-        AzureError::Deferred { after } => {
+        AzureError::Deferred { after, access } => {
+            assert_eq!(access, crate::Access::Read);
             assert!(after > Duration::from_millis(200) && after <= Duration::from_millis(500), "{after:?}")
         }
         other => panic!("expected Deferred, got {other:?}"),

@@ -11,6 +11,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::act::Actor;
+use super::changes::AzureChanges;
 use super::credentials::Credentials;
 use super::metrics::Metrics;
 use super::namespaces::NamespaceScopes;
@@ -73,6 +74,7 @@ pub struct Context {
     pub(super) namespaces: NamespaceScopes,
     pub(super) credentials: Credentials,
     pub(super) own_writes: OwnWrites,
+    pub(super) changes: AzureChanges,
     pub(super) pacer: Pacer,
 }
 
@@ -112,6 +114,7 @@ impl Context {
             namespaces: NamespaceScopes::default(),
             credentials,
             own_writes: OwnWrites::default(),
+            changes: AzureChanges::default(),
             pacer: Pacer::new(settings_resync),
         })
     }

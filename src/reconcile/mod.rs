@@ -15,6 +15,7 @@
 
 pub mod act;
 pub mod amlfs;
+pub mod changes;
 pub mod context;
 pub mod credentials;
 pub mod facts;
@@ -112,6 +113,7 @@ pub async fn run(
             };
             refs
         })
+        .reconcile_on(ctx.changes.connect())
         .with_config(config.clone())
         .shutdown_on_signal()
         .graceful_shutdown_on(stop.clone())
@@ -265,7 +267,7 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
     };
     let (azure, reads) = credential.pick(&ctx.azure, &ctx.reads);
 
-    let observation = match observe::observe(azure, reads, obj, scopes.as_deref()).await {
+    let observation = match observe::observe(azure, reads, &ctx.changes, obj, scopes.as_deref()).await {
         Ok(o) => o,
         Err(e) => match credential.rejected(&e) {
             Some(p) => {
@@ -299,6 +301,7 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
     match recorded.action() {
         Action::RemoveFinalizer => {
             finalizer::remove(api, &ctx.own_writes, obj).await?;
+            ctx.changes.forget(&observe::cache_id(obj));
             publish::forget(&ctx.metrics, &ns, &name);
             ctx.metrics.reconciled("finalized");
             info!(namespace = %ns, name = %name, "finalizer removed");

@@ -11,6 +11,7 @@ use hpcc_azure::{
 use jiff::Timestamp;
 use url::Url;
 
+use super::changes::AzureChanges;
 use super::observation::{IdentityRead, KeyRead, Observation, Referenced, References, VaultRead};
 use super::reads::RecentReads;
 
@@ -25,10 +26,13 @@ pub fn cache_id(obj: &HpcCache) -> ResourceId {
 pub async fn observe(
     azure: &Azure,
     reads: &RecentReads,
+    changes: &AzureChanges,
     obj: &HpcCache,
     allowed_vault_scopes: Option<&str>,
 ) -> Result<Observation, AzureError> {
-    let got = read_cache(azure, reads, &cache_id(obj)).await?;
+    let id = cache_id(obj);
+    changes.belongs(&id, obj);
+    let got = read_cache(azure, reads, changes, &id).await?;
     let now = got.date.unwrap_or_else(Timestamp::now);
     let mut observation = Observation { now, cache: got.value, referenced: None };
     if obj.metadata.deletion_timestamp.is_some() {
@@ -57,7 +61,12 @@ pub async fn observe(
 }
 
 /// The cache as Azure reports it: from its resource group's recent list, or a GET when the list lacks it.
-async fn read_cache(azure: &Azure, reads: &RecentReads, id: &ResourceId) -> Result<Dated<Option<Cache>>, AzureError> {
+async fn read_cache(
+    azure: &Azure,
+    reads: &RecentReads,
+    changes: &AzureChanges,
+    id: &ResourceId,
+) -> Result<Dated<Option<Cache>>, AzureError> {
     let urgency = hpcc_azure::current_caller().map_or(Urgency::Normal, |c| c.urgency);
     let list = match reads.cache_list(id, urgency) {
         Some(list) => list,
@@ -70,7 +79,7 @@ async fn read_cache(azure: &Azure, reads: &RecentReads, id: &ResourceId) -> Resu
                 None => {
                     let started = Instant::now();
                     let list = Arc::new(azure.list_caches(id.subscription(), id.resource_group()).await?);
-                    reads.remember_cache_list(id, started, list.clone());
+                    changes.changed(&reads.remember_cache_list(id, started, list.clone()));
                     list
                 }
             }

@@ -115,9 +115,23 @@ impl RecentReads {
         reads.entry(list_key(cache)).or_default().clone()
     }
 
-    /// Stores a list whose read began at `started`.
-    pub fn remember_cache_list(&self, cache: &ResourceId, started: Instant, list: Arc<Dated<Vec<Cache>>>) {
-        self.cache_lists.put(list_key(cache), (started, list));
+    /// Stores a list whose read began at `started`; returns the caches (lower-case ids) that differ from the
+    /// previous list of the resource group (changed, appeared or gone).
+    pub fn remember_cache_list(
+        &self,
+        cache: &ResourceId,
+        started: Instant,
+        list: Arc<Dated<Vec<Cache>>>,
+    ) -> Vec<String> {
+        let key = list_key(cache);
+        let previous = self.cache_lists.get(&key, self.routine_ttl);
+        self.cache_lists.put(key, (started, list.clone()));
+        let Some((_, previous)) = previous else { return vec![] };
+        let (before, after) = (by_id(&previous), by_id(&list));
+        let mut changed: Vec<String> =
+            after.iter().filter(|(id, c)| before.get(*id) != Some(c)).map(|(id, _)| id.clone()).collect();
+        changed.extend(before.keys().filter(|id| !after.contains_key(*id)).cloned());
+        changed
     }
 
     /// The cache was acted on: lists read before now no longer speak for it.
@@ -146,6 +160,10 @@ impl RecentReads {
     fn protected(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.protected_vaults.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn by_id(list: &Dated<Vec<Cache>>) -> HashMap<String, &Cache> {
+    list.value.iter().filter_map(|c| Some((c.id.as_deref()?.to_ascii_lowercase(), c))).collect()
 }
 
 fn cache_key(cache: &ResourceId) -> String {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::ratelimit::Access;
+
 /// An Azure call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AzureError {
@@ -14,7 +16,7 @@ pub enum AzureError {
     /// Not sent: the client-side ARM budget (`access`: reads or writes) has no token for this caller yet (see
     /// [`with_caller`](crate::with_caller)); call again after `after`, when its reserved token is due.
     #[error("deferred by the client-side ARM {access:?} budget for {}s", after.as_secs_f64())]
-    Deferred { after: Duration, access: crate::Access },
+    Deferred { after: Duration, access: Access },
     /// No token could be obtained, or a Key Vault challenge was refused. When Entra ID itself refused the
     /// credential, [`AzureError::token_rejection`] says how.
     #[error("authentication failed: {0}")]

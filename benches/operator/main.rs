@@ -10,7 +10,9 @@
 //!   plane, and applies N system-assigned `keyAccess: Automatic` caches with one `kubectl apply`; or
 //! - **naive**: the baseline of `naive.rs` for the same N caches (fixed polling, no limiter, re-PUT every resync).
 //!
-//! It waits (bounded) until every cache is Ready or Failed, watches a steady-state window, and reads the
+//! It waits (bounded; running out is reported, with the operator's log tail, as "not all Ready" rather than a
+//! panic, so a large run still reports where it stood) until every cache is Ready or Failed, watches a
+//! steady-state window, and reads the
 //! simulator's request log and cache timelines. Modes (`settings.rs`): **stress** is the compressed timing of the
 //! old bench (1x clock, 1 s create and key-ready, no grant propagation, poll 0.3 s, resync
 //! `HPCC_BENCH_RESYNC_SECONDS`=10, steady window `HPCC_BENCH_STEADY_SECONDS`=30); **realistic** runs Azure's

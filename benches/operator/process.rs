@@ -126,8 +126,9 @@ pub struct Seen {
     pub failed: Option<Instant>,
 }
 
-/// Watches the namespace until every one of `n` caches is Ready or Failed, or `timeout` passes (panics with the
-/// operator's log tail).
+/// Watches the namespace until every one of `n` caches is Ready or Failed, or `timeout` passes. A timeout is a
+/// result, not a crash: it prints how far the operator got with its log tail and returns what was seen, so the run
+/// is reported as not all Ready (a 1000-cache run that does not converge still says where it stood).
 pub async fn watch_until_settled(
     api: Api<HpcCache>,
     n: usize,
@@ -162,8 +163,9 @@ pub async fn watch_until_settled(
     if tokio::time::timeout(timeout, watch).await.is_err() {
         let ready = seen.values().filter(|s| s.ready.is_some()).count();
         let failed = seen.values().filter(|s| s.failed.is_some()).count();
-        panic!(
-            "only {ready} of {n} caches Ready ({failed} Failed, {} seen) within {timeout:?}\n{}",
+        eprintln!(
+            "bench: TIMEOUT: only {ready} of {n} caches Ready ({failed} Failed, {} seen) within {timeout:?}; \
+             reporting as not all Ready\n{}",
             seen.len(),
             op.log_tail()
         );

@@ -53,7 +53,7 @@ pub fn print(s: &Settings, runs: &[RunResult]) {
         let p = s.profile(mode);
         println!(
             "- **{}**: simulator at {}x, create {} s, key-ready {} s, grant propagation {} s, authorization window {} s \
-             (simulated), ARM throttling on (buckets refill in real time); poll {:.2} s and resync {} s real = {:.0} s \
+             (simulated), ARM throttling on (buckets refill in real time); poll {:.2} s and resync {} s real = {:.1} s \
              and {:.0} s simulated; facts TTL {}; steady window {:.0} s simulated.",
             mode.name(),
             p.speed,
@@ -228,11 +228,17 @@ pub fn print(s: &Settings, runs: &[RunResult]) {
         };
         match o.mode {
             Mode::Stress => {
-                let ratio = o.all_ready_wall_s.filter(|_| o.write_floor_s > 0.0).map(|w| w / o.write_floor_s);
+                // Judged where the floor is the bound (it is ~0 below ~100 caches, where Azure's own delays
+                // dominate); a run that never got all Ready fails it.
+                let met = match o.all_ready_wall_s {
+                    None => Some(false),
+                    Some(_) if o.write_floor_s < 1.0 => None,
+                    Some(w) => Some(w <= 1.5 * o.write_floor_s),
+                };
                 goal(
-                    "all Ready within 1.5x the write floor",
+                    "all Ready within 1.5x the write floor (judged when the floor ≥ 1 s)",
                     format!("{} s vs floor {:.1} s", opt(o.all_ready_wall_s, 1), o.write_floor_s),
-                    ratio.map(|r| r <= 1.5),
+                    met,
                 );
                 let p99 = first_reconcile(o, 99.0);
                 goal("first-reconcile p99 < 5 s", opt(p99, 2) + " s", p99.map(|p| p < 5.0));

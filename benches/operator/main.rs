@@ -18,8 +18,8 @@
 //! `HPCC_BENCH_RESYNC_SECONDS`=10, steady window `HPCC_BENCH_STEADY_SECONDS`=30); **realistic** runs Azure's
 //! timing (create 10 min, key-ready 5 min, grant propagation 5 min) and the operator's defaults (poll 15 s, resync
 //! 600 s, facts TTL 60 s) in simulated time on a clock `HPCC_BENCH_SPEED` (default 60) times faster, with a steady
-//! window of one simulated hour. ARM's token buckets refill in real time in both modes (the simulator's and the
-//! operator's limiter alike): in realistic mode they are SPEED times tighter per simulated second than Azure's.
+//! window of one simulated hour. ARM's token buckets refill per simulated second in both modes (the simulator's,
+//! and the operator's limiter, whose rates the bench multiplies by SPEED): ARM's budget per simulated second.
 //!
 //! Every cache uses vault `kv-cmk` from `examples/seed.yaml`: one CMK vault per team is the common layout, and it
 //! is the contended case (N grants on one vault). Everything listens on 127.0.0.1; every wait is bounded.

@@ -34,6 +34,10 @@ impl Operator {
         if let Some(ttl) = p.facts_ttl_real {
             cmd.args(["--facts-ttl-seconds", &ttl.to_string()]);
         }
+        // The simulator's ARM buckets refill per simulated second; the operator's client-side budget (its defaults:
+        // 22.5 reads and 9 writes per second) follows the same clock.
+        cmd.env("HPCC_ARM_READS_PER_SECOND", (22.5 * p.speed).to_string())
+            .env("HPCC_ARM_WRITES_PER_SECOND", (9.0 * p.speed).to_string());
         let child = cmd
             .envs(sim.env())
             .env("KUBECONFIG", cluster.kubeconfig_path())

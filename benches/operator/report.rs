@@ -53,7 +53,7 @@ pub fn print(s: &Settings, runs: &[RunResult]) {
         let p = s.profile(mode);
         println!(
             "- **{}**: simulator at {}x, create {} s, key-ready {} s, grant propagation {} s, authorization window {} s \
-             (simulated), ARM throttling on (buckets refill in real time); poll {:.2} s and resync {} s real = {:.1} s \
+             (simulated), ARM throttling on (buckets refill per simulated second); poll {:.2} s and resync {} s real = {:.1} s \
              and {:.0} s simulated; facts TTL {}; steady window {:.0} s simulated.",
             mode.name(),
             p.speed,

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hpcc_api::v1alpha1::{AmlFilesystem, HpcCache, HpcCacheStatus};
-use hpcc_azure::{AzureError, Caller};
+use hpcc_azure::{AzureError, Caller, Urgency};
 use hpcc_core::{Action, Input};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
@@ -236,6 +236,11 @@ where
     Ok(pace(&ctx, &*obj, &caller, next))
 }
 
+/// The caller the current reconcile runs as (see [`reconcile_object`]).
+fn current_caller<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Caller {
+    hpcc_azure::current_caller().unwrap_or_else(|| Caller { holder: pacing::holder(obj), urgency: Urgency::Normal })
+}
+
 /// The requeue asked of the controller: the one decided (None: wait for a change), paced (see [`pacing`]).
 fn pace<K: status::Kind>(ctx: &Context, obj: &K, caller: &Caller, next: Option<Duration>) -> Requeue {
     match next {
@@ -251,12 +256,18 @@ fn pace<K: status::Kind>(ctx: &Context, obj: &K, caller: &Caller, next: Option<D
 async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -> Result<Option<Duration>, Error> {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
+    let status = obj.status.clone().unwrap_or_default();
     match finalizer::ensure(api, &ctx.own_writes, obj).await? {
         Finalizer::Held => {}
-        Finalizer::Added => return Ok(Some(Duration::from_millis(100))),
+        Finalizer::Added => {
+            // Say at once that the object was seen: its Azure reads may have to wait their turn.
+            if let Some(accepted) = hpcc_core::accepted(&status, obj.metadata.generation, Timestamp::now()) {
+                status::write(api, &ctx.own_writes, &name, &status, &accepted).await?;
+            }
+            return Ok(Some(Duration::from_millis(100)));
+        }
         Finalizer::Released => return Ok(None),
     }
-    let status = obj.status.clone().unwrap_or_default();
     let scopes = ctx.namespaces.allowed_vault_scopes(&ctx.client, &ns).await?;
     // Who acts in Azure for this namespace (its `hpccache-credential` Secret, or the operator), with whose reads.
     let credential = match ctx.credentials.resolve(&ctx.client, &ctx.azure, &ns).await? {
@@ -313,7 +324,12 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
         }
         action => info!(namespace = %ns, name = %name, ?action, "acting"),
     }
-    let result = ctx.actor.perform(azure, reads, obj, &owner, observation.vault(), &recorded).await;
+    let perform = ctx.actor.perform(azure, reads, obj, &owner, observation.vault(), &recorded);
+    let result = match pacing::action_urgency(recorded.action()) {
+        // A grant is what Azure's window waits for, even when the object's last status did not say so yet.
+        Some(urgency) => hpcc_azure::with_caller(Caller { urgency, ..current_caller(obj) }, perform).await,
+        None => perform.await,
+    };
     reads.forget_cache(&observe::cache_id(obj));
     let decided = &recorded.decision().status;
     match result {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use hpcc_api::v1alpha1::Phase;
 use hpcc_azure::{Caller, Urgency};
+use hpcc_core::Action;
 use kube::Resource;
 use kube::ResourceExt;
 
@@ -25,6 +26,12 @@ pub fn urgency(phase: Option<Phase>, settled: bool) -> Urgency {
         Some(Phase::Ready | Phase::Failed) if settled => Urgency::Routine,
         _ => Urgency::Normal,
     }
+}
+
+/// An action more urgent than the object's last status says: a grant (and the vault protection that precedes it)
+/// is what Azure's window waits for, decided in the very reconcile that saw the cache waiting for its key.
+pub fn action_urgency(action: &Action) -> Option<Urgency> {
+    matches!(action, Action::Grant(_) | Action::EnableVaultProtection).then_some(Urgency::Urgent)
 }
 
 /// The caller a reconcile of `obj` runs as.

@@ -103,12 +103,17 @@ impl TokenBucket {
     pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let mut s = self.refilled(now);
         s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < TICKET_EXPIRY);
-        if let Some(&(due, _)) = s.tickets.get(&caller.holder) {
+        if let Some(&(due, urgency)) = s.tickets.get(&caller.holder) {
             if now >= due {
                 s.tickets.remove(&caller.holder);
                 return Ok(());
             }
-            return Err(due - now);
+            if urgency >= caller.urgency {
+                return Err(due - now);
+            }
+            // The work became urgent while it waited: give the token back and queue again, ahead.
+            s.tickets.remove(&caller.holder);
+            s.tokens += 1.0;
         }
         let floor = if caller.urgency == Urgency::Routine { self.capacity * ROUTINE_HEADROOM } else { 0.0 };
         if s.tokens - 1.0 >= floor {
@@ -301,6 +306,25 @@ mod tests {
             assert_eq!(b.take(&caller(holder, Urgency::Normal), t0 + Duration::from_millis(at)), Ok(()), "{holder}");
         }
         assert!(b.available_at(t0 + Duration::from_millis(400)) < 0.5);
+    }
+
+    #[test]
+    fn work_that_became_urgent_while_waiting_moves_ahead() {
+        let b = TokenBucket::new(10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        for i in 0..5 {
+            assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err());
+        }
+        assert_eq!(b.take(&caller("g", Urgency::Normal), t0), Err(Duration::from_millis(600)));
+        // The same object now wants a grant: it goes ahead of the five, without a second token.
+        assert_eq!(b.take(&caller("g", Urgency::Urgent), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("g", Urgency::Urgent), t0 + Duration::from_millis(100)), Ok(()));
+        assert_eq!(
+            b.take(&caller("n4", Urgency::Normal), t0),
+            Err(Duration::from_millis(600)),
+            "still six tokens in all"
+        );
     }
 
     #[test]

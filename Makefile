@@ -94,7 +94,7 @@ image: ## the operator's OCI image without Docker: target/image/oci (+ .oci.tar)
 image-check: image ## test the image: config, layers, no shell, the binary run from it, agreement with the Dockerfile
 	HPCC_IMAGE_LAYOUT=$(CURDIR)/target/image/oci cargo test --test image
 
-# MODE=stress|realistic|both (default both), SIZES=100,1000 (default), SPEED=60 (realistic clock), POLICIES=operator,naive.
+# MODE=stress|realistic|both (default both), SIZES=100,1000 (default), SPEED=10 (realistic clock: simulated seconds per real second), POLICIES=operator,naive.
 # Unset variables fall back to the HPCC_BENCH_* environment (HPCC_BENCH_MODE, _SIZES, _SPEED, _POLICIES,
 # _STEADY_SECONDS, _RESYNC_SECONDS), then to the defaults above. Results: markdown on stdout, target/bench/summary.json.
 .PHONY: bench

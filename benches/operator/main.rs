@@ -105,7 +105,8 @@ pub struct RunResult {
     pub all_ready_sim_s: Option<f64>,
     /// Accepted ARM writes (not 429) from the apply until all were Ready (or the wait ended).
     pub arm_writes_to_ready: usize,
-    /// Wall seconds those writes need at least under ARM's write bucket: max(0, writes - 200) / 10.
+    /// Simulated seconds those writes need at least under ARM's write bucket: max(0, writes - 200) / 10 (the
+    /// simulator's buckets refill per simulated second; at speed 1, wall seconds).
     pub write_floor_s: f64,
     /// Wall seconds from the watch first seeing a cache to its first non-empty status (naive: from its start to its
     /// first request for the cache).

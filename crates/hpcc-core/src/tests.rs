@@ -1086,3 +1086,29 @@ fn a_zero_or_huge_retry_after_is_kept_within_the_poll_floor_and_the_resync() {
     let f = action_failed(&status, Some(1), &Action::Delete, &err(Duration::from_secs(30)), t0(), timing);
     assert_eq!(f.requeue_after, Duration::from_secs(30), "a sensible Retry-After is honoured as it is");
 }
+
+#[test]
+fn huge_and_unicode_specs_go_through_the_validators_and_the_machine_without_panicking() {
+    // What the apiserver stores (tests/crd_validation.rs): unicode tags, 50 tags of 20 KiB, and values the schema
+    // would refuse but an older CRD or a direct etcd write could hold (emoji key names, absurdly long ids).
+    let mut c = Case::new();
+    c.spec.tags = (0..50).map(|i| (format!("团队{i}🧬"), "é".repeat(10_240))).collect();
+    let enc = c.spec.encryption.as_mut().unwrap();
+    enc.key_name = "cache-key-🔑".into();
+    enc.key_vault_id = format!("{VAULT}{}", "\u{202E}k".repeat(5_000));
+    for allowed in [None, Some("🔑,,/subscriptions/ü"), Some(&*"/x,".repeat(10_000))] {
+        let _ = vault_allowed(&enc.key_vault_id, "ü🔑", allowed);
+    }
+    let key =
+        KeyProperties { kid: "https://kv.vault.azure.net/keys/🔑/\u{0}", kty: "RSA\u{1F511}", ..Default::default() };
+    assert!(matches!(check_key(&key, t0()), KeyFacts::Invalid { .. }));
+    assert!(matches!(check_vault("east us 🌍", "eastus", true, false), VaultFacts::Invalid { .. }));
+    assert_eq!(strip_version("https://kv/keys/🔑/ü/"), "https://kv/keys/🔑");
+    let d = c.run();
+    assert_eq!(d.action, Action::Create { key_url: Some(KID.into()) });
+    let mut existing = cache("Succeeded", "Healthy");
+    existing.tags.insert("ü".repeat(100_000), "🧬".into());
+    c.facts.cache = Some(existing);
+    // The spec names another vault than the cache uses: its identity is granted there first, then the update.
+    assert!(matches!(c.run().action, Action::Grant(_) | Action::Update { .. }));
+}

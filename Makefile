@@ -94,6 +94,12 @@ image: ## the operator's OCI image without Docker: target/image/oci (+ .oci.tar)
 image-check: image ## test the image: config, layers, no shell, the binary run from it, agreement with the Dockerfile
 	HPCC_IMAGE_LAYOUT=$(CURDIR)/target/image/oci cargo test --test image
 
+# MODE=stress|realistic|both (default both), SIZES=100,1000 (default), SPEED=60 (realistic clock), POLICIES=operator,naive.
+# Unset variables fall back to the HPCC_BENCH_* environment (HPCC_BENCH_MODE, _SIZES, _SPEED, _POLICIES,
+# _STEADY_SECONDS, _RESYNC_SECONDS), then to the defaults above. Results: markdown on stdout, target/bench/summary.json.
 .PHONY: bench
-bench: test-deps ## benchmark: apply→Ready time, Azure calls per cache, memory (prints markdown tables)
-	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo bench --bench operator
+bench: test-deps ## benchmark operator vs naive baseline: Ready time, write floor, reaction, ARM calls, 429s, RSS (MODE= SIZES= SPEED=)
+	HPCC_TEST_BIN_DIR="$(BIN_DIR)" \
+	  $(if $(MODE),HPCC_BENCH_MODE='$(MODE)') $(if $(SIZES),HPCC_BENCH_SIZES='$(SIZES)') \
+	  $(if $(SPEED),HPCC_BENCH_SPEED='$(SPEED)') $(if $(POLICIES),HPCC_BENCH_POLICIES='$(POLICIES)') \
+	  cargo bench --bench operator

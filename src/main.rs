@@ -101,8 +101,29 @@ struct RunArgs {
 /// Name of the leader-election Lease.
 const LEASE_NAME: &str = "hpc-cache-operator";
 
+/// Keeps glibc's allocator from holding memory the operator no longer uses (see `make bench`: peak RSS at 1000
+/// objects). Threads that allocate concurrently get their own heap arenas (up to 8 per core) and memory freed in one
+/// arena is not reused by another: two arenas are plenty for the operator's few threads. And a large block (a
+/// resource group's cache list is megabytes) raises glibc's dynamic mmap threshold once freed, after which such
+/// blocks come from the heap and fragment it: a fixed threshold keeps them mapped and returned on free. An explicit
+/// `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` in the environment still wins.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets tunables of the allocator; it is called before the operator's own threads
+        // allocate, and glibc applies them to later allocations.
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tune_allocator();
     // Also the kubectl plugin: `kubectl hpcc grant-command NAME` when installed as `kubectl-hpcc`.
     let cli: Cli = hpc_cache_operator::grant_command::parse();
     let filter = EnvFilter::try_from_env("HPCC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -17,7 +17,6 @@ use hpcc_core::amlfs::{
 use hpcc_core::{Action, ProvisioningState, Reason};
 use jiff::Timestamp;
 use kube::api::Api;
-use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::info;
@@ -75,7 +74,8 @@ async fn observe(
     let deleting = obj.metadata.deletion_timestamp.is_some();
     if !deleting && let Some(refs) = references(&obj.spec, scopes) {
         let key = format!("amlfs|{}", refs.cache_key());
-        let referenced = match reads.referenced(&key) {
+        let urgency = hpcc_azure::current_caller().map_or(hpcc_azure::Urgency::Normal, |c| c.urgency);
+        let referenced = match reads.referenced(&key, urgency) {
             Some(r) => r,
             None => {
                 let r = read_referenced(azure, &refs).await?;
@@ -221,18 +221,20 @@ async fn perform(
 }
 
 /// One reconcile of an `AmlFilesystem`.
-pub async fn reconcile(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let ns = cached.namespace().unwrap_or_default();
-    let name = cached.name_any();
-    let api: Api<AmlFilesystem> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(obj) = api.get_opt(&name).await? else {
-        super::publish::forget(&ctx.metrics, &ns, &name);
-        return Ok(Requeue::await_change());
-    };
-    match finalizer::ensure(&api, &obj).await? {
+/// One reconcile of a fresh copy of the object (see `reconcile::reconcile_object`): the requeue it decided, or None
+/// to wait for a change.
+pub async fn reconcile_current(
+    obj: Arc<AmlFilesystem>,
+    api: Api<AmlFilesystem>,
+    ctx: Arc<Context>,
+) -> Result<Option<Duration>, Error> {
+    let obj = Arc::unwrap_or_clone(obj);
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    match finalizer::ensure(&api, &ctx.own_writes, &obj).await? {
         Finalizer::Held => {}
-        Finalizer::Added => return Ok(Requeue::requeue(Duration::from_millis(100))),
-        Finalizer::Released => return Ok(Requeue::await_change()),
+        Finalizer::Added => return Ok(Some(Duration::from_millis(100))),
+        Finalizer::Released => return Ok(None),
     }
     let status = obj.status.clone().unwrap_or_default();
     let scopes = ctx.namespaces.allowed_vault_scopes(&ctx.client, &ns).await?;
@@ -261,35 +263,48 @@ pub async fn reconcile(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<
         facts: &facts,
         timing: ctx.settings.timing,
     });
-    let Some(recorded) = status::record(&api, &name, &status, decision).await? else {
-        return Ok(Requeue::await_change());
+    let Some(recorded) = status::record(&api, &ctx.own_writes, &name, &status, decision).await? else {
+        return Ok(None);
     };
     super::publish::events(&ctx.recorder, &obj, recorded.decision()).await;
     let st = &recorded.decision().status;
     super::publish::object(&ctx.metrics, &ns, &name, st.phase, &st.conditions);
     match recorded.action() {
         Action::RemoveFinalizer => {
-            finalizer::remove(&api, &obj).await?;
+            finalizer::remove(&api, &ctx.own_writes, &obj).await?;
             super::publish::forget(&ctx.metrics, &ns, &name);
             ctx.metrics.reconciled("finalized");
-            return Ok(Requeue::await_change());
+            return Ok(None);
         }
         Action::None => {
             ctx.metrics.reconciled("ok");
-            return Ok(Requeue::requeue(recorded.decision().requeue_after));
+            return Ok(Some(recorded.decision().requeue_after));
         }
         action => info!(namespace = %ns, name = %name, kind = %AmlFilesystem::kind(&()), ?action, "acting"),
     }
-    let result = perform(&ctx, azure, reads, &obj, &owner, observation.vault(), recorded.action()).await;
+    let perform = perform(&ctx, azure, reads, &obj, &owner, observation.vault(), recorded.action());
+    let result = match super::pacing::action_urgency(recorded.action()) {
+        Some(urgency) => {
+            let caller = hpcc_azure::current_caller().map(|c| hpcc_azure::Caller { urgency, ..c });
+            match caller {
+                Some(c) => hpcc_azure::with_caller(c, perform).await,
+                None => perform.await,
+            }
+        }
+        None => perform.await,
+    };
     let decided = &recorded.decision().status;
     match result {
         Ok(()) => {
             let mut after = decided.clone();
             hpcc_core::action_succeeded(&mut after, recorded.action());
-            status::write(&api, &name, decided, &after).await?;
+            status::write(&api, &ctx.own_writes, &name, decided, &after).await?;
             ctx.metrics.reconciled("ok");
-            Ok(Requeue::requeue(Duration::from_secs(1)))
+            Ok(Some(Duration::from_secs(1)))
         }
+        // Its turn in the ARM budget comes later: nothing was sent; the recorded intent stands.
+        // (The error policy requeues it for exactly that turn, unpaced.)
+        Err(e @ AzureError::Deferred { .. }) => Err(e.into()),
         Err(e) => {
             let mut error = action_error(&e);
             // Grants take minutes to take effect: a create refused right after the operator's own grants is retried.
@@ -302,10 +317,10 @@ pub async fn reconcile(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<
                 facts.now,
                 ctx.settings.timing,
             );
-            status::write(&api, &name, decided, &failed.status).await?;
+            status::write(&api, &ctx.own_writes, &name, decided, &failed.status).await?;
             super::publish::events(&ctx.recorder, &obj, &failed).await;
             ctx.metrics.reconciled("azure_error");
-            Ok(Requeue::requeue(failed.requeue_after))
+            Ok(Some(failed.requeue_after))
         }
     }
 }

@@ -11,10 +11,13 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::act::Actor;
+use super::changes::AzureChanges;
 use super::credentials::Credentials;
 use super::metrics::Metrics;
 use super::namespaces::NamespaceScopes;
-use super::reads::RecentReads;
+use super::own_writes::OwnWrites;
+use super::pacing::Pacer;
+use super::reads::{Freshness, RecentReads};
 use super::status;
 
 /// How the controller runs.
@@ -70,6 +73,9 @@ pub struct Context {
     pub(super) actor: Actor,
     pub(super) namespaces: NamespaceScopes,
     pub(super) credentials: Credentials,
+    pub(super) own_writes: OwnWrites,
+    pub(super) changes: AzureChanges,
+    pub(super) pacer: Pacer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +94,15 @@ impl Context {
         let reporter = Reporter { controller: status::MANAGER.into(), instance: settings.instance.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
         // Half a poll: a cache is never seen more than that late, and the caches of a resource group share a list.
-        let reads = RecentReads::new(settings.facts_ttl, settings.timing.poll / 2);
-        let credentials =
-            Credentials::new(settings.require_namespace_credentials, settings.facts_ttl, settings.timing.poll / 2);
+        let settings_resync = settings.timing.resync;
+        // Steady-state resyncs accept reads up to half a resync old.
+        let fresh = Freshness {
+            facts: settings.facts_ttl,
+            cache_list: settings.timing.poll / 2,
+            routine: settings.timing.resync / 2,
+        };
+        let reads = RecentReads::new(fresh);
+        let credentials = Credentials::new(settings.require_namespace_credentials, fresh);
         Arc::new(Self {
             client,
             azure,
@@ -101,6 +113,9 @@ impl Context {
             actor: Actor::default(),
             namespaces: NamespaceScopes::default(),
             credentials,
+            own_writes: OwnWrites::default(),
+            changes: AzureChanges::default(),
+            pacer: Pacer::new(settings_resync),
         })
     }
 }

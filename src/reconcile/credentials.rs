@@ -17,23 +17,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hpcc_api::v1alpha1::{HpcCache, ReconcilePolicy};
 use hpcc_azure::{Azure, AzureError, Principal, Secret as ClientSecret};
-use hpcc_core::{CredentialProblem, Reason, Timing};
-use jiff::Timestamp;
+use hpcc_core::{CredentialProblem, Reason};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
 use tracing::info;
 
-use super::finalizer;
-use super::metrics::Metrics;
-use super::publish;
-use super::reads::RecentReads;
-use super::status;
+use super::reads::{Freshness, RecentReads};
 
 /// The name of the namespace's credential Secret.
 pub const SECRET_NAME: &str = "hpccache-credential";
@@ -94,8 +86,7 @@ struct SecretRead {
 /// The namespace credentials in use, their clients and their read budgets.
 pub struct Credentials {
     require: bool,
-    facts_ttl: Duration,
-    cache_list_ttl: Duration,
+    fresh: Freshness,
     secrets: Mutex<HashMap<String, SecretRead>>,
     /// Namespace → (the Secret's resourceVersion, the client made from it).
     clients: Mutex<HashMap<String, (String, Azure)>>,
@@ -104,16 +95,9 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// `require`: `--require-namespace-credentials`; the TTLs are those of the operator-wide [`RecentReads`].
-    pub fn new(require: bool, facts_ttl: Duration, cache_list_ttl: Duration) -> Self {
-        Self {
-            require,
-            facts_ttl,
-            cache_list_ttl,
-            secrets: Default::default(),
-            clients: Default::default(),
-            reads: Default::default(),
-        }
+    /// `require`: `--require-namespace-credentials`; `fresh` is that of the operator-wide [`RecentReads`].
+    pub fn new(require: bool, fresh: Freshness) -> Self {
+        Self { require, fresh, secrets: Default::default(), clients: Default::default(), reads: Default::default() }
     }
 
     /// Who acts for the objects of `ns`, or why nobody can. `operator`: the operator-wide client, from which a
@@ -177,7 +161,7 @@ impl Credentials {
         };
         let reads = lock(&self.reads)
             .entry(azure.config().principal_key())
-            .or_insert_with(|| Arc::new(RecentReads::new(self.facts_ttl, self.cache_list_ttl)))
+            .or_insert_with(|| Arc::new(RecentReads::new(self.fresh)))
             .clone();
         Ok(Ok(Credential::Namespace { azure, reads, secret, client_id: principal.client_id }))
     }
@@ -260,49 +244,6 @@ fn is_domain(s: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
-}
-
-/// Reports a credential problem on the object (the machine's [`hpcc_core::credential_unusable`] decision): status,
-/// events, metrics, and the finalizer when the object may go without Azure. Azure is not called.
-pub async fn report(
-    api: &Api<HpcCache>,
-    obj: &HpcCache,
-    problem: &CredentialProblem,
-    recorder: &Recorder,
-    metrics: &Metrics,
-    timing: Timing,
-    default_policy: ReconcilePolicy,
-) -> Result<Requeue, kube::Error> {
-    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
-    let old = &obj.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let decision = hpcc_core::credential_unusable(
-        &obj.spec,
-        old,
-        obj.metadata.generation,
-        // An unknown policy value keeps everything, as skip does.
-        obj.metadata
-            .deletion_timestamp
-            .as_ref()
-            .map(|_| obj.reconcile_policy(default_policy).unwrap_or(ReconcilePolicy::Skip)),
-        problem,
-        now,
-        timing,
-    );
-    let Some(recorded) = status::record(api, &name, old, decision).await? else {
-        return Ok(Requeue::await_change());
-    };
-    publish::events(recorder, obj, recorded.decision()).await;
-    publish::metrics(metrics, &ns, &name, recorded.decision(), now);
-    if *recorded.action() == hpcc_core::Action::RemoveFinalizer {
-        finalizer::remove(api, obj).await?;
-        publish::forget(metrics, &ns, &name);
-        metrics.reconciled("finalized");
-        return Ok(Requeue::await_change());
-    }
-    info!(namespace = %ns, name = %name, reason = %problem.reason, "namespace credential unusable");
-    metrics.reconciled("ok");
-    Ok(Requeue::requeue(recorded.decision().requeue_after))
 }
 
 #[cfg(test)]

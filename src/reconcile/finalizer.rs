@@ -2,6 +2,7 @@
 
 use kube::ResourceExt;
 
+use super::own_writes::OwnWrites;
 use super::status::Kind;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -19,7 +20,7 @@ pub enum Finalizer {
 }
 
 /// Adds the finalizer to a live object that lacks it.
-pub async fn ensure<K: Kind>(api: &Api<K>, obj: &K) -> Result<Finalizer, kube::Error> {
+pub async fn ensure<K: Kind>(api: &Api<K>, writes: &OwnWrites, obj: &K) -> Result<Finalizer, kube::Error> {
     let held = obj.finalizers().iter().any(|f| f == FINALIZER);
     match (held, obj.meta().deletion_timestamp.is_some()) {
         (true, _) => Ok(Finalizer::Held),
@@ -27,20 +28,22 @@ pub async fn ensure<K: Kind>(api: &Api<K>, obj: &K) -> Result<Finalizer, kube::E
         (false, false) => {
             let mut finalizers = obj.finalizers().to_vec();
             finalizers.push(FINALIZER.to_string());
-            patch(api, obj, finalizers).await?;
+            patch(api, writes, obj, finalizers).await?;
             Ok(Finalizer::Added)
         }
     }
 }
 
 /// Removes the finalizer, letting Kubernetes delete the object.
-pub async fn remove<K: Kind>(api: &Api<K>, obj: &K) -> Result<(), kube::Error> {
+pub async fn remove<K: Kind>(api: &Api<K>, writes: &OwnWrites, obj: &K) -> Result<(), kube::Error> {
     let finalizers = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    patch(api, obj, finalizers).await
+    patch(api, writes, obj, finalizers).await
 }
 
 /// A merge patch guarded by the resourceVersion the decision was made on, so a concurrent change is never lost.
-async fn patch<K: Kind>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<(), kube::Error> {
+async fn patch<K: Kind>(api: &Api<K>, writes: &OwnWrites, obj: &K, finalizers: Vec<String>) -> Result<(), kube::Error> {
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(drop)
+    let written = api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    writes.remember(&written);
+    Ok(())
 }

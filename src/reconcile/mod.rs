@@ -8,11 +8,14 @@
 //! 6. [`act`]: perform the recorded action (per-vault writes serialized);
 //! 7. [`publish`]: events and metrics.
 //!
-//! [`reads`] budgets Azure reads across reconciles; [`namespaces`] keeps each namespace's allowed vault scopes
-//! from a watch; [`credentials`] picks who acts in Azure for a namespace (its `hpccache-credential` Secret).
+//! [`reads`] budgets Azure reads across reconciles; [`pacing`] orders work by urgency and spreads polls out when the
+//! queue runs late; [`own_writes`] lets a reconcile trust the watch's copy of its object; [`namespaces`] keeps each
+//! namespace's allowed vault scopes from a watch; [`credentials`] picks who acts in Azure for a namespace (its
+//! `hpccache-credential` Secret).
 
 pub mod act;
 pub mod amlfs;
+pub mod changes;
 pub mod context;
 pub mod credentials;
 pub mod facts;
@@ -21,24 +24,26 @@ pub mod metrics;
 pub mod namespaces;
 pub mod observation;
 pub mod observe;
+pub mod own_writes;
+pub mod pacing;
 pub mod publish;
 pub mod reads;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hpcc_api::v1alpha1::{AmlFilesystem, HpcCache, HpcCacheStatus};
-use hpcc_azure::AzureError;
+use hpcc_azure::{AzureError, Caller, Urgency};
 use hpcc_core::{Action, Input};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{info, warn};
 
 pub use context::{Context, Error, Settings};
@@ -86,7 +91,9 @@ pub async fn run(
     // Both kinds stop together: on a signal, or when `stop` resolves.
     let stop = futures::FutureExt::shared(stop);
     let config = kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency);
-    let controller = Controller::new(api, wc.clone());
+    let (objects, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, wc.clone()).modify(strip)).applied_objects();
+    let controller = Controller::for_stream(stream, objects);
     let objects = controller.store();
     let scopes_ctx = ctx.clone();
     let caches = controller
@@ -106,6 +113,7 @@ pub async fn run(
             };
             refs
         })
+        .reconcile_on(ctx.changes.connect())
         .with_config(config.clone())
         .shutdown_on_signal()
         .graceful_shutdown_on(stop.clone())
@@ -121,13 +129,15 @@ pub async fn run(
     };
     // Managed Lustre is optional: without its CRD the operator runs for HpcCache alone.
     let lustre = match filesystems.list(&ListParams::default().limit(1)).await {
-        Ok(_) => Some(
-            Controller::new(filesystems, wc)
+        Ok(_) => Some({
+            let (objects, writer) = reflector::store();
+            let stream = reflector::reflector(writer, watcher(filesystems, wc).modify(strip)).applied_objects();
+            Controller::for_stream(stream, objects)
                 .with_config(config)
                 .shutdown_on_signal()
                 .graceful_shutdown_on(stop)
                 .run(
-                    |obj, ctx| async move { ctx.metrics.clone().timed(amlfs::reconcile(obj, ctx)).await },
+                    |obj, ctx| async move { ctx.metrics.clone().timed(reconcile_amlfs(obj, ctx)).await },
                     error_policy,
                     ctx,
                 )
@@ -135,8 +145,8 @@ pub async fn run(
                     if let Err(e) = res {
                         warn!(error = %e, "AmlFilesystem reconcile failed");
                     }
-                }),
-        ),
+                })
+        }),
         Err(e) => {
             warn!(error = %e, "AmlFilesystem objects cannot be listed (is its CRD installed?); managing HpcCache only");
             None
@@ -152,9 +162,27 @@ pub async fn run(
     Ok(())
 }
 
-fn error_policy<K: ResourceExt>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Requeue {
+/// What the controller never reads is not kept in its cache: managed fields and kubectl's copy of the last applied
+/// manifest are most of a stored object.
+fn strip<K: ResourceExt>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+fn error_policy<K: kube::Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    if let Error::Azure(AzureError::Deferred { after, access }) = err {
+        // Not an error: the ARM budget has this object's turn at `after` (nothing was sent, nothing is reported).
+        ctx.metrics.reconciled("deferred");
+        // Reads wait when polling asks for more than the read budget: spread the polls. (Writes wait for their
+        // own reasons, e.g. many creates at once; polling less would only slow their progress down.)
+        if *access == hpcc_azure::Access::Read {
+            ctx.pacer.deferred(*after, Instant::now());
+        }
+        return Requeue::requeue(*after);
+    }
     ctx.metrics.reconciled("error");
     warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, "reconcile error");
+    ctx.pacer.forget(&pacing::holder(&*obj));
     match err {
         Error::Azure(e) => Requeue::requeue(retry_delay(e).unwrap_or(ctx.settings.timing.poll)),
         Error::Kube(_) => Requeue::requeue(Duration::from_secs(5)),
@@ -163,91 +191,157 @@ fn error_policy<K: ResourceExt>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> 
 }
 
 async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let ns = cached.namespace().unwrap_or_default();
-    let name = cached.name_any();
-    let api: Api<HpcCache> = Api::namespaced(ctx.client.clone(), &ns);
-    // The watch cache can lag behind our own last status write (which records intent and grants); deciding from
-    // it and applying the whole status back would undo that write. Read the object itself.
-    let Some(obj) = api.get_opt(&name).await? else {
+    let status = cached.status.as_ref();
+    let (phase, observed) = (status.and_then(|s| s.phase), status.and_then(|s| s.observed_generation));
+    reconcile_object(
+        cached,
+        ctx,
+        phase,
+        observed,
+        |obj, api, ctx| async move { reconcile_current(&obj, &api, &ctx).await },
+    )
+    .await
+}
+
+async fn reconcile_amlfs(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let status = cached.status.as_ref();
+    let (phase, observed) = (status.and_then(|s| s.phase), status.and_then(|s| s.observed_generation));
+    reconcile_object(cached, ctx, phase, observed, amlfs::reconcile_current).await
+}
+
+/// The driver both kinds share: pace, take a fresh copy (see [`own_writes`]), run `body` as the object's
+/// [`Caller`] (see [`pacing`]), pace its requeue.
+async fn reconcile_object<K, F, Fut>(
+    cached: Arc<K>,
+    ctx: Arc<Context>,
+    phase: Option<hpcc_api::v1alpha1::Phase>,
+    observed_generation: Option<i64>,
+    body: F,
+) -> Result<Requeue, Error>
+where
+    K: status::Kind + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    F: FnOnce(Arc<K>, Api<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Duration>, Error>>,
+{
+    let (ns, name) = (cached.namespace().unwrap_or_default(), cached.name_any());
+    let caller = pacing::caller(&*cached, phase, observed_generation);
+    ctx.pacer.started(&caller.holder, Instant::now());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(obj) = ctx.own_writes.current(&api, cached).await? else {
         publish::forget(&ctx.metrics, &ns, &name); // deleted (e.g. without our finalizer): drop its series
+        ctx.pacer.forget(&caller.holder);
         return Ok(Requeue::await_change());
     };
-    match finalizer::ensure(&api, &obj).await? {
-        Finalizer::Held => {}
-        Finalizer::Added => return Ok(Requeue::requeue(Duration::from_millis(100))),
-        Finalizer::Released => return Ok(Requeue::await_change()),
+    let next = hpcc_azure::with_caller(caller.clone(), body(obj.clone(), api, ctx.clone())).await?;
+    Ok(pace(&ctx, &*obj, &caller, next))
+}
+
+/// The caller the current reconcile runs as (see [`reconcile_object`]).
+fn current_caller<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Caller {
+    hpcc_azure::current_caller().unwrap_or_else(|| Caller { holder: pacing::holder(obj), urgency: Urgency::Normal })
+}
+
+/// The requeue asked of the controller: the one decided (None: wait for a change), paced (see [`pacing`]).
+fn pace<K: status::Kind>(ctx: &Context, obj: &K, caller: &Caller, next: Option<Duration>) -> Requeue {
+    match next {
+        Some(after) => Requeue::requeue(ctx.pacer.requeue(&caller.holder, after, caller.urgency, Instant::now())),
+        None => {
+            ctx.pacer.forget(&caller.holder);
+            ctx.own_writes.forget(obj);
+            Requeue::await_change()
+        }
     }
+}
+
+async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -> Result<Option<Duration>, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
     let status = obj.status.clone().unwrap_or_default();
+    match finalizer::ensure(api, &ctx.own_writes, obj).await? {
+        Finalizer::Held => {}
+        Finalizer::Added => {
+            // Say at once that the object was seen: its Azure reads may have to wait their turn.
+            if let Some(accepted) = hpcc_core::accepted(&status, obj.metadata.generation, Timestamp::now()) {
+                status::write(api, &ctx.own_writes, &name, &status, &accepted).await?;
+            }
+            return Ok(Some(Duration::from_millis(100)));
+        }
+        Finalizer::Released => return Ok(None),
+    }
     let scopes = ctx.namespaces.allowed_vault_scopes(&ctx.client, &ns).await?;
     // Who acts in Azure for this namespace (its `hpccache-credential` Secret, or the operator), with whose reads.
-    let (timing, recorder, metrics) = (ctx.settings.timing, &ctx.recorder, &ctx.metrics);
     let credential = match ctx.credentials.resolve(&ctx.client, &ctx.azure, &ns).await? {
         Ok(c) => c,
         Err(p) => {
-            return Ok(
-                credentials::report(&api, &obj, &p, recorder, metrics, timing, ctx.settings.default_policy).await?
-            );
+            return Ok(report_credential_problem(ctx, api, obj, &p).await?);
         }
     };
     let (azure, reads) = credential.pick(&ctx.azure, &ctx.reads);
 
-    let observation = match observe::observe(azure, reads, &obj, scopes.as_deref()).await {
+    let observation = match observe::observe(azure, reads, &ctx.changes, obj, scopes.as_deref()).await {
         Ok(o) => o,
         Err(e) => match credential.rejected(&e) {
             Some(p) => {
-                return Ok(
-                    credentials::report(&api, &obj, &p, recorder, metrics, timing, ctx.settings.default_policy).await?
-                );
+                return Ok(report_credential_problem(ctx, api, obj, &p).await?);
             }
-            None => return Err(report_unobservable(&ctx, &api, &obj, &status, e).await),
+            None => return Err(report_unobservable(ctx, api, obj, &status, e).await),
         },
     };
     let known_protected = obj.spec.encryption.as_ref().is_some_and(|e| reads.vault_protected(&e.key_vault_id));
     let facts = facts::facts(&obj.spec, &observation, known_protected);
-    let owner = act::owner(&ctx.settings.cluster_name, &obj);
+    let owner = act::owner(&ctx.settings.cluster_name, obj);
     let decision = hpcc_core::decide(&Input {
         spec: &obj.spec,
         generation: obj.metadata.generation,
         status: &status,
         deleting: obj.metadata.deletion_timestamp.is_some(),
-        cache_id: &observe::cache_id(&obj).to_string(),
+        cache_id: &observe::cache_id(obj).to_string(),
         owner: &owner,
-        legacy_owner: &act::legacy_owner(&obj),
+        legacy_owner: &act::legacy_owner(obj),
         policy: obj.reconcile_policy(ctx.settings.default_policy),
         adopt: obj.adopt(),
         facts: &facts,
         timing: ctx.settings.timing,
     });
-    let Some(recorded) = status::record(&api, &name, &status, decision).await? else {
-        return Ok(Requeue::await_change()); // the object is gone: nothing was recorded, so nothing is done
+    let Some(recorded) = status::record(api, &ctx.own_writes, &name, &status, decision).await? else {
+        return Ok(None); // the object is gone: nothing was recorded, so nothing is done
     };
-    publish::events(&ctx.recorder, &obj, recorded.decision()).await;
+    publish::events(&ctx.recorder, obj, recorded.decision()).await;
     publish::metrics(&ctx.metrics, &ns, &name, recorded.decision(), facts.now);
 
     match recorded.action() {
         Action::RemoveFinalizer => {
-            finalizer::remove(&api, &obj).await?;
+            finalizer::remove(api, &ctx.own_writes, obj).await?;
+            ctx.changes.forget(&observe::cache_id(obj));
             publish::forget(&ctx.metrics, &ns, &name);
             ctx.metrics.reconciled("finalized");
             info!(namespace = %ns, name = %name, "finalizer removed");
-            return Ok(Requeue::await_change());
+            return Ok(None);
         }
         Action::None => {
             ctx.metrics.reconciled("ok");
-            return Ok(Requeue::requeue(recorded.decision().requeue_after));
+            return Ok(Some(recorded.decision().requeue_after));
         }
         action => info!(namespace = %ns, name = %name, ?action, "acting"),
     }
-    let result = ctx.actor.perform(azure, reads, &obj, &owner, observation.vault(), &recorded).await;
-    reads.forget_cache(&observe::cache_id(&obj));
+    let perform = ctx.actor.perform(azure, reads, obj, &owner, observation.vault(), &recorded);
+    let result = match pacing::action_urgency(recorded.action()) {
+        // A grant is what Azure's window waits for, even when the object's last status did not say so yet.
+        Some(urgency) => hpcc_azure::with_caller(Caller { urgency, ..current_caller(obj) }, perform).await,
+        None => perform.await,
+    };
+    reads.forget_cache(&observe::cache_id(obj));
     let decided = &recorded.decision().status;
     match result {
+        // Its turn in the ARM budget comes later: nothing was sent; the recorded intent stands.
+        // (The error policy requeues it for exactly that turn, unpaced.)
+        Err(e @ AzureError::Deferred { .. }) => Err(e.into()),
         Ok(()) => {
             let mut after = decided.clone();
             hpcc_core::action_succeeded(&mut after, recorded.action());
-            status::write(&api, &name, decided, &after).await?;
+            status::write(api, &ctx.own_writes, &name, decided, &after).await?;
             ctx.metrics.reconciled("ok");
-            Ok(Requeue::requeue(AFTER_ACTION))
+            Ok(Some(AFTER_ACTION))
         }
         Err(e) => {
             let failed = hpcc_core::action_failed(
@@ -258,12 +352,54 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
                 facts.now,
                 ctx.settings.timing,
             );
-            status::write(&api, &name, decided, &failed.status).await?;
-            publish::events(&ctx.recorder, &obj, &failed).await;
+            status::write(api, &ctx.own_writes, &name, decided, &failed.status).await?;
+            publish::events(&ctx.recorder, obj, &failed).await;
             ctx.metrics.reconciled("azure_error");
-            Ok(Requeue::requeue(failed.requeue_after))
+            Ok(Some(failed.requeue_after))
         }
     }
+}
+
+/// Reports a credential problem on the object (the machine's [`hpcc_core::credential_unusable`] decision): status,
+/// events, metrics, and the finalizer when the object may go without Azure. Azure is not called.
+async fn report_credential_problem(
+    ctx: &Context,
+    api: &Api<HpcCache>,
+    obj: &HpcCache,
+    problem: &hpcc_core::CredentialProblem,
+) -> Result<Option<Duration>, kube::Error> {
+    let (writes, recorder, metrics) = (&ctx.own_writes, &ctx.recorder, &ctx.metrics);
+    let (timing, default_policy) = (ctx.settings.timing, ctx.settings.default_policy);
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let old = &obj.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let decision = hpcc_core::credential_unusable(
+        &obj.spec,
+        old,
+        obj.metadata.generation,
+        // An unknown policy value keeps everything, as skip does.
+        obj.metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|_| obj.reconcile_policy(default_policy).unwrap_or(hpcc_api::v1alpha1::ReconcilePolicy::Skip)),
+        problem,
+        now,
+        timing,
+    );
+    let Some(recorded) = status::record(api, writes, &name, old, decision).await? else {
+        return Ok(None);
+    };
+    publish::events(recorder, obj, recorded.decision()).await;
+    publish::metrics(metrics, &ns, &name, recorded.decision(), now);
+    if *recorded.action() == hpcc_core::Action::RemoveFinalizer {
+        finalizer::remove(api, writes, obj).await?;
+        publish::forget(metrics, &ns, &name);
+        metrics.reconciled("finalized");
+        return Ok(None);
+    }
+    info!(namespace = %ns, name = %name, reason = %problem.reason, "namespace credential unusable");
+    metrics.reconciled("ok");
+    Ok(Some(recorded.decision().requeue_after))
 }
 
 /// Azure could not be read: say why in the status, then let the error policy retry.
@@ -274,6 +410,9 @@ async fn report_unobservable(
     status: &HpcCacheStatus,
     e: AzureError,
 ) -> Error {
+    if matches!(e, AzureError::Deferred { .. }) {
+        return e.into(); // not a failure to report: the error policy requeues it for its turn
+    }
     let failed = hpcc_core::action_failed(
         status,
         obj.metadata.generation,
@@ -282,7 +421,7 @@ async fn report_unobservable(
         Timestamp::now(),
         ctx.settings.timing,
     );
-    if let Err(k) = status::write(api, &obj.name_any(), status, &failed.status).await {
+    if let Err(k) = status::write(api, &ctx.own_writes, &obj.name_any(), status, &failed.status).await {
         return k.into();
     }
     publish::events(&ctx.recorder, obj, &failed).await;

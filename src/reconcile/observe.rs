@@ -2,10 +2,16 @@
 //! [`facts`](super::facts)). Reads are shared and budgeted through [`RecentReads`].
 
 use hpcc_api::v1alpha1::{Encryption, HpcCache};
-use hpcc_azure::{Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hpcc_azure::{
+    Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Urgency, Vault,
+};
 use jiff::Timestamp;
 use url::Url;
 
+use super::changes::AzureChanges;
 use super::observation::{IdentityRead, KeyRead, Observation, Referenced, References, VaultRead};
 use super::reads::RecentReads;
 
@@ -20,10 +26,13 @@ pub fn cache_id(obj: &HpcCache) -> ResourceId {
 pub async fn observe(
     azure: &Azure,
     reads: &RecentReads,
+    changes: &AzureChanges,
     obj: &HpcCache,
     allowed_vault_scopes: Option<&str>,
 ) -> Result<Observation, AzureError> {
-    let got = read_cache(azure, reads, &cache_id(obj)).await?;
+    let id = cache_id(obj);
+    changes.belongs(&id, obj);
+    let got = read_cache(azure, reads, changes, &id).await?;
     let now = got.date.unwrap_or_else(Timestamp::now);
     let mut observation = Observation { now, cache: got.value, referenced: None };
     if obj.metadata.deletion_timestamp.is_some() {
@@ -33,7 +42,8 @@ pub async fn observe(
         return Ok(observation);
     };
     let key = refs.cache_key();
-    let referenced = match reads.referenced(&key) {
+    let urgency = hpcc_azure::current_caller().map_or(Urgency::Normal, |c| c.urgency);
+    let referenced = match reads.referenced(&key, urgency) {
         Some(r) => r,
         None => {
             let r = read_referenced(azure, &refs).await?;
@@ -51,14 +61,28 @@ pub async fn observe(
 }
 
 /// The cache as Azure reports it: from its resource group's recent list, or a GET when the list lacks it.
-async fn read_cache(azure: &Azure, reads: &RecentReads, id: &ResourceId) -> Result<Dated<Option<Cache>>, AzureError> {
-    let list = match reads.cache_list(id) {
+async fn read_cache(
+    azure: &Azure,
+    reads: &RecentReads,
+    changes: &AzureChanges,
+    id: &ResourceId,
+) -> Result<Dated<Option<Cache>>, AzureError> {
+    let urgency = hpcc_azure::current_caller().map_or(Urgency::Normal, |c| c.urgency);
+    let list = match reads.cache_list(id, urgency) {
         Some(list) => list,
         None => {
-            let epoch = reads.list_epoch(id);
-            let list = azure.list_caches(id.subscription(), id.resource_group()).await?;
-            reads.remember_cache_list(id, epoch, list.clone());
-            list
+            let lock = reads.list_read(id);
+            let _reading = lock.lock().await;
+            // Another reconcile may have read it while this one waited.
+            match reads.cache_list(id, urgency) {
+                Some(list) => list,
+                None => {
+                    let started = Instant::now();
+                    let list = Arc::new(azure.list_caches(id.subscription(), id.resource_group()).await?);
+                    changes.changed(&reads.remember_cache_list(id, started, list.clone()));
+                    list
+                }
+            }
         }
     };
     let wanted = id.to_string();

@@ -6,15 +6,18 @@
 //!   [`References`](super::observation::References), the very value the reads are made from.
 //! - Caches are read as one paged list per resource group, shared by every reconcile within half a poll interval
 //!   (so N caches cost about two list reads per poll, not N), also absorbing the watch echo of the operator's own
-//!   status writes. Any action on a cache drops its resource group's list; a cache missing from a list is confirmed
-//!   with a GET before anyone believes it is gone.
+//!   status writes; one reconcile reads it while the others wait for its answer. A list read before an action on a
+//!   cache does not speak for that cache (it is read with a GET until a newer list comes); a cache missing from a
+//!   list is confirmed with a GET before anyone believes it is gone.
+//! - Steady-state resyncs ([`Urgency::Routine`]) accept reads up to half a resync old, so Ready objects cost a few
+//!   shared reads per resync, whatever their number.
 //! - A vault seen protected stays protected: Azure refuses to turn purge protection off again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hpcc_azure::{Cache, Dated, ResourceId};
+use hpcc_azure::{Cache, Dated, ResourceId, Urgency};
 
 use super::observation::Referenced;
 
@@ -33,8 +36,10 @@ impl<V: Clone> TtlMap<V> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, key: &str) -> Option<V> {
-        self.lock().get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+    /// The value if it was written less than `max_age` ago (and within the map's `ttl`).
+    fn get(&self, key: &str, max_age: Duration) -> Option<V> {
+        let max_age = max_age.min(self.ttl);
+        self.lock().get(key).filter(|(at, _)| at.elapsed() < max_age).map(|(_, v)| v.clone())
     }
 
     fn put(&self, key: String, value: V) {
@@ -42,64 +47,99 @@ impl<V: Clone> TtlMap<V> {
         entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
         entries.insert(key, (Instant::now(), value));
     }
+}
 
-    fn remove(&self, key: &str) {
-        self.lock().remove(key);
-    }
+/// How old a read may be: what the spec references (`facts`), a resource group's cache list (`cache_list`), and
+/// either for steady-state work (`routine`, at least the other two).
+#[derive(Clone, Copy, Debug)]
+pub struct Freshness {
+    pub facts: Duration,
+    pub cache_list: Duration,
+    pub routine: Duration,
 }
 
 pub struct RecentReads {
     referenced: TtlMap<Referenced>,
-    cache_lists: TtlMap<Dated<Vec<Cache>>>,
+    /// Lists by resource group, with the moment their read began.
+    cache_lists: TtlMap<(Instant, Arc<Dated<Vec<Cache>>>)>,
+    /// When each cache (lower-case id) was last acted on.
+    acted: Mutex<HashMap<String, Instant>>,
+    /// One list read at a time per resource group.
+    list_reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     protected_vaults: Mutex<HashSet<String>>,
-    /// Bumped by every `forget_cache`, so a list read that started before an action is not stored after it.
-    list_epochs: Mutex<HashMap<String, u64>>,
+    facts_ttl: Duration,
+    cache_list_ttl: Duration,
+    routine_ttl: Duration,
 }
 
 impl RecentReads {
-    pub fn new(facts_ttl: Duration, cache_list_ttl: Duration) -> Self {
+    pub fn new(fresh: Freshness) -> Self {
+        let (facts_ttl, cache_list_ttl) = (fresh.facts, fresh.cache_list);
+        let routine_ttl = fresh.routine.max(facts_ttl).max(cache_list_ttl);
         Self {
-            referenced: TtlMap::new(facts_ttl),
-            cache_lists: TtlMap::new(cache_list_ttl),
+            referenced: TtlMap::new(routine_ttl),
+            cache_lists: TtlMap::new(routine_ttl),
+            acted: Default::default(),
+            list_reads: Default::default(),
             protected_vaults: Default::default(),
-            list_epochs: Default::default(),
+            facts_ttl,
+            cache_list_ttl,
+            routine_ttl,
         }
     }
 
-    pub fn referenced(&self, key: &str) -> Option<Referenced> {
-        self.referenced.get(key)
+    fn max_age(&self, fresh: Duration, urgency: Urgency) -> Duration {
+        if urgency == Urgency::Routine { self.routine_ttl } else { fresh }
+    }
+
+    pub fn referenced(&self, key: &str, urgency: Urgency) -> Option<Referenced> {
+        self.referenced.get(key, self.max_age(self.facts_ttl, urgency))
     }
 
     pub fn remember_referenced(&self, key: String, value: Referenced) {
         self.referenced.put(key, value);
     }
 
-    /// The recent list of a cache's resource group, if any.
-    pub fn cache_list(&self, cache: &ResourceId) -> Option<Dated<Vec<Cache>>> {
-        self.cache_lists.get(&list_key(cache))
+    /// The recent list of a cache's resource group, if it speaks for the cache: young enough for `urgency`, and
+    /// read after the last action on the cache.
+    pub fn cache_list(&self, cache: &ResourceId, urgency: Urgency) -> Option<Arc<Dated<Vec<Cache>>>> {
+        let (started, list) = self.cache_lists.get(&list_key(cache), self.max_age(self.cache_list_ttl, urgency))?;
+        let acted = self.acted().get(&cache_key(cache)).copied();
+        acted.is_none_or(|at| at < started).then_some(list)
     }
 
-    /// The current epoch of a cache's resource group; pass it to [`RecentReads::remember_cache_list`].
-    pub fn list_epoch(&self, cache: &ResourceId) -> u64 {
-        self.epochs().get(&list_key(cache)).copied().unwrap_or_default()
+    /// The lock a reconcile holds while it reads a resource group's list, so the others wait for that read
+    /// instead of repeating it.
+    pub fn list_read(&self, cache: &ResourceId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut reads = self.list_reads.lock().unwrap_or_else(|e| e.into_inner());
+        reads.entry(list_key(cache)).or_default().clone()
     }
 
-    /// Stores a list read unless an action on one of its caches happened since the read began (`epoch`).
-    pub fn remember_cache_list(&self, cache: &ResourceId, epoch: u64, list: Dated<Vec<Cache>>) {
+    /// Stores a list whose read began at `started`; returns the caches (lower-case ids) that differ from the
+    /// previous list of the resource group (changed, appeared or gone).
+    pub fn remember_cache_list(
+        &self,
+        cache: &ResourceId,
+        started: Instant,
+        list: Arc<Dated<Vec<Cache>>>,
+    ) -> Vec<String> {
         let key = list_key(cache);
-        // Compared and stored under the epochs lock, so a `forget_cache` cannot slip in between.
-        let epochs = self.epochs();
-        if epochs.get(&key).copied().unwrap_or_default() == epoch {
-            self.cache_lists.put(key, list);
-        }
+        let previous = self.cache_lists.get(&key, self.routine_ttl);
+        self.cache_lists.put(key, (started, list.clone()));
+        let Some((_, previous)) = previous else { return vec![] };
+        let (before, after) = (by_id(&previous), by_id(&list));
+        let mut changed: Vec<String> =
+            after.iter().filter(|(id, c)| before.get(*id) != Some(c)).map(|(id, _)| id.clone()).collect();
+        changed.extend(before.keys().filter(|id| !after.contains_key(*id)).cloned());
+        changed
     }
 
-    /// Forget what was read about a cache's resource group (after acting on the cache).
+    /// The cache was acted on: lists read before now no longer speak for it.
     pub fn forget_cache(&self, cache: &ResourceId) {
-        let key = list_key(cache);
-        let mut epochs = self.epochs();
-        *epochs.entry(key.clone()).or_default() += 1;
-        self.cache_lists.remove(&key);
+        let mut acted = self.acted();
+        let horizon = self.routine_ttl;
+        acted.retain(|_, at| at.elapsed() < horizon);
+        acted.insert(cache_key(cache), Instant::now());
     }
 
     /// Record that a vault is protected. Azure refuses to turn purge protection (or soft delete) off again, so
@@ -113,13 +153,21 @@ impl RecentReads {
         self.protected().contains(&vault_id.to_ascii_lowercase())
     }
 
-    fn epochs(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.list_epochs.lock().unwrap_or_else(|e| e.into_inner())
+    fn acted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.acted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn protected(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.protected_vaults.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn by_id(list: &Dated<Vec<Cache>>) -> HashMap<String, &Cache> {
+    list.value.iter().filter_map(|c| Some((c.id.as_deref()?.to_ascii_lowercase(), c))).collect()
+}
+
+fn cache_key(cache: &ResourceId) -> String {
+    cache.to_string().to_ascii_lowercase()
 }
 
 fn list_key(cache: &ResourceId) -> String {

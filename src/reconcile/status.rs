@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::own_writes::OwnWrites;
+
 /// A kind the operator writes status for (`HpcCache`, `AmlFilesystem`).
 pub trait Kind: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug {}
 impl<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug> Kind for K {}
@@ -33,16 +35,18 @@ impl<S> Recorded<S> {
 /// is gone, so nothing could be recorded and nothing may be done.
 pub async fn record<K: Kind, S: Serialize + PartialEq>(
     api: &Api<K>,
+    writes: &OwnWrites,
     name: &str,
     old: &S,
     decision: Decision<S>,
 ) -> Result<Option<Recorded<S>>, kube::Error> {
-    Ok(write(api, name, old, &decision.status).await?.then_some(Recorded(decision)))
+    Ok(write(api, writes, name, old, &decision.status).await?.then_some(Recorded(decision)))
 }
 
 /// Server-side apply of the whole status, skipped when nothing changed. False when the object is gone.
 pub async fn write<K: Kind, S: Serialize + PartialEq>(
     api: &Api<K>,
+    writes: &OwnWrites,
     name: &str,
     old: &S,
     new: &S,
@@ -56,7 +60,10 @@ pub async fn write<K: Kind, S: Serialize + PartialEq>(
         "status": new,
     });
     match api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
-        Ok(_) => Ok(true),
+        Ok(written) => {
+            writes.remember(&written);
+            Ok(true)
+        }
         // The object is gone (finalizer removed meanwhile): nothing to record.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(e),

@@ -171,11 +171,12 @@ impl Default for AzureConfig {
             max_retries: 2,
             max_retry_wait: Duration::from_secs(10),
             retry_base_delay: Duration::from_millis(500),
-            // ARM: reads 250 burst / 25 per s, writes 200 / 10 per s per subscription and principal. Stay below.
-            reads_per_second: 20.0,
-            read_burst: 200,
-            writes_per_second: 8.0,
-            write_burst: 150,
+            // ARM: reads 250 burst / 25 per s, writes 200 / 10 per s per subscription and principal. Stay 10% below
+            // (the bucket also follows Azure's x-ms-ratelimit-remaining-* counts, which include other clients).
+            reads_per_second: 22.5,
+            read_burst: 225,
+            writes_per_second: 9.0,
+            write_burst: 180,
             tenant_id: None,
             client_id: None,
             client_secret: None,

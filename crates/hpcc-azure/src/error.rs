@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::ratelimit::Access;
+
 /// An Azure call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AzureError {
@@ -11,6 +13,10 @@ pub enum AzureError {
     /// Throttled (429) beyond what the client will wait for inside one call; try again after `retry_after`.
     #[error("throttled by Azure; retry after {}s", retry_after.as_secs_f64())]
     Throttled { retry_after: Duration },
+    /// Not sent: the client-side ARM budget (`access`: reads or writes) has no token for this caller yet (see
+    /// [`with_caller`](crate::with_caller)); call again after `after`, when its reserved token is due.
+    #[error("deferred by the client-side ARM {access:?} budget for {}s", after.as_secs_f64())]
+    Deferred { after: Duration, access: Access },
     /// No token could be obtained, or a Key Vault challenge was refused. When Entra ID itself refused the
     /// credential, [`AzureError::token_rejection`] says how.
     #[error("authentication failed: {0}")]
@@ -140,6 +146,7 @@ impl AzureError {
         let retry = |after| ErrorClass::Retryable { after };
         match self {
             AzureError::Throttled { retry_after } => retry(Some(*retry_after)),
+            AzureError::Deferred { after, .. } => retry(Some(*after)),
             AzureError::Transport(_) | AzureError::Auth(_) | AzureError::Decode(_) => retry(None),
             AzureError::Api { status, code, retry_after, .. } => {
                 if retryable_status(*status) || TRANSIENT_CODES.iter().any(|c| c.eq_ignore_ascii_case(code)) {

@@ -21,7 +21,7 @@ use url::Url;
 use super::challenge::Challenge;
 use super::config::{AzureConfig, CredentialChoice, Principal};
 use super::error::{AuthError, AzureError, TokenRejection};
-use super::ratelimit::{Access, ArmLimiter};
+use super::ratelimit::{Access, ArmLimiter, current_caller};
 
 /// Receives one call per HTTP attempt (and per token request), e.g. for Prometheus metrics.
 pub trait CallObserver: Send + Sync {
@@ -431,9 +431,16 @@ impl Inner {
         let body = req.body;
         let mut slept = Duration::ZERO;
         let mut attempt: u32 = 0;
+        // Inside a reconcile, waits (for a token, or after a 429) are the controller's to schedule, not ours.
+        let caller = current_caller();
         loop {
-            if let Some((b, _)) = &bucket {
-                b.acquire().await;
+            if let Some((b, access)) = &bucket {
+                match &caller {
+                    Some(c) => b
+                        .take(c, tokio::time::Instant::now())
+                        .map_err(|after| AzureError::Deferred { after, access: *access })?,
+                    None => b.acquire().await,
+                }
             }
             let token = match &req.auth {
                 Auth::Arm => Some(self.token(&self.cfg.cloud.arm_scope()).await?),
@@ -511,7 +518,7 @@ impl Inner {
                         return Ok(resp);
                     }
                     // 429 means the request was not processed: always safe to resend.
-                    let may_retry = status == 429 || req.idempotent;
+                    let may_retry = if status == 429 { caller.is_none() } else { req.idempotent };
                     let delay = retry_after.unwrap_or_else(|| backoff(self.cfg.retry_base_delay, attempt));
                     if !may_retry || attempt >= self.cfg.max_retries || slept + delay > self.cfg.max_retry_wait {
                         tracing::debug!(op = req.op, status, attempt, "giving up on retryable status");

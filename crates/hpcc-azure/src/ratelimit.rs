@@ -2,6 +2,12 @@
 //! ARM's throttling limits instead of discovering them through 429s. ARM partitions its own buckets the same way
 //! ("per subscription and principal"): each namespace credential has its own budget, and two clients acting as
 //! one principal share theirs.
+//!
+//! A call made inside a reconcile ([`with_caller`]) never sleeps for a token: it gets a *ticket*, the time its token
+//! will be there (FIFO behind earlier tickets), and returns [`AzureError::Deferred`](crate::AzureError::Deferred)
+//! so the reconcile gives its slot back and is requeued for that moment; the ticket is honoured when it returns.
+//! Routine work ([`Urgency::Routine`]: steady-state resyncs) leaves a share of the bucket untouched for work that
+//! Azure's deadlines depend on, and takes no ticket: it comes back later.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,46 @@ pub struct TokenBucket {
 struct BucketState {
     tokens: f64,
     last: Instant,
+    /// Reserved tokens by holder: when each becomes usable, and for what urgency.
+    tickets: HashMap<String, (Instant, Urgency)>,
+}
+
+/// How much a call matters for Azure's deadlines; decides how much of a bucket it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Urgency {
+    /// Steady-state work (resyncs of Ready objects): never uses the last [`ROUTINE_HEADROOM`] of a bucket.
+    Routine,
+    /// Progress of a new or changing object (creates, polls while creating).
+    Normal,
+    /// Work a deadline depends on (a cache waiting for its key: the grant and the polls that lead to it).
+    Urgent,
+}
+
+/// The share of a bucket routine work leaves for the rest.
+pub const ROUTINE_HEADROOM: f64 = 0.3;
+
+/// A ticket not used this long after it became usable is dropped (its holder went away or needed no call).
+const TICKET_EXPIRY: Duration = Duration::from_secs(60);
+
+/// Who is calling: the object a reconcile is about (holder of its tickets) and how urgent its work is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub holder: String,
+    pub urgency: Urgency,
+}
+
+tokio::task_local! {
+    static CALLER: Caller;
+}
+
+/// Runs `f` as `caller`: its rate-limited Azure calls defer (return at once) instead of sleeping for tokens.
+pub async fn with_caller<F: std::future::Future>(caller: Caller, f: F) -> F::Output {
+    CALLER.scope(caller, f).await
+}
+
+/// The caller of the current task, if it runs inside [`with_caller`].
+pub fn current_caller() -> Option<Caller> {
+    CALLER.try_with(Clone::clone).ok()
 }
 
 impl TokenBucket {
@@ -31,18 +77,76 @@ impl TokenBucket {
         Self {
             capacity,
             rate: rate_per_second.max(f64::MIN_POSITIVE),
-            state: Mutex::new(BucketState { tokens: capacity, last: Instant::now() }),
+            state: Mutex::new(BucketState { tokens: capacity, last: Instant::now(), tickets: HashMap::new() }),
         }
     }
 
-    /// Take one token at `now`; returns how long the caller must wait before using it.
-    pub fn reserve_at(&self, now: Instant) -> Duration {
+    fn refilled(&self, now: Instant) -> std::sync::MutexGuard<'_, BucketState> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
         s.tokens = (s.tokens + elapsed * self.rate).min(self.capacity);
         s.last = now.max(s.last);
+        s
+    }
+
+    /// Take one token at `now`; returns how long the caller must wait before using it.
+    pub fn reserve_at(&self, now: Instant) -> Duration {
+        let mut s = self.refilled(now);
         s.tokens -= 1.0;
         if s.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-s.tokens / self.rate) }
+    }
+
+    /// A token for `caller` at `now`, without waiting: `Ok` to call now, or `Err(wait)` to come back after `wait`.
+    /// Normal callers get a ticket (a reserved token, first come first served) that a later `take` honours once
+    /// due. Urgent callers go ahead of every normal ticket (which each move back by one token). Routine callers
+    /// leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
+    pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
+        let mut s = self.refilled(now);
+        s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < TICKET_EXPIRY);
+        if let Some(&(due, urgency)) = s.tickets.get(&caller.holder) {
+            if now >= due {
+                s.tickets.remove(&caller.holder);
+                return Ok(());
+            }
+            if urgency >= caller.urgency {
+                return Err(due - now);
+            }
+            // The work became urgent while it waited: give the token back and queue again, ahead.
+            s.tickets.remove(&caller.holder);
+            s.tokens += 1.0;
+        }
+        let floor = if caller.urgency == Urgency::Routine { self.capacity * ROUTINE_HEADROOM } else { 0.0 };
+        if s.tokens - 1.0 >= floor {
+            s.tokens -= 1.0;
+            return Ok(());
+        }
+        let step = Duration::from_secs_f64(1.0 / self.rate);
+        match caller.urgency {
+            Urgency::Routine => Err(Duration::from_secs_f64((floor + 1.0 - s.tokens) / self.rate)),
+            Urgency::Normal => {
+                s.tokens -= 1.0;
+                let due = now + Duration::from_secs_f64(-s.tokens / self.rate);
+                s.tickets.insert(caller.holder.clone(), (due, Urgency::Normal));
+                Err(due - now)
+            }
+            Urgency::Urgent => {
+                // Ahead of the normal tickets: only the urgent ones already waiting count against it.
+                let normal = s.tickets.values().filter(|(_, u)| *u == Urgency::Normal).count() as f64;
+                s.tokens -= 1.0;
+                let ahead = s.tokens + normal;
+                for (due, urgency) in s.tickets.values_mut() {
+                    if *urgency == Urgency::Normal {
+                        *due += step;
+                    }
+                }
+                if ahead >= 0.0 {
+                    return Ok(());
+                }
+                let due = now + Duration::from_secs_f64(-ahead / self.rate);
+                s.tickets.insert(caller.holder.clone(), (due, Urgency::Urgent));
+                Err(due - now)
+            }
+        }
     }
 
     /// Take one token, sleeping until it is available.
@@ -58,7 +162,8 @@ impl TokenBucket {
     /// believe we have more than that.
     pub fn observe_remaining(&self, remaining: u64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let remaining = remaining as f64;
+        // Tokens already promised to tickets are not in Azure's count either.
+        let remaining = remaining as f64 - s.tickets.len() as f64;
         if remaining < s.tokens {
             s.tokens = remaining;
         }
@@ -155,6 +260,105 @@ mod tests {
         // A larger remaining count never adds tokens.
         b.observe_remaining(1000);
         assert!(b.available_at(now) < 0.0);
+    }
+
+    fn caller(holder: &str, urgency: Urgency) -> Caller {
+        Caller { holder: holder.into(), urgency }
+    }
+
+    #[test]
+    fn a_caller_without_a_token_gets_a_ticket_in_fifo_order_instead_of_sleeping() {
+        let b = TokenBucket::new(10.0, 2);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        assert_eq!(b.take(&caller("b", Urgency::Normal), t0), Ok(()));
+        // Empty: c and d are told when their reserved tokens will be there, in the order they asked.
+        assert_eq!(b.take(&caller("c", Urgency::Normal), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("d", Urgency::Normal), t0), Err(Duration::from_millis(200)));
+        // Asking again early does not take a second token; the wait shrinks.
+        assert_eq!(
+            b.take(&caller("c", Urgency::Normal), t0 + Duration::from_millis(40)),
+            Err(Duration::from_millis(60))
+        );
+        // Once due, the ticket is honoured whatever the balance, exactly once.
+        assert_eq!(b.take(&caller("c", Urgency::Normal), t0 + Duration::from_millis(100)), Ok(()));
+        assert_eq!(b.take(&caller("d", Urgency::Normal), t0 + Duration::from_millis(200)), Ok(()));
+        assert!(
+            b.take(&caller("c", Urgency::Normal), t0 + Duration::from_millis(200)).is_err(),
+            "a new token is needed"
+        );
+    }
+
+    #[test]
+    fn urgent_work_goes_ahead_of_normal_tickets_which_each_move_back_one_token() {
+        let b = TokenBucket::new(10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        assert_eq!(b.take(&caller("n1", Urgency::Normal), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("n2", Urgency::Normal), t0), Err(Duration::from_millis(200)));
+        // A grant for a cache whose window runs: first in line, the normal tickets one token later each.
+        assert_eq!(b.take(&caller("u1", Urgency::Urgent), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("u2", Urgency::Urgent), t0), Err(Duration::from_millis(200)));
+        assert_eq!(b.take(&caller("n1", Urgency::Normal), t0), Err(Duration::from_millis(300)));
+        assert_eq!(b.take(&caller("n2", Urgency::Normal), t0), Err(Duration::from_millis(400)));
+        // Spent exactly once each, in that order: never more than the bucket allows.
+        for (holder, at) in [("u1", 100), ("u2", 200), ("n1", 300), ("n2", 400)] {
+            assert_eq!(b.take(&caller(holder, Urgency::Normal), t0 + Duration::from_millis(at)), Ok(()), "{holder}");
+        }
+        assert!(b.available_at(t0 + Duration::from_millis(400)) < 0.5);
+    }
+
+    #[test]
+    fn work_that_became_urgent_while_waiting_moves_ahead() {
+        let b = TokenBucket::new(10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        for i in 0..5 {
+            assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err());
+        }
+        assert_eq!(b.take(&caller("g", Urgency::Normal), t0), Err(Duration::from_millis(600)));
+        // The same object now wants a grant: it goes ahead of the five, without a second token.
+        assert_eq!(b.take(&caller("g", Urgency::Urgent), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("g", Urgency::Urgent), t0 + Duration::from_millis(100)), Ok(()));
+        assert_eq!(
+            b.take(&caller("n4", Urgency::Normal), t0),
+            Err(Duration::from_millis(600)),
+            "still six tokens in all"
+        );
+    }
+
+    #[test]
+    fn routine_work_leaves_headroom_and_takes_no_ticket() {
+        let b = TokenBucket::new(10.0, 10);
+        let t0 = Instant::now();
+        for i in 0..7 {
+            assert_eq!(b.take(&caller(&format!("r{i}"), Urgency::Routine), t0), Ok(()), "{i}");
+        }
+        // 3 tokens left = the 30% headroom: routine waits, and its wait is when the headroom is restored.
+        assert_eq!(b.take(&caller("r7", Urgency::Routine), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("r7", Urgency::Routine), t0), Err(Duration::from_millis(100)), "no ticket taken");
+        // Urgent work still has the headroom.
+        for i in 0..3 {
+            assert_eq!(b.take(&caller(&format!("u{i}"), Urgency::Urgent), t0), Ok(()));
+        }
+    }
+
+    #[test]
+    fn an_unused_ticket_expires() {
+        let b = TokenBucket::new(1.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        assert!(b.take(&caller("gone", Urgency::Normal), t0).is_err());
+        let later = t0 + Duration::from_secs(1) + TICKET_EXPIRY + Duration::from_secs(1);
+        assert_eq!(b.take(&caller("a", Urgency::Normal), later), Ok(()));
+        assert!(b.state.lock().unwrap().tickets.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_caller_is_visible_only_inside_with_caller() {
+        assert_eq!(current_caller(), None);
+        let c = caller("HpcCache/ns/a", Urgency::Urgent);
+        assert_eq!(with_caller(c.clone(), async { current_caller() }).await, Some(c));
     }
 
     #[test]

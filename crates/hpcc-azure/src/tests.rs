@@ -731,6 +731,46 @@ async fn client_side_rate_limit_spaces_writes() {
     assert!(start.elapsed() < Duration::from_millis(250));
 }
 
+#[tokio::test]
+async fn inside_a_reconcile_an_empty_bucket_defers_the_call_instead_of_sleeping() {
+    let stub = Stub::start(|_, _| json_resp(200, cache_body("Succeeded"))).await;
+    let mut cfg = stub.config();
+    cfg.reads_per_second = 2.0;
+    cfg.read_burst = 1;
+    let az = Azure::new(cfg, None).await.unwrap();
+    let caller = |h: &str| crate::Caller { holder: h.into(), urgency: crate::Urgency::Normal };
+    crate::with_caller(caller("a"), az.get_cache(&cache_id())).await.unwrap();
+    let start = std::time::Instant::now();
+    let err = crate::with_caller(caller("b"), az.get_cache(&cache_id())).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_millis(100), "no sleep: {:?}", start.elapsed());
+    match err {
+        AzureError::Deferred { after, access } => {
+            assert_eq!(access, crate::Access::Read);
+            assert!(after > Duration::from_millis(200) && after <= Duration::from_millis(500), "{after:?}")
+        }
+        other => panic!("expected Deferred, got {other:?}"),
+    }
+    assert!(err.is_retryable());
+    assert_eq!(stub.calls().len(), 1, "nothing sent for b");
+    // b's ticket is honoured once due, without a further wait.
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    crate::with_caller(caller("b"), az.get_cache(&cache_id())).await.unwrap();
+    assert_eq!(stub.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn inside_a_reconcile_a_429_is_returned_at_once_not_slept() {
+    let stub =
+        Stub::start(|_, _| with_header(arm_error(429, "SubscriptionRequestsThrottled"), "retry-after", "1")).await;
+    let az = stub.client().await;
+    let caller = crate::Caller { holder: "a".into(), urgency: crate::Urgency::Urgent };
+    let start = std::time::Instant::now();
+    let err = crate::with_caller(caller, az.get_cache(&cache_id())).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_millis(900), "{:?}", start.elapsed());
+    assert!(matches!(err, AzureError::Throttled { retry_after } if retry_after == Duration::from_secs(1)), "{err:?}");
+    assert_eq!(stub.calls().len(), 1);
+}
+
 fn other_principal(secret: &str) -> Principal {
     Principal {
         tenant_id: TENANT.into(),

@@ -22,7 +22,7 @@ pub use decision::{
 };
 pub use facts::{CacheFacts, Facts, IdentityFacts, KeyFacts, VaultFacts};
 pub use machine::{
-    CredentialProblem, action_failed, action_succeeded, credential_recheck, credential_unusable, decide,
+    CredentialProblem, accepted, action_failed, action_succeeded, credential_recheck, credential_unusable, decide,
 };
 pub use reason::Reason;
 pub use validate::{

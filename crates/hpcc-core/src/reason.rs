@@ -32,6 +32,8 @@ macro_rules! reasons {
 
 reasons! {
     // ---- progress (Reconciling=True) ----
+    /// Seen for the first time; Azure has not been read for it yet.
+    Accepted,
     /// Checking the key: it has not been read yet.
     Checking,
     /// Reading the key before anything is created.

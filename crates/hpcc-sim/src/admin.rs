@@ -218,7 +218,14 @@ async fn state(State(shared): State<Arc<Shared>>) -> Response {
         .values()
         .map(|c| {
             let (p, h, _) = c.timeline.status(now, &w.delays);
-            json!({"id": c.id(), "provisioningState": p, "health": h, "detail": c})
+            json!({
+                "id": c.id(),
+                "provisioningState": p,
+                "health": h,
+                "waitingForKeyAt": c.timeline.waiting_for_key_at(),
+                "keyGrantedAt": w.key_granted_at(c),
+                "detail": c,
+            })
         })
         .collect();
     let aml: Vec<Value> = w

@@ -37,7 +37,7 @@ fn handle_authenticated(shared: &Shared, r: &Req, segs: &[String], principal: &s
     let sub_for_limits = route.subscription().unwrap_or("tenant").to_string();
     let remaining = {
         let mut b = shared.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        b.take(&sub_for_limits, principal, class)
+        b.take(&sub_for_limits, principal, class, shared.clock.speed())
     };
     let remaining = match remaining {
         Ok(n) => n,

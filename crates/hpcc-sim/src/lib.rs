@@ -61,6 +61,22 @@ use server::Shared;
 use state::{Delays, World};
 use throttle::Buckets;
 
+/// One cache's moments in simulated time ([`Simulator::cache_times`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheTimes {
+    pub id: String,
+    pub name: String,
+    pub created_at: jiff::Timestamp,
+    /// When its health became `WaitingForKey` (its creation, if its identity could not reach the key then).
+    pub waiting_for_key_at: Option<jiff::Timestamp>,
+    /// When the grant request that gave its identity key access was made (`None`: no access, or seeded access).
+    pub key_granted_at: Option<jiff::Timestamp>,
+    /// When it became `Succeeded`/`Healthy`, if it has.
+    pub ready_at: Option<jiff::Timestamp>,
+    /// When it failed (authorization window missed), if it has.
+    pub failed_at: Option<jiff::Timestamp>,
+}
+
 /// A running simulator. Dropping it (or [`Simulator::shutdown`]) stops its listeners.
 pub struct Simulator {
     shared: Arc<Shared>,
@@ -248,6 +264,27 @@ impl Simulator {
     /// The request log.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What happened to each cache when, in simulated time ([`CacheTimes`]): the moments benchmarks measure
+    /// reaction and readiness from. Also in the admin API's `GET /state` (`waitingForKeyAt`, `keyGrantedAt`).
+    pub fn cache_times(&self) -> Vec<CacheTimes> {
+        let now = self.now();
+        let mut w = self.shared.world();
+        w.tick(now);
+        let delays = w.delays;
+        w.caches
+            .values()
+            .map(|c| CacheTimes {
+                id: c.id(),
+                name: c.name.clone(),
+                created_at: c.timeline.created_at,
+                waiting_for_key_at: c.timeline.waiting_for_key_at(),
+                key_granted_at: w.key_granted_at(c),
+                ready_at: c.timeline.ready_at(&delays).filter(|r| *r <= now),
+                failed_at: c.timeline.failed_at.filter(|f| *f <= now),
+            })
+            .collect()
     }
 
     /// Jump the simulated clock ahead.

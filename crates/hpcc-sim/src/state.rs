@@ -477,6 +477,13 @@ impl CacheTimeline {
         }
     }
 
+    /// When the cache's health became `WaitingForKey`: a CMK cache whose identity could not reach the key when it
+    /// was created reports `WaitingForKey` from its creation on, so that is the instant; `None` for a cache that
+    /// never waited (no CMK, or access in effect at creation). Benchmarks measure reaction time from here.
+    pub fn waiting_for_key_at(&self) -> Option<Timestamp> {
+        (self.cmk && self.access_at.is_none_or(|a| a > self.created_at)).then_some(self.created_at)
+    }
+
     /// Record the effect of the clock reaching `now`, given since when (if at all) the cache identity's key access
     /// has been in effect (grants propagate, so this can lie between two requests; it can also lie before the
     /// cache was created). Call at every request, before and after any mutation.
@@ -1224,6 +1231,14 @@ impl World {
         self.key_access_since(ident, enc)
     }
 
+    /// When the request that gave the cache's identity its key access was made (simulated time): the access took
+    /// effect `grant_propagation` after the grant, so this is that instant minus the propagation. `None` without
+    /// access, or when the access was seeded (in effect from the start, no request made it).
+    pub fn key_granted_at(&self, cache: &Cache) -> Option<Timestamp> {
+        let since = self.cache_access_since(cache).filter(|t| *t > Timestamp::MIN)?;
+        since.checked_sub(sdur(self.delays.grant_propagation)).ok()
+    }
+
     /// May `principal` perform ARM `action` on `id`? Seeded `armScopes` allow everything beneath them; otherwise
     /// built-in roles: Owner (all), Contributor (all but role-assignment writes), Reader (reads), User Access
     /// Administrator (role assignments and reads).
@@ -1585,6 +1600,19 @@ mod tests {
         assert_eq!(c.failed_at, Some(ts("2025-01-01T01:30:00Z")));
         assert_eq!(c.status(ts("2025-01-01T02:00:00Z"), &t).0, "Failed");
         assert_eq!(c.status(ts("2025-01-01T02:00:00Z"), &t).1, "Down");
+    }
+
+    #[test]
+    fn waiting_for_key_starts_at_creation_unless_access_existed() {
+        let t = timing();
+        let mut waited = tl(true);
+        assert_eq!(waited.waiting_for_key_at(), Some(waited.created_at), "still waiting");
+        waited.observe(ts("2025-01-01T00:20:00Z"), Some(ts("2025-01-01T00:20:00Z")), &t);
+        assert_eq!(waited.waiting_for_key_at(), Some(waited.created_at), "waited, then got access");
+        let mut trusted = tl(true);
+        trusted.observe(trusted.created_at, Some(Timestamp::MIN), &t);
+        assert_eq!(trusted.waiting_for_key_at(), None, "access existed at creation");
+        assert_eq!(tl(false).waiting_for_key_at(), None, "no CMK");
     }
 
     #[test]

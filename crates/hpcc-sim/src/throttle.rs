@@ -18,7 +18,9 @@ impl OpClass {
     }
 }
 
-/// Token buckets per (subscription, principal, class). Refilled in real time (clients wait in real time).
+/// Token buckets per (subscription, principal, class). They refill at ARM's rate per *simulated* second (`speed`
+/// simulated seconds per real second), so a sped-up simulator keeps ARM's budget per simulated second; Retry-After
+/// is in real seconds, what the client waits.
 #[derive(Debug, Default)]
 pub struct Buckets {
     b: HashMap<(String, String, OpClass), (f64, Instant)>,
@@ -26,8 +28,9 @@ pub struct Buckets {
 
 impl Buckets {
     /// Take one token: `Ok(remaining)` or `Err(retry_after_seconds)`.
-    pub fn take(&mut self, sub: &str, principal: &str, class: OpClass) -> Result<u64, u64> {
+    pub fn take(&mut self, sub: &str, principal: &str, class: OpClass, speed: f64) -> Result<u64, u64> {
         let (cap, rate) = class.limits();
+        let rate = rate * speed.max(f64::MIN_POSITIVE);
         let now = Instant::now();
         let e = self.b.entry((sub.to_ascii_lowercase(), principal.to_ascii_lowercase(), class)).or_insert((cap, now));
         e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * rate).min(cap);
@@ -64,10 +67,22 @@ mod tests {
     fn buckets_run_dry() {
         let mut b = Buckets::default();
         for i in 0..200 {
-            assert_eq!(b.take("s", "p", OpClass::Writes), Ok(199 - i));
+            assert_eq!(b.take("s", "p", OpClass::Writes, 1.0), Ok(199 - i));
         }
-        assert!(b.take("s", "p", OpClass::Writes).is_err());
-        assert!(b.take("s", "other", OpClass::Writes).is_ok(), "per principal");
-        assert!(b.take("s", "p", OpClass::Reads).is_ok(), "per class");
+        assert!(b.take("s", "p", OpClass::Writes, 1.0).is_err());
+        assert!(b.take("s", "other", OpClass::Writes, 1.0).is_ok(), "per principal");
+        assert!(b.take("s", "p", OpClass::Reads, 1.0).is_ok(), "per class");
+    }
+
+    #[test]
+    fn a_faster_clock_refills_faster_in_real_time() {
+        let mut b = Buckets::default();
+        for _ in 0..200 {
+            b.take("s", "p", OpClass::Writes, 60.0).unwrap();
+        }
+        // 10 per simulated second at 60×: 600 per real second, so 20 ms of real time buys about 12.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let refilled = (0..50).take_while(|_| b.take("s", "p", OpClass::Writes, 60.0).is_ok()).count();
+        assert!((8..=40).contains(&refilled), "{refilled}");
     }
 }

@@ -1081,7 +1081,14 @@ async fn grants_take_effect_for_the_cache_after_propagation() {
     // access policy vault
     let r = t.put_system_cache("p1", "kv-ap").await;
     let p1 = r.body["identity"]["principalId"].as_str().unwrap().to_string();
+    let before = t.sim.now();
     t.add_access_policy("kv-ap", "2025-05-01", &p1, &["get", "wrapKey", "unwrapKey"]).await;
+    let after = t.sim.now();
+    let times = t.sim.cache_times().into_iter().find(|c| c.name == "p1").unwrap();
+    assert_eq!(times.waiting_for_key_at, Some(times.created_at), "waiting for the key from its creation");
+    let granted = times.key_granted_at.expect("the grant request's time, before it propagated");
+    assert!(before <= granted && granted <= after, "{before} <= {granted} <= {after}");
+    assert_eq!((times.ready_at, times.failed_at), (None, None));
     let v = t.call(Method::GET, &format!("{}?api-version=2025-05-01", vault_id(SUB, "rg", "kv-ap")), None).await;
     assert!(
         v.body["properties"]["accessPolicies"].as_array().unwrap().iter().any(|p| p["objectId"] == p1.as_str()),

@@ -12,6 +12,7 @@
 //! - [`outcome`]: what an action's success records, and how its failure is reported and retried;
 //! - [`credential`]: the namespace's Azure credential cannot be used: report it, touch nothing.
 
+mod accepted;
 mod credential;
 mod deleting;
 mod draft;
@@ -28,6 +29,7 @@ use hpcc_api::v1alpha1::ReconcilePolicy;
 use crate::decision::{Decision, Input};
 use draft::Draft;
 
+pub use accepted::accepted;
 pub use credential::{CredentialProblem, credential_recheck, credential_unusable};
 pub use outcome::{action_failed, action_succeeded};
 

@@ -1,0 +1,188 @@
+//! Fair, deadline-aware pacing of reconciles (the controller's queue is first-come, first-served):
+//!
+//! - each reconcile runs as a [`Caller`] whose [`Urgency`] says how much of the ARM budget it may use
+//!   (`hpcc_azure::with_caller`): a cache waiting for its key goes first, steady-state resyncs last;
+//! - the [`Pacer`] keeps the queue from running late: when reconciles start later than they were asked for
+//!   (more polling than the operator can serve), or are deferred for long by the ARM budget (more polling than the
+//!   subscription's budget), routine and normal polls are spread out (stretched) until the queue is on time and the
+//!   budget has room again, so a new object and a cache near its deadline are reached within seconds whatever the
+//!   load. Urgent polls are never stretched.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hpcc_api::v1alpha1::Phase;
+use hpcc_azure::{Caller, Urgency};
+use hpcc_core::Action;
+use kube::Resource;
+use kube::ResourceExt;
+
+/// How urgent an object's work is, from what its status said last.
+pub fn urgency(phase: Option<Phase>, settled: bool) -> Urgency {
+    match phase {
+        // Azure's 90-minute window runs: the grant and the polls that lead to it.
+        Some(Phase::WaitingForKey | Phase::Authorizing) => Urgency::Urgent,
+        Some(Phase::Ready | Phase::Failed) if settled => Urgency::Routine,
+        _ => Urgency::Normal,
+    }
+}
+
+/// An action more urgent than the object's last status says: a grant (and the vault protection that precedes it)
+/// is what Azure's window waits for, decided in the very reconcile that saw the cache waiting for its key.
+pub fn action_urgency(action: &Action) -> Option<Urgency> {
+    matches!(action, Action::Grant(_) | Action::EnableVaultProtection).then_some(Urgency::Urgent)
+}
+
+/// The caller a reconcile of `obj` runs as.
+pub fn caller<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    phase: Option<Phase>,
+    observed_generation: Option<i64>,
+) -> Caller {
+    let settled = obj.meta().deletion_timestamp.is_none() && observed_generation == obj.meta().generation;
+    Caller { holder: holder(obj), urgency: urgency(phase, settled) }
+}
+
+/// `Kind/namespace/name`: one object, across both kinds.
+pub fn holder<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The queue is late when reconciles start this much after they were due (on average).
+const LATE: f64 = 1.0;
+/// ... and on time again below this.
+const ON_TIME: f64 = 0.25;
+/// The stretch is adjusted at most this often.
+const ADJUST_EVERY: Duration = Duration::from_millis(500);
+/// Polls are never stretched more than this.
+const MAX_STRETCH: f64 = 32.0;
+
+struct PacerState {
+    /// When each object's requeue was due.
+    due: HashMap<String, Instant>,
+    /// Moving average of how late reconciles start, in seconds.
+    lateness: f64,
+    stretch: f64,
+    adjusted: Instant,
+}
+
+/// Spreads polls out while the controller's queue runs late (see the module docs).
+pub struct Pacer {
+    state: Mutex<PacerState>,
+    /// No poll is stretched past this (the resync).
+    ceiling: Duration,
+}
+
+impl Pacer {
+    pub fn new(ceiling: Duration) -> Self {
+        let state = PacerState { due: HashMap::new(), lateness: 0.0, stretch: 1.0, adjusted: Instant::now() };
+        Self { state: Mutex::new(state), ceiling }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A reconcile of `holder` starts at `now`: how late it is (versus its requeue) feeds the stretch. A reconcile
+    /// started by a change (a new object, an edit) before its requeue was due counts as on time.
+    pub fn started(&self, holder: &str, now: Instant) {
+        let mut s = self.lock();
+        let late = s.due.remove(holder).map_or(0.0, |due| now.saturating_duration_since(due).as_secs_f64());
+        Self::sample(&mut s, late, now);
+    }
+
+    /// A reconcile's read was deferred by the ARM budget for `wait`: the polling asks for more reads than the budget
+    /// has, which counts like a late queue (so polls spread out and leave the budget room).
+    pub fn deferred(&self, wait: Duration, now: Instant) {
+        Self::sample(&mut self.lock(), wait.as_secs_f64(), now);
+    }
+
+    fn sample(s: &mut PacerState, late: f64, now: Instant) {
+        s.lateness = 0.9 * s.lateness + 0.1 * late;
+        if now.saturating_duration_since(s.adjusted) >= ADJUST_EVERY {
+            s.adjusted = now;
+            if s.lateness > LATE {
+                s.stretch = (s.stretch * 1.25).min(MAX_STRETCH);
+            } else if s.lateness < ON_TIME {
+                s.stretch = (s.stretch * 0.9).max(1.0);
+            }
+        }
+    }
+
+    /// The requeue to ask for, given the one the machine decided: stretched unless urgent, never past the ceiling
+    /// (unless the machine itself asked for longer).
+    pub fn requeue(&self, holder: &str, after: Duration, urgency: Urgency, now: Instant) -> Duration {
+        let mut s = self.lock();
+        let paced = if urgency == Urgency::Urgent || s.stretch <= 1.0 {
+            after
+        } else {
+            after.mul_f64(s.stretch).min(self.ceiling.max(after))
+        };
+        s.due.insert(holder.to_string(), now + paced);
+        paced
+    }
+
+    /// The object is gone.
+    pub fn forget(&self, holder: &str) {
+        self.lock().due.remove(holder);
+    }
+
+    /// The current stretch of polls (1 = as configured).
+    pub fn stretch(&self) -> f64 {
+        self.lock().stretch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLL: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn work_a_deadline_depends_on_is_urgent_and_steady_state_is_routine() {
+        assert_eq!(urgency(Some(Phase::WaitingForKey), true), Urgency::Urgent);
+        assert_eq!(urgency(Some(Phase::Authorizing), false), Urgency::Urgent);
+        assert_eq!(urgency(Some(Phase::Ready), true), Urgency::Routine);
+        assert_eq!(urgency(Some(Phase::Ready), false), Urgency::Normal, "a spec change to apply");
+        assert_eq!(urgency(None, true), Urgency::Normal, "a new object");
+        assert_eq!(urgency(Some(Phase::Creating), true), Urgency::Normal);
+    }
+
+    #[test]
+    fn polls_stretch_while_the_queue_runs_late_and_recover_when_it_is_on_time() {
+        let pacer = Pacer::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        assert_eq!(pacer.requeue("a", POLL, Urgency::Normal, t0), POLL, "on time: as decided");
+        // Every reconcile starts 10 s after it was due, for a while.
+        let mut now = t0;
+        for i in 0..40 {
+            now += Duration::from_millis(600);
+            pacer.requeue(&format!("o{i}"), Duration::ZERO, Urgency::Normal, now - Duration::from_secs(10));
+            pacer.started(&format!("o{i}"), now);
+        }
+        let stretched = pacer.requeue("a", POLL, Urgency::Normal, now);
+        assert!(stretched > POLL * 4, "{stretched:?}");
+        assert_eq!(pacer.requeue("w", POLL, Urgency::Urgent, now), POLL, "a cache near its deadline is not stretched");
+        assert!(pacer.requeue("r", Duration::from_secs(600), Urgency::Routine, now) <= Duration::from_secs(600));
+        // New objects (started by the watch, not due) and on-time polls bring it back to 1.
+        for i in 0..200 {
+            now += Duration::from_millis(600);
+            pacer.started(&format!("new{i}"), now);
+        }
+        assert_eq!(pacer.stretch(), 1.0);
+        assert_eq!(pacer.requeue("a", POLL, Urgency::Normal, now), POLL);
+    }
+
+    #[test]
+    fn long_waits_for_the_arm_budget_stretch_polls_too() {
+        let pacer = Pacer::new(Duration::from_secs(600));
+        let mut now = Instant::now();
+        for _ in 0..40 {
+            now += Duration::from_millis(600);
+            pacer.deferred(Duration::from_secs(5), now);
+        }
+        assert!(pacer.stretch() > 4.0, "{}", pacer.stretch());
+    }
+}

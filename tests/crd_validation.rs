@@ -288,3 +288,74 @@ async fn amlfs_identity_sku_and_capacity_are_create_only_and_the_key_version_is_
     bad_sku["spec"]["sku"] = json!("Standard_2G");
     assert_eq!(refusal(api.create(&PostParams::default(), &object(bad_sku)).await).0, 422);
 }
+
+// ---- hostile manifests: unicode, very long strings, many tags, close to the size limit ----
+// (Found here: `#[schemars(length(max = 50))]` on the tag map emitted nothing, so any number of tags was stored;
+// the schema now says maxProperties: 50.)
+
+#[tokio::test]
+async fn unicode_tags_are_accepted_and_round_trip() {
+    let (api, _ns) = setup("unicode").await;
+    let mut sent = valid("unicode");
+    sent["spec"]["tags"] = json!({"团队": "基因组 🧬", "emoji🔑": "ü\u{200B}ñ", "rtl": "مرحبا", "zwj": "👩‍🔬"});
+    api.create(&PostParams::default(), &object(sent.clone())).await.unwrap();
+    assert_contains(&api.get("unicode").await.unwrap().data["spec"], &sent["spec"], "spec");
+}
+
+#[tokio::test]
+async fn unicode_and_emoji_are_refused_where_azure_allows_only_ascii() {
+    let (api, _ns) = setup("emoji").await;
+    let cases: [(&str, &[&str], Value); 4] = [
+        ("keyName", &["encryption", "keyName"], json!("cache-key-🔑")),
+        ("name", &["azure", "name"], json!("génomics")),
+        ("keyVersion", &["encryption", "keyVersion"], json!("０123456789abcdef0123456789abcdef")),
+        ("sku", &["sku"], json!("Standard_2G\u{202E}")),
+    ];
+    for (field, path, value) in cases {
+        let mut bad = valid("emoji");
+        let mut at = &mut bad["spec"];
+        for p in path {
+            at = &mut at[*p];
+        }
+        *at = value.clone();
+        let (code, message) = refusal(api.create(&PostParams::default(), &object(bad)).await);
+        assert_eq!(code, 422, "{field}: {message}");
+        assert!(message.contains(field), "{field}: the refusal does not name the field: {message}");
+    }
+}
+
+#[tokio::test]
+async fn more_than_50_tags_and_very_long_strings_are_refused_with_the_field_named() {
+    let (api, _ns) = setup("long").await;
+    let mut long_vault = valid("long");
+    long_vault["spec"]["encryption"]["keyVaultId"] =
+        json!(arm(&format!("Microsoft.KeyVault/vaults/{}", "k".repeat(10_000))));
+    let mut long_key = valid("long");
+    long_key["spec"]["encryption"]["keyName"] = json!("k".repeat(128));
+    let mut long_sku = valid("long");
+    long_sku["spec"]["sku"] = json!("S".repeat(65));
+    let mut many_tags = valid("long");
+    many_tags["spec"]["tags"] = Value::Object((0..51).map(|i| (format!("t{i}"), json!("v"))).collect());
+    for (field, bad) in [("keyVaultId", long_vault), ("keyName", long_key), ("sku", long_sku), ("tags", many_tags)] {
+        let (code, message) = refusal(api.create(&PostParams::default(), &object(bad)).await);
+        assert_eq!(code, 422, "{field}: {message}");
+        assert!(message.contains(field), "{field}: the refusal does not name the field: {message}");
+        assert!(message.len() < 20_000, "{field}: the refusal echoes the whole value ({} bytes)", message.len());
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_near_the_size_limit_is_stored_and_one_beyond_it_is_refused() {
+    let (api, _ns) = setup("size").await;
+    // 50 tags (the most allowed) of 20 KiB of multi-byte text each: about 1 MiB, under etcd's 1.5 MiB.
+    let mut big = valid("big");
+    big["spec"]["tags"] = Value::Object((0..50).map(|i| (format!("t{i}"), json!("é".repeat(10_240)))).collect());
+    api.create(&PostParams::default(), &object(big.clone())).await.unwrap();
+    assert_contains(&api.get("big").await.unwrap().data["spec"], &big["spec"], "spec");
+    // About 4 MiB: beyond what the apiserver and etcd take, refused as a whole, not half-stored.
+    let mut huge = valid("huge");
+    huge["spec"]["tags"] = Value::Object((0..50).map(|i| (format!("t{i}"), json!("x".repeat(80 << 10)))).collect());
+    let result = api.create(&PostParams::default(), &object(huge)).await;
+    assert!(result.is_err(), "a 4 MiB HpcCache was stored");
+    assert!(api.get_opt("huge").await.unwrap().is_none());
+}

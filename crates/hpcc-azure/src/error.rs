@@ -183,6 +183,13 @@ impl AzureError {
     }
 }
 
+impl AzureError {
+    /// Whether `body` is an error as ARM, Key Vault or Entra ID write it (`{"error": ...}`).
+    pub(crate) fn is_azure_error_body(body: &[u8]) -> bool {
+        parse_error_body(body).is_some()
+    }
+}
+
 fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
@@ -193,15 +200,21 @@ fn parse_error_body(body: &[u8]) -> Option<(String, String)> {
     // Entra token errors are `{"error": "invalid_client", "error_description": ...}`.
     if let Some(code) = err.as_str() {
         let msg = v.get("error_description").and_then(|m| m.as_str()).unwrap_or_default();
-        return Some((code.to_string(), msg.to_string()));
+        return Some((truncate(code, MAX_CODE), truncate(msg, MAX_MESSAGE)));
     }
-    let code = err.get("code").and_then(|c| c.as_str()).unwrap_or("Unknown").to_string();
-    let mut message = err.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string();
+    // Cut to a size that fits a condition message: the text ends up in the object's status, which the apiserver
+    // refuses beyond its request limit, so an enormous message would block every status write.
+    let code = truncate(err.get("code").and_then(|c| c.as_str()).unwrap_or("Unknown"), MAX_CODE);
+    let mut message = truncate(err.get("message").and_then(|m| m.as_str()).unwrap_or_default(), MAX_MESSAGE);
     if let Some(inner) = err.get("innererror").and_then(|i| i.get("code")).and_then(|c| c.as_str()) {
-        message = format!("{message} (innererror: {inner})");
+        message = format!("{message} (innererror: {})", truncate(inner, MAX_CODE));
     }
     Some((code, message))
 }
+
+/// The longest error code and message (in bytes) kept from an error body.
+const MAX_CODE: usize = 200;
+const MAX_MESSAGE: usize = 2000;
 
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {

@@ -29,6 +29,33 @@ pub trait CallObserver: Send + Sync {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
 }
 
+/// The most of one response body the client reads. ARM and Key Vault answers (a cache, a vault, one page of a list)
+/// are kilobytes; anything past this is a misbehaving proxy or server, and is refused rather than buffered.
+pub(crate) const MAX_RESPONSE_BODY: usize = 16 << 20;
+
+enum BodyError {
+    Read(reqwest::Error),
+    /// More than the limit arrived (or was announced by Content-Length): how many bytes were seen.
+    TooLarge(u64),
+}
+
+/// Reads a response body, at most `limit` bytes: a body announced or found larger is refused without reading on.
+async fn read_body(mut r: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if let Some(len) = r.content_length()
+        && len > limit as u64
+    {
+        return Err(BodyError::TooLarge(len));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Longest single backoff step when the server gives no `Retry-After`.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
@@ -61,11 +88,37 @@ pub(crate) struct Resp {
 }
 
 impl Resp {
+    /// The body as `T`. Every ARM and Key Vault answer is a JSON object: anything else (`[]`, `null`, a number),
+    /// which serde would otherwise read as a struct of defaults, is refused like any body that does not parse.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, AzureError> {
-        serde_json::from_slice(&self.body).map_err(|e| AzureError::Decode(format!("status {}: {e}", self.status)))
+        let decode = |e: String| AzureError::Decode(format!("status {}: {e}", self.status));
+        let value: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| decode(e.to_string()))?;
+        if !value.is_object() {
+            let kind = match value {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Array(_) => "an array",
+                _ => "a scalar",
+            };
+            return Err(decode(format!("expected a JSON object, got {kind}")));
+        }
+        serde_json::from_value(value).map_err(|e| decode(e.to_string()))
+    }
+
+    /// A 404 that Azure itself sent (its error JSON): the resource does not exist. A 404 without one comes from
+    /// something in between (a proxy, a wrong route) and says nothing about the resource; taking it for absence
+    /// would create a duplicate or drop a cache that still exists.
+    pub fn absent(&self) -> bool {
+        self.status == 404 && AzureError::is_azure_error_body(&self.body)
     }
 
     pub fn error(&self) -> AzureError {
+        if self.status == 404 && !self.absent() {
+            let text = String::from_utf8_lossy(&self.body);
+            let snippet: String = text.trim().chars().take(200).collect();
+            return AzureError::Decode(format!(
+                "status 404 without an Azure error body (a proxy or a wrong endpoint?): {snippet:?}"
+            ));
+        }
         AzureError::from_response(self.status, &self.body, self.retry_after)
     }
 }
@@ -414,9 +467,20 @@ impl Inner {
                 Ok(r) => {
                     let status = r.status().as_u16();
                     let headers = r.headers().clone();
-                    match r.bytes().await {
-                        Ok(body) => Ok((status, headers, body.to_vec())),
-                        Err(e) => Err((error_chain(&e), false)),
+                    match read_body(r, MAX_RESPONSE_BODY).await {
+                        Ok(body) => Ok((status, headers, body)),
+                        Err(BodyError::Read(e)) => Err((error_chain(&e), false)),
+                        Err(BodyError::TooLarge(read)) => {
+                            self.observe(req.op, Some(status), start.elapsed());
+                            // Not resent: a second copy would be as large. The reconcile tries again later.
+                            return Err(AzureError::Decode(format!(
+                                "{} {}: status {status}: the response body is larger than the {} MiB this client \
+                                 reads ({read} bytes and more); it was not read",
+                                req.method,
+                                req.url.path(),
+                                MAX_RESPONSE_BODY >> 20
+                            )));
+                        }
                     }
                 }
                 Err(e) => Err((error_chain(&e), e.is_connect())),

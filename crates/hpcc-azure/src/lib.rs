@@ -183,7 +183,7 @@ impl Azure {
         let resp = self.inner.send(req).await?;
         match resp.status {
             200 => Ok(Dated::from_resp(Some(resp.json()?), &resp)),
-            404 => Ok(Dated::from_resp(None, &resp)),
+            404 if resp.absent() => Ok(Dated::from_resp(None, &resp)),
             _ => Err(resp.error()),
         }
     }
@@ -377,7 +377,8 @@ impl Azure {
         let resp = self.inner.send(req).await?;
         match resp.status {
             202 => Ok(Dated::from_resp(DeleteOutcome::Accepted, &resp)),
-            200 | 204 | 404 => Ok(Dated::from_resp(DeleteOutcome::Gone, &resp)),
+            200 | 204 => Ok(Dated::from_resp(DeleteOutcome::Gone, &resp)),
+            404 if resp.absent() => Ok(Dated::from_resp(DeleteOutcome::Gone, &resp)),
             _ => Err(resp.error()),
         }
     }
@@ -563,7 +564,8 @@ impl Azure {
         let resp =
             self.inner.send(self.arm("roleAssignments.delete", Method::DELETE, url, scope.subscription())).await?;
         match resp.status {
-            200 | 202 | 204 | 404 => Ok(()),
+            200 | 202 | 204 => Ok(()),
+            404 if resp.absent() => Ok(()),
             _ => Err(resp.error()),
         }
     }
@@ -615,7 +617,7 @@ impl Azure {
         let resp = self.inner.send_keyvault("keys.get", url).await?;
         match resp.status {
             200 => Ok(Some(resp.json()?)),
-            404 => Ok(None),
+            404 if resp.absent() => Ok(None),
             _ => Err(resp.error()),
         }
     }
@@ -633,7 +635,7 @@ impl Azure {
             let resp = self.inner.send_keyvault("keys.versions", u).await?;
             match resp.status {
                 200 => {}
-                404 => return Ok(None),
+                404 if resp.absent() => return Ok(None),
                 _ => return Err(resp.error()),
             }
             let page: models::KeyListResult = resp.json()?;

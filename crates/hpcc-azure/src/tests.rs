@@ -1254,3 +1254,155 @@ fn storage_role_guids_are_the_documented_ones() {
         assert!(uuid::Uuid::parse_str(g).is_ok(), "{g}");
     }
 }
+
+// ------------------------------------------------------------------------------------------------ hostile bodies
+
+fn raw(status: u16, content_type: &str, body: impl Into<axum::body::Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut().insert("content-type", content_type.parse().unwrap());
+    r
+}
+
+const GARBAGE: &[&[u8]] = &[
+    b"\x00\xff\xfe garbage \x80\x81",
+    br#"{"id": "/subscriptions/x", "properties": {"provisioningSt"#,
+    b"",
+    b"null",
+    b"[]",
+    br#"{"properties": {"provisioningState": 42, "health": "Healthy"}}"#,
+    br#"{"tags": {"a": 1}}"#,
+    b"<html><body><h1>200 OK</h1>Welcome to nginx!</body></html>",
+];
+
+#[tokio::test]
+async fn a_200_with_an_unreadable_body_is_a_retryable_decode_error() {
+    // A 200 whose body is not the resource (garbage, cut off, empty, of the wrong shape, a proxy's page) says
+    // nothing was refused: a decode error, retried by the reconcile, never a panic and never "absent".
+    let stub = Stub::start(|_, n| raw(200, "application/json", GARBAGE[n % GARBAGE.len()].to_vec())).await;
+    let az = stub.client().await;
+    for body in GARBAGE {
+        let err = az.get_cache(&cache_id()).await.unwrap_err();
+        assert!(matches!(err, AzureError::Decode(_)), "{:?}: {err:?}", String::from_utf8_lossy(body));
+        assert!(err.to_string().contains("status 200"), "{err}");
+        assert!(err.is_retryable());
+    }
+    for body in GARBAGE {
+        let err = az.get_aml_filesystem(&aml_id()).await.unwrap_err();
+        assert!(matches!(err, AzureError::Decode(_)), "{:?}: {err:?}", String::from_utf8_lossy(body));
+    }
+    for body in GARBAGE {
+        let err = az.get_vault(&ResourceId::vault(SUB, "rg", "kv")).await.unwrap_err();
+        assert!(matches!(err, AzureError::Decode(_)), "{:?}: {err:?}", String::from_utf8_lossy(body));
+    }
+    assert_eq!(stub.calls().len(), 3 * GARBAGE.len(), "a 200 is not resent within the call");
+}
+
+#[tokio::test]
+async fn unknown_enum_values_and_missing_fields_are_kept_not_refused() {
+    let bodies = [
+        json!({
+            "id": cache_id().to_string(), "name": "c1", "someFieldFromTheFuture": {"x": [1, 2]},
+            "properties": {"provisioningState": "Hibernating", "health": {"state": "Sleeping\u{1F634}", "conditions": []}}
+        }),
+        json!({}),
+        json!({"properties": {}}),
+    ];
+    let stub = Stub::start(move |_, n| json_resp(200, bodies[n % 3].clone())).await;
+    let az = stub.client().await;
+    let cache = az.get_cache(&cache_id()).await.unwrap().value.unwrap();
+    assert_eq!(cache.provisioning_state(), Some("Hibernating"), "an unknown state is kept verbatim");
+    assert_eq!(cache.health_state(), Some("Sleeping\u{1F634}"));
+    for _ in 0..2 {
+        let empty = az.get_cache(&cache_id()).await.unwrap().value.unwrap();
+        assert_eq!(empty.provisioning_state(), None);
+        assert_eq!(empty.health_state(), None);
+        assert!(empty.created_at().is_none() && empty.key_encryption_key().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_error_page_is_classified_by_its_status() {
+    let page = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
+    let stub = Stub::start(move |s, _| match s.path.rsplit('/').next() {
+        Some("c1") => raw(502, "text/html", page),
+        Some("c2") => raw(403, "text/html", "<html>Forbidden by corporate proxy</html>"),
+        _ => raw(404, "text/html", "<html>404 Not Found</html>"),
+    })
+    .await;
+    let az = stub.client().await;
+    // 502 from a proxy: retryable, retried within the call, reported with the page's text.
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(502), Some("BadGateway")));
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("502 Bad Gateway"), "{err}");
+    assert_eq!(stub.calls().len(), 3);
+    // 403 from a proxy: a refusal, not retried.
+    let err = az.get_cache(&ResourceId::cache(SUB, "rg", "c2")).await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(403), Some("Forbidden")));
+    assert!(!err.is_retryable());
+    assert_eq!(stub.calls().len(), 4);
+}
+
+#[tokio::test]
+async fn a_404_that_azure_did_not_write_is_not_taken_for_absence() {
+    // A proxy's (or a wrong route's) 404 says nothing about the cache: read as "no cache", it would make the
+    // operator create a second one, or remove its finalizer while the cache still exists.
+    let stub = Stub::start(|s, _| match s.path.rsplit('/').next() {
+        Some("azure") => arm_error(404, "ResourceNotFound"),
+        _ => raw(404, "text/html", "<html><body>404 page not found</body></html>"),
+    })
+    .await;
+    let az = stub.client().await;
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Decode(_)), "{err:?}");
+    assert!(err.to_string().contains("404 page not found"), "{err}");
+    assert!(err.is_retryable() && !err.is_not_found());
+    let err = az.delete_cache(&cache_id()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Decode(_)), "a delete is not 'gone' on a proxy's 404: {err:?}");
+    let err = az.get_aml_filesystem(&aml_id()).await.unwrap_err();
+    assert!(matches!(err, AzureError::Decode(_)), "{err:?}");
+    // Azure's own 404 still means absent.
+    let azure = ResourceId::cache(SUB, "rg", "azure");
+    assert!(az.get_cache(&azure).await.unwrap().value.is_none());
+    assert!(matches!(az.delete_cache(&azure).await.unwrap().value, DeleteOutcome::Gone));
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_not_buffered() {
+    const HUGE: usize = 50 << 20;
+    let stub = Stub::start(|s, _| match s.path.rsplit('/').next() {
+        // Announced by Content-Length.
+        Some("c1") => raw(200, "application/json", vec![b' '; HUGE]),
+        // Streamed without a length: refused once the limit is crossed, the rest never read.
+        Some("c2") => {
+            let chunk = axum::body::Bytes::from(vec![b'x'; 1 << 20]);
+            let stream = futures::stream::iter((0..50).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+            raw(200, "application/json", axum::body::Body::from_stream(stream))
+        }
+        // A huge error page behind a retryable status.
+        _ => raw(502, "text/html", vec![b'<'; HUGE]),
+    })
+    .await;
+    let az = stub.client().await;
+    for name in ["c1", "c2", "c3"] {
+        let err = az.get_cache(&ResourceId::cache(SUB, "rg", name)).await.unwrap_err();
+        assert!(matches!(err, AzureError::Decode(_)), "{name}: {err:?}");
+        assert!(err.to_string().contains("larger than the 16 MiB"), "{name}: {err}");
+        assert!(err.is_retryable(), "the reconcile tries again later");
+    }
+    assert_eq!(stub.calls().len(), 3, "an oversized answer is not fetched again within the call");
+}
+
+#[tokio::test]
+async fn an_oversized_error_message_is_cut_to_fit_a_condition() {
+    // The message ends up in status.conditions; megabytes of it would make every status write fail.
+    let long = "Zugriff verweigert \u{1F512} ".repeat(100_000);
+    let stub = Stub::start(move |_, _| arm_error(400, &long)).await;
+    let az = stub.client().await;
+    let err = az.get_cache(&cache_id()).await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    assert!(err.code().unwrap().len() <= 200 + '…'.len_utf8());
+    assert!(err.to_string().len() < 3000, "{} bytes", err.to_string().len());
+    assert!(err.to_string().contains("Zugriff verweigert \u{1F512}"));
+}

@@ -1015,3 +1015,100 @@ fn ready_status_shows_the_short_key_and_the_mount_addresses() {
     let d = c.run();
     assert!(d.status.mount_addresses.is_empty() && d.status.active_key.is_none());
 }
+
+// ---- regressions found by the property tests (tests/properties.rs) ----
+
+#[test]
+fn a_created_at_at_the_end_of_time_does_not_overflow_the_deadline() {
+    // Azure's systemData.createdAt is text off the wire; jiff parses years up to 9999, and adding the 90-minute
+    // window to such a time panicked.
+    let mut c = Case::new();
+    let mut waiting = cache("Creating", "WaitingForKey");
+    waiting.created_at = Some(Timestamp::MAX - mins(10));
+    c.facts.cache = Some(waiting);
+    let d = c.run();
+    assert_eq!(d.status.authorization_deadline, Some(Time(Timestamp::MAX)), "the deadline saturates");
+    assert!(matches!(d.action, Action::Grant(_)), "the window is still open: {:?}", d.action);
+}
+
+#[test]
+fn an_adopted_healthy_cache_whose_update_failed_is_never_deleted_to_recreate() {
+    // provisioningState Failed with health Healthy is a failed update of a working cache. When this status never
+    // saw it healthy (adopted, or the status was lost) the Recreate policy deleted it.
+    let mut c = Case::new();
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.adopt = true;
+    let mut adopted = cache("Failed", "Healthy");
+    adopted.tags.clear();
+    c.facts.cache = Some(adopted);
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(cond(&d, "Stalled").reason, "ProvisioningFailed");
+    assert_eq!(d.status.recreations, 0);
+}
+
+#[test]
+fn waiting_for_key_without_a_customer_managed_key_grants_nothing() {
+    // A grant needs a vault; with Microsoft-managed keys there is none, and the machine sent a grant on scope "".
+    for authorized_before in [false, true] {
+        let mut c = Case::new();
+        c.spec.encryption = None;
+        c.facts.key = None;
+        c.facts.vault = None;
+        c.status.authorized_at = authorized_before.then(|| Time(t0()));
+        c.facts.cache = Some(cache("Succeeded", "WaitingForKey"));
+        let d = c.run();
+        assert_eq!(d.action, Action::None, "authorized before: {authorized_before}");
+        assert_eq!(d.status.phase, Some(Phase::WaitingForKey));
+        assert_eq!(cond(&d, "Reconciling").reason, "CacheNotHealthy");
+        assert!(d.status.grants.is_empty());
+    }
+}
+
+#[test]
+fn a_zero_or_huge_retry_after_is_kept_within_the_poll_floor_and_the_resync() {
+    // Retry-After: 0 (or an HTTP date already past) made the requeue zero, so a throttling Azure was asked again at
+    // once, in a loop; an absurd one left the object alone for years.
+    let timing = Timing::default();
+    let err = |after: Duration| ActionError {
+        status: Some(429),
+        code: "SubscriptionRequestsThrottled".into(),
+        message: "throttled".into(),
+        retryable: true,
+        retry_after: Some(after),
+    };
+    let status = HpcCacheStatus::default();
+    let f = action_failed(&status, Some(1), &Action::Delete, &err(Duration::ZERO), t0(), timing);
+    assert_eq!(f.requeue_after, Duration::from_secs(1));
+    let f = action_failed(&status, Some(1), &Action::Delete, &err(Duration::from_secs(86_400 * 365)), t0(), timing);
+    assert_eq!(f.requeue_after, timing.resync);
+    let f = action_failed(&status, Some(1), &Action::Delete, &err(Duration::from_secs(30)), t0(), timing);
+    assert_eq!(f.requeue_after, Duration::from_secs(30), "a sensible Retry-After is honoured as it is");
+}
+
+#[test]
+fn huge_and_unicode_specs_go_through_the_validators_and_the_machine_without_panicking() {
+    // What the apiserver stores (tests/crd_validation.rs): unicode tags, 50 tags of 20 KiB, and values the schema
+    // would refuse but an older CRD or a direct etcd write could hold (emoji key names, absurdly long ids).
+    let mut c = Case::new();
+    c.spec.tags = (0..50).map(|i| (format!("团队{i}🧬"), "é".repeat(10_240))).collect();
+    let enc = c.spec.encryption.as_mut().unwrap();
+    enc.key_name = "cache-key-🔑".into();
+    enc.key_vault_id = format!("{VAULT}{}", "\u{202E}k".repeat(5_000));
+    for allowed in [None, Some("🔑,,/subscriptions/ü"), Some(&*"/x,".repeat(10_000))] {
+        let _ = vault_allowed(&enc.key_vault_id, "ü🔑", allowed);
+    }
+    let key =
+        KeyProperties { kid: "https://kv.vault.azure.net/keys/🔑/\u{0}", kty: "RSA\u{1F511}", ..Default::default() };
+    assert!(matches!(check_key(&key, t0()), KeyFacts::Invalid { .. }));
+    assert!(matches!(check_vault("east us 🌍", "eastus", true, false), VaultFacts::Invalid { .. }));
+    assert_eq!(strip_version("https://kv/keys/🔑/ü/"), "https://kv/keys/🔑");
+    let d = c.run();
+    assert_eq!(d.action, Action::Create { key_url: Some(KID.into()) });
+    let mut existing = cache("Succeeded", "Healthy");
+    existing.tags.insert("ü".repeat(100_000), "🧬".into());
+    c.facts.cache = Some(existing);
+    // The spec names another vault than the cache uses: its identity is granted there first, then the update.
+    assert!(matches!(c.run().action, Action::Grant(_) | Action::Update { .. }));
+}

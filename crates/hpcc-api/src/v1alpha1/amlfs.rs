@@ -99,9 +99,9 @@ pub struct AmlFilesystemSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// Azure resource tags for the file system.
+    /// Azure resource tags for the file system (at most 50).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(extend("maxProperties" = 50))]
     pub tags: BTreeMap<String, String>,
 }
 

@@ -102,9 +102,9 @@ pub struct HpcCacheSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// Azure resource tags for the cache.
+    /// Azure resource tags for the cache (at most 50).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(extend("maxProperties" = 50))]
     pub tags: BTreeMap<String, String>,
 }
 

@@ -1,6 +1,7 @@
 //! Azure has the cache: follow its provisioning and health states to Ready, through the key window.
 
 use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, IdentityType, Phase};
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::draft::Draft;
@@ -33,7 +34,8 @@ impl Draft<'_> {
         if self.spec().encryption.is_none() {
             self.cond(C::KeyValid, S::True, Reason::MicrosoftManagedKey, "the cache uses Microsoft-managed keys");
         }
-        let deadline = created_at.map(|c| c + AUTHORIZATION_WINDOW);
+        // Saturating: Azure's createdAt is text from the wire, and one near the end of time must not panic.
+        let deadline = created_at.map(|c| c.checked_add(AUTHORIZATION_WINDOW).unwrap_or(Timestamp::MAX));
         let state = &cache.provisioning_state;
 
         if *state == P::Deleting {
@@ -47,7 +49,9 @@ impl Draft<'_> {
         // trouble (a failed update, lost key access) is reported, never answered by deleting the cache.
         let authorized = self.status.authorized_at.is_some();
         if matches!(state, P::Failed | P::Canceled) {
-            if authorized {
+            // A cache Azure reports healthy is kept too, even when this status never saw it healthy (adopted, or
+            // the status was lost): provisioningState Failed then belongs to a failed update, not a failed create.
+            if authorized || cache.is_healthy() {
                 let detail = cache.status_description.as_deref().unwrap_or("no details");
                 let msg = format!("Azure reports provisioningState {state} ({detail}); the cache is kept as it is");
                 self.stalled(Phase::Failed, Reason::ProvisioningFailed, &msg);

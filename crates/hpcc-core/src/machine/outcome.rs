@@ -1,6 +1,8 @@
 //! The outcome of an action: what a success records (what could not be recorded as intent beforehand) and how a
 //! failure is reported and retried. Whether a failure is worth retrying comes with it (`ActionError::retryable`).
 
+use std::time::Duration;
+
 use hpcc_api::v1alpha1::{ConditionStatus as S, ConditionType as C, KindStatus, Phase, set_condition};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -46,7 +48,10 @@ pub fn action_failed<St: KindStatus>(
     };
     let requeue_after = if error.retryable {
         cond(C::Reconciling, S::True, Reason::AzureRetrying);
-        error.retry_after.unwrap_or(timing.poll)
+        // Azure's Retry-After, within bounds: zero (or a date already past) must not requeue at once, over and
+        // over, and an absurdly long one must not keep the object unlooked-at beyond the resync.
+        let floor = timing.poll.min(Duration::from_secs(1));
+        error.retry_after.unwrap_or(timing.poll).min(timing.resync).max(floor)
     } else {
         let rejected_create =
             matches!(action, Action::Create { .. }) && error.status.is_some_and(|s| (400..500).contains(&s));

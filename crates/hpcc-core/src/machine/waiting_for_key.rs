@@ -22,6 +22,9 @@ impl Draft<'_> {
             let floor = self.input.timing.poll.min(Duration::from_secs(1));
             self.requeue_after = self.input.timing.poll.min(quarter).max(floor);
         }
+        if let Some(action) = self.no_key_to_grant() {
+            return action;
+        }
         let Some(principal) = self.cache_principal(cache) else {
             self.progressing(
                 Phase::WaitingForKey,
@@ -80,6 +83,9 @@ impl Draft<'_> {
     /// Automatic mode, ask a person in Manual mode. No deadline applies and the cache is never deleted.
     pub(super) fn key_access_lost(&mut self, cache: &CacheFacts) -> Action {
         self.status.authorization_deadline = None;
+        if let Some(action) = self.no_key_to_grant() {
+            return action;
+        }
         let Some(principal) = self.cache_principal(cache) else {
             self.progressing(
                 Phase::WaitingForKey,
@@ -102,5 +108,19 @@ impl Draft<'_> {
         let grant = self.grant(&principal, cache.tenant_id.clone());
         self.progressing(Phase::WaitingForKey, Reason::KeyAccessLost, &format!("{msg}; granting it again"));
         grant
+    }
+
+    /// Azure reports WaitingForKey for a cache the spec gives Microsoft-managed keys: there is no vault and no key
+    /// to grant, so nothing is sent (a grant would name no vault); the state is reported as Azure's.
+    fn no_key_to_grant(&mut self) -> Option<Action> {
+        if self.spec().encryption.is_some() {
+            return None;
+        }
+        self.progressing(
+            Phase::WaitingForKey,
+            Reason::CacheNotHealthy,
+            "Azure reports health WaitingForKey, but the spec has no customer-managed key (spec.encryption): there is no key to grant access to",
+        );
+        Some(Action::None)
     }
 }

@@ -42,13 +42,17 @@ pub async fn inject(w: &World, fault: &Fault, live: &[String]) -> String {
                 Some(l) if rng.random_bool(0.75) => l,
                 _ => names.choose(&mut rng).unwrap().clone(),
             };
-            let ok = w.operators.sigkill(&victim);
-            format!("SIGKILL {victim} ({})", if ok { "killed" } else { "was not running" })
+            // a container restart (back in a second) or a node that stays down (the lease expires, the other
+            // replica takes over)
+            let down = if rng.random_bool(0.5) { 1.0 } else { rng.random_range(15.0..25.0) };
+            let ok = w.operators.sigkill(&victim, Duration::from_secs_f64(down));
+            format!("SIGKILL {victim} ({}, down {down:.0} s)", if ok { "killed" } else { "was not running" })
         }
         FaultKind::LeaderHandover => match w.leader().await {
             Some(l) => {
-                let ok = w.operators.sigterm(&l);
-                format!("SIGTERM leader {l} ({})", if ok { "hands over" } else { "was not running" })
+                // back only after the other replica had time to take the released lease
+                let ok = w.operators.sigterm(&l, Duration::from_secs(15));
+                format!("SIGTERM leader {l} ({})", if ok { "releases the lease" } else { "was not running" })
             }
             None => "no leader to hand over (lease not held)".into(),
         },
@@ -102,7 +106,7 @@ pub async fn inject(w: &World, fault: &Fault, live: &[String]) -> String {
             .await;
             let leader = w.leader().await;
             if let Some(l) = &leader {
-                w.operators.sigkill(l);
+                w.operators.sigkill(l, Duration::from_secs(1));
             }
             format!("token endpoint answers 503 to the next {count} requests; leader {leader:?} restarted into it")
         }

@@ -156,6 +156,7 @@ async fn campaign(cfg: Config) -> usize {
         })
     };
     loop {
+        w.refresh().await; // not the background's snapshot: it may predate the last fault's write
         let objects = w.snapshot.lock().unwrap().clone();
         if at_rest(&objects) {
             w.note(&format!("at rest {:.0?} after the last fault", settle_start.elapsed()));
@@ -170,8 +171,10 @@ async fn campaign(cfg: Config) -> usize {
     // A few more resyncs at rest: nothing may drift away from it.
     tokio::time::sleep(Duration::from_secs(4)).await;
     background.abort();
-    let results = invariants::check(&w, &plans, &progress, &during.lock().unwrap()).await;
+    let during = std::mem::take(&mut *during.lock().unwrap());
+    let results = invariants::check(&w, &plans, &progress, &during).await;
     let (starts, self_exits) = w.operators.history();
+    let leaderships = w.operators.leaderships();
     w.operators.stop_all();
     let duration = started.elapsed().as_secs_f64();
 
@@ -195,7 +198,11 @@ async fn campaign(cfg: Config) -> usize {
     for v in &violations {
         println!("violation: {v}");
     }
-    println!("operator processes started: {starts}; exits the campaign did not cause directly: {}", self_exits.len());
+    println!(
+        "operator processes started: {starts}; times each replica became the leader: {leaderships:?}; exits the \
+         campaign did not cause directly: {}",
+        self_exits.len()
+    );
     let mut faults_json: serde_json::Map<String, serde_json::Value> = plan::FaultKind::ALL
         .iter()
         .map(|k| (k.key().to_string(), json!(injected.get(k.key()).copied().unwrap_or(0))))
@@ -211,6 +218,7 @@ async fn campaign(cfg: Config) -> usize {
         "invariants": results.iter().map(|r| json!({"name": r.name, "what": r.what, "held": r.violations.is_empty(), "violations": r.violations})).collect::<Vec<_>>(),
         "caches_deleted": progress.values().filter(|p| p.deleted).count(),
         "operator_process_starts": starts,
+        "leaderships": leaderships,
         "operator_exits_on_their_own": self_exits,
         "simulator_requests": w.sim.requests().len(),
     });

@@ -169,12 +169,13 @@ pub fn population(seed: u64, n: usize, spread: f64) -> Vec<CachePlan> {
         }
     }
     // Rounds of 14: the 12 combinations in a seeded order, the two missed windows at seeded places among the
-    // first `n` (so even a short campaign has both).
+    // round's first five (so even a short campaign has both).
     let mut order = Vec::new();
     while order.len() < n {
         let mut round = combos.clone();
         round.shuffle(&mut rng);
-        let room = (n - order.len()).min(14);
+        // Early in their round: a missed window takes the longest to play out (90 s, then a second cache).
+        let room = (n - order.len()).min(5);
         for miss in [Shape::MissFail, Shape::MissRecreate] {
             let at = rng.random_range(0..room.saturating_sub(1).max(1));
             round.insert(at, miss);
@@ -213,7 +214,7 @@ pub fn population(seed: u64, n: usize, spread: f64) -> Vec<CachePlan> {
                     (
                         Identity::System,
                         vault,
-                        Some(Person::AfterRecreate(rng.random_range(5.0..30.0_f64).round())),
+                        Some(Person::AfterRecreate(rng.random_range(5.0..15.0_f64).round())),
                         true,
                     )
                 }

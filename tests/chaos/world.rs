@@ -205,6 +205,8 @@ struct Replica {
     /// Exits the campaign did not cause (non-zero status other than its SIGKILL/SIGTERM).
     unexpected_exits: Vec<String>,
     expect_exit: bool,
+    /// Not started again before this instant (a node that stays down, a rolling update's new pod).
+    hold_until: Option<Instant>,
 }
 
 pub struct Operators {
@@ -229,6 +231,7 @@ impl Operators {
                     starts: 0,
                     unexpected_exits: Vec::new(),
                     expect_exit: false,
+                    hold_until: None,
                 }
             })
             .collect();
@@ -278,28 +281,45 @@ impl Operators {
                 r.child = None;
                 r.exited_at = Some(Instant::now());
             }
-            if r.child.is_none() && r.exited_at.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            let held = r.hold_until.is_some_and(|t| Instant::now() < t);
+            if r.child.is_none() && !held && r.exited_at.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
                 self.spawn(r);
             }
         }
     }
 
-    /// SIGKILLs the replica called `name` (no goodbye, the lease stays held until it expires).
-    pub fn sigkill(&self, name: &str) -> bool {
+    /// SIGKILLs the replica called `name` (no goodbye, the lease stays held until it expires); it is started
+    /// again once `down` has passed (a restart with the same identity takes its own lease back at once, so a long
+    /// `down` is what lets the other replica take over).
+    pub fn sigkill(&self, name: &str, down: Duration) -> bool {
         let mut rs = self.replicas.lock().unwrap();
         let Some(r) = rs.iter_mut().find(|r| r.name == name) else { return false };
         let Some(c) = r.child.as_mut() else { return false };
         r.expect_exit = true;
+        r.hold_until = Some(Instant::now() + down);
         c.kill().is_ok()
     }
 
-    /// SIGTERMs the replica called `name`: it stops and releases the lease, the other one takes over.
-    pub fn sigterm(&self, name: &str) -> bool {
+    /// SIGTERMs the replica called `name`: it stops and releases the lease, the other one takes over; started
+    /// again after `down`.
+    pub fn sigterm(&self, name: &str, down: Duration) -> bool {
         let mut rs = self.replicas.lock().unwrap();
         let Some(r) = rs.iter_mut().find(|r| r.name == name) else { return false };
         let Some(c) = r.child.as_ref() else { return false };
         r.expect_exit = true;
+        r.hold_until = Some(Instant::now() + down);
         Command::new("kill").args(["-TERM", &c.id().to_string()]).status().is_ok_and(|s| s.success())
+    }
+
+    /// How often each replica became the leader (its log's "leading" lines).
+    pub fn leaderships(&self) -> BTreeMap<String, usize> {
+        let rs = self.replicas.lock().unwrap();
+        rs.iter()
+            .map(|r| {
+                let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+                (r.name.clone(), log.lines().filter(|l| l.contains(" leading")).count())
+            })
+            .collect()
     }
 
     pub fn names(&self) -> Vec<String> {

@@ -462,6 +462,40 @@ fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     assert_eq!(d.status.recreations, 1);
 }
 
+/// Found by the chaos campaign (`make chaos SEED=2 N=200`): with `maxRecreations: 1`, the DELETE of the failed cache
+/// met a 500; the next look counted the re-creation as used up, reported "the re-creation limit (1) is reached" and
+/// never deleted nor re-created the cache.
+#[test]
+fn a_recreation_whose_delete_failed_is_retried_even_at_the_limit() {
+    let mut c = Case::new();
+    c.spec.key_access = KeyAccess::Manual;
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.spec.max_recreations = 1;
+    c.facts.cache = Some(cache("Failed", "Down"));
+    c.facts.now = t0() + mins(91);
+    let d = c.run();
+    assert_eq!(d.action, Action::Delete);
+    assert_eq!(d.status.recreations, 1);
+    // The DELETE failed (Azure answered 500): the recorded status is all the next look has.
+    c.status = d.status;
+    let d = c.run();
+    assert_eq!(d.action, Action::Delete, "the re-creation goes on: {:?}", cond(&d, "Ready").message);
+    assert_eq!(d.status.phase, Some(Phase::Deleting));
+    assert_eq!(d.status.recreations, 1, "and is still counted once");
+    // Re-created, and that cache also missed its window: now the limit holds.
+    let mut c = Case::new();
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.spec.max_recreations = 1;
+    c.status.recreations = 1;
+    c.status.phase = Some(Phase::WaitingForKey);
+    c.facts.cache = Some(cache("Failed", "Down"));
+    c.facts.now = t0() + mins(91);
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert!(cond(&d, "Stalled").message.contains("re-creation limit"));
+}
+
 #[test]
 fn recreation_limit_reached_fails() {
     let mut c = Case::new();

@@ -33,6 +33,15 @@ demo-check: ## run the demo end to end and stop it (part of `make test`: the REA
 test: fmt-check clippy boundaries test-deps crd-check lint-docker image chart-lint alerts-test demo-check ## everything CI checks
 	HPCC_TEST_BIN_DIR="$(BIN_DIR)" cargo test --workspace --lib --bins --tests
 
+# The seeded fault campaign (tests/chaos/; its short version is part of `cargo test`). The same SEED gives the same
+# population and fault schedule; N is the number of faults. Writes target/chaos/summary.json and journal.log.
+SEED ?= 1
+N ?= 200
+
+.PHONY: chaos
+chaos: test-deps ## seeded fault campaign on the real apiserver + simulator: make chaos SEED=<n> N=<faults>
+	HPCC_TEST_BIN_DIR="$(BIN_DIR)" HPCC_CHAOS_SEED="$(SEED)" HPCC_CHAOS_N="$(N)" cargo test --test chaos
+
 .PHONY: test-deps
 test-deps: ## build and cache kube-apiserver, etcd, kubectl, helm (no-op when cached)
 	@scripts/test-deps.sh

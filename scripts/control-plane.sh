@@ -5,6 +5,7 @@
 #   scripts/control-plane.sh start DIR   # start in DIR (created); prints DIR/kubeconfig when /readyz answers ok
 #   scripts/control-plane.sh stop DIR    # stop what `start DIR` started
 #   scripts/control-plane.sh status DIR  # exit 0 when it is running
+#   scripts/control-plane.sh restart-apiserver DIR  # kill and restart kube-apiserver only (same port; etcd kept)
 #
 # The processes run in their own session, detached from the caller's terminal.
 # DIR receives: kubeconfig, env (ports, token, server URL), pids, *.log, certs/, etcd-data/.
@@ -17,7 +18,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-usage() { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|restart-apiserver DIR" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 cmd=$1
 if [ "$cmd" = start ]; then mkdir -p "$2"; elif [ ! -d "$2" ]; then exit "$([ "$cmd" = stop ] && echo 0 || echo 1)"; fi
@@ -52,6 +53,44 @@ free_port() { # a random loopback port nobody listens on (below the ephemeral ra
   done
 }
 
+start_apiserver() { # BIN ETCD_PORT API_PORT, in the background ($! is its pid); the log is appended to
+  # --endpoint-reconciler-type none: nothing runs in-cluster, and 127.0.0.1 is not a valid endpoint for the
+  # `kubernetes` Service (the default reconciler would log an error every 10 s).
+  setsid "$1/kube-apiserver" --etcd-servers "http://127.0.0.1:$2" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$3" \
+    --cert-dir "$dir/certs" --authorization-mode RBAC --token-auth-file "$dir/certs/tokens.csv" \
+    --service-cluster-ip-range 10.0.0.0/24 --service-account-issuer "https://127.0.0.1:$3/" \
+    --service-account-key-file "$dir/certs/sa.pub" --service-account-signing-key-file "$dir/certs/sa.key" \
+    --endpoint-reconciler-type none \
+    </dev/null >>"$dir/kube-apiserver.log" 2>&1 &
+}
+
+# SIGKILL the kube-apiserver and start it again on the same port with the same certificates and token, etcd (and
+# its data) untouched: every client's connections and watches break, the kubeconfig stays valid.
+restart_apiserver() {
+  alive || { log "not running in $dir"; return 1; }
+  local bin etcd_pid api_pid owner i
+  bin=${HPCC_TEST_BIN_DIR:-$("$here/test-deps.sh")}
+  read -r etcd_pid api_pid < "$dir/pids"
+  # the watchdog stops everything when the apiserver exits: stop it first, start a new one after
+  if [ -s "$dir/watchdog.pid" ]; then kill -KILL "$(cat "$dir/watchdog.pid")" 2>/dev/null || true; rm -f "$dir/watchdog.pid"; fi
+  kill -KILL "$api_pid" 2>/dev/null || true
+  for i in $(seq 50); do kill -0 "$api_pid" 2>/dev/null || break; sleep 0.1; done
+  # shellcheck disable=SC1091
+  . "$dir/env"
+  start_apiserver "$bin" "$ETCD_PORT" "$APISERVER_PORT"
+  echo "$etcd_pid $!" > "$dir/pids"
+  owner=$(cat "$dir/owner.pid" 2>/dev/null || true)
+  [ -n "$owner" ] && CP_CLEANUP=$(cat "$dir/cleanup" 2>/dev/null || echo 0) watchdog "$owner"
+  for i in $(seq $((${CP_READY_TIMEOUT:-120} * 5))); do
+    alive || { log "kube-apiserver exited during restart; see $dir/kube-apiserver.log"; return 1; }
+    [ "$("$bin/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz 2>/dev/null)" = ok ] && return 0
+    sleep 0.2
+  done
+  log "kube-apiserver not ready after restart"
+  return 1
+}
+
 start_once() {
   local bin=$1 etcd_port peer_port api_port token
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
@@ -72,15 +111,7 @@ start_once() {
     </dev/null >"$dir/etcd.log" 2>&1 &
   local etcd_pid=$!
 
-  # --endpoint-reconciler-type none: nothing runs in-cluster, and 127.0.0.1 is not a valid endpoint for the
-  # `kubernetes` Service (the default reconciler would log an error every 10 s).
-  setsid "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --cert-dir "$dir/certs" --authorization-mode RBAC --token-auth-file "$dir/certs/tokens.csv" \
-    --service-cluster-ip-range 10.0.0.0/24 --service-account-issuer "https://127.0.0.1:$api_port/" \
-    --service-account-key-file "$dir/certs/sa.pub" --service-account-signing-key-file "$dir/certs/sa.key" \
-    --endpoint-reconciler-type none \
-    </dev/null >"$dir/kube-apiserver.log" 2>&1 &
+  start_apiserver "$bin" "$etcd_port" "$api_port"
   local api_pid=$!
   echo "$etcd_pid $api_pid" > "$dir/pids"
 
@@ -136,9 +167,14 @@ case $cmd in
       log "start attempt $attempt failed"
     done
     $started || exit 1
-    [ -n "${CP_OWNER_PID:-}" ] && watchdog "$CP_OWNER_PID"
+    if [ -n "${CP_OWNER_PID:-}" ]; then
+      echo "$CP_OWNER_PID" > "$dir/owner.pid"
+      echo "${CP_CLEANUP:-0}" > "$dir/cleanup"
+      watchdog "$CP_OWNER_PID"
+    fi
     echo "$dir/kubeconfig"
     ;;
+  restart-apiserver) restart_apiserver ;;
   stop) stop ;;
   status) alive ;;
   *) usage ;;

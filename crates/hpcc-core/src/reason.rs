@@ -134,9 +134,9 @@ reasons! {
     InvalidIdentityId,
     /// The user-assigned identity does not exist.
     IdentityNotFound,
-    /// The key was not authorized within Azure's 90-minute window.
+    /// The key was not authorized within Azure's 90-minute window (also when Azure has already failed the cache for it: a CMK cache that never had key access and is Failed past its deadline).
     AuthorizationWindowMissed,
-    /// Azure reports provisioningState Failed or Canceled.
+    /// Azure reports provisioningState Failed or Canceled (for any other reason than a missed window).
     ProvisioningFailed,
     /// Azure refused the create (e.g. the product's retirement); not retried until the spec changes.
     CreateRejected,

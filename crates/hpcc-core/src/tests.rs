@@ -400,6 +400,30 @@ fn missed_deadline_fails_with_fail_policy() {
     assert_eq!(d.status.recreations, 0);
 }
 
+/// Found by the chaos campaign (`make chaos SEED=1 N=200`): Azure fails a CMK cache at the very instant its window
+/// ends, so the operator, looking a moment later, always saw provisioningState Failed first and reported the generic
+/// ProvisioningFailed; the missed window was only named when the operator happened to look before Azure did.
+#[test]
+fn a_window_missed_is_reported_as_such_after_azure_failed_the_cache() {
+    let mut c = Case::new();
+    c.spec.key_access = KeyAccess::Manual;
+    c.facts.cache = Some(cache("Failed", "Down"));
+    c.facts.now = t0() + mins(90);
+    let d = c.run();
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(cond(&d, "Stalled").reason, "AuthorizationWindowMissed");
+    assert_eq!(cond(&d, "KeyAuthorized").reason, "AuthorizationWindowMissed");
+    assert!(
+        cond(&d, "Stalled").message.contains("not authorized before the deadline"),
+        "{}",
+        cond(&d, "Stalled").message
+    );
+    // Before the deadline a failure is something else, and says only what Azure says.
+    c.facts.now = t0() + mins(30);
+    assert_eq!(cond(&c.run(), "Stalled").reason, "ProvisioningFailed");
+}
+
 #[test]
 fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     let mut c = Case::new();
@@ -436,6 +460,40 @@ fn provisioning_failed_recreates_within_the_limit_and_counts_once() {
     assert_eq!(d.status.principal_id, None);
     assert_eq!(d.status.authorization_deadline, None);
     assert_eq!(d.status.recreations, 1);
+}
+
+/// Found by the chaos campaign (`make chaos SEED=2 N=200`): with `maxRecreations: 1`, the DELETE of the failed cache
+/// met a 500; the next look counted the re-creation as used up, reported "the re-creation limit (1) is reached" and
+/// never deleted nor re-created the cache.
+#[test]
+fn a_recreation_whose_delete_failed_is_retried_even_at_the_limit() {
+    let mut c = Case::new();
+    c.spec.key_access = KeyAccess::Manual;
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.spec.max_recreations = 1;
+    c.facts.cache = Some(cache("Failed", "Down"));
+    c.facts.now = t0() + mins(91);
+    let d = c.run();
+    assert_eq!(d.action, Action::Delete);
+    assert_eq!(d.status.recreations, 1);
+    // The DELETE failed (Azure answered 500): the recorded status is all the next look has.
+    c.status = d.status;
+    let d = c.run();
+    assert_eq!(d.action, Action::Delete, "the re-creation goes on: {:?}", cond(&d, "Ready").message);
+    assert_eq!(d.status.phase, Some(Phase::Deleting));
+    assert_eq!(d.status.recreations, 1, "and is still counted once");
+    // Re-created, and that cache also missed its window: now the limit holds.
+    let mut c = Case::new();
+    c.spec.on_authorization_timeout = AuthorizationTimeoutPolicy::Recreate;
+    c.spec.max_recreations = 1;
+    c.status.recreations = 1;
+    c.status.phase = Some(Phase::WaitingForKey);
+    c.facts.cache = Some(cache("Failed", "Down"));
+    c.facts.now = t0() + mins(91);
+    let d = c.run();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert!(cond(&d, "Stalled").message.contains("re-creation limit"));
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The admin API (plain HTTP on `admin_listen`): clock (advance, speed), request log, seeding, grants, faults, state dump.
+//! The admin API (plain HTTP on `admin_listen`): clock (advance, speed), request log, seeding, grants, faults,
+//! delays (grant propagation at run time), state dump.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/grants", post(grant))
         .route("/keys", post(add_key_version))
         .route("/faults", get(list_faults).post(add_faults).delete(clear_faults))
+        .route("/delays", get(delays).post(set_delays))
         .route("/state", get(state))
         .with_state(shared)
 }
@@ -80,6 +82,30 @@ async fn speed(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             axum::Json(now_json(&shared)).into_response()
         }
         _ => err(StatusCode::BAD_REQUEST, "give {\"speed\": N} with N >= 0 (simulated seconds per real second)"),
+    }
+}
+
+fn delays_json(shared: &Shared) -> Value {
+    json!({"grantPropagationSeconds": shared.world().delays.grant_propagation.as_secs_f64()})
+}
+
+async fn delays(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(delays_json(&shared)).into_response()
+}
+
+/// Body `{"grantPropagationSeconds": N}` (simulated seconds, may be fractional): the grant propagation of grants
+/// made from now on (slow propagation on a bad day); grants already made keep the instant they take effect.
+async fn set_delays(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    match v.get("grantPropagationSeconds").and_then(Value::as_f64) {
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            shared.world().delays.grant_propagation = Duration::from_secs_f64(s);
+            axum::Json(delays_json(&shared)).into_response()
+        }
+        _ => err(StatusCode::BAD_REQUEST, "give {\"grantPropagationSeconds\": N} with N >= 0"),
     }
 }
 

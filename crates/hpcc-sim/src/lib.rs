@@ -297,6 +297,11 @@ impl Simulator {
         self.shared.clock.set_speed(speed)
     }
 
+    /// The grant propagation of grants made from now on (admin `POST /delays`); grants already made keep theirs.
+    pub fn set_grant_propagation(&self, d: Duration) {
+        self.shared.world().delays.grant_propagation = d;
+    }
+
     /// Simulated now.
     pub fn now(&self) -> jiff::Timestamp {
         self.shared.clock.now()

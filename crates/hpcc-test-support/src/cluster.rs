@@ -135,6 +135,30 @@ impl TestCluster {
         self.dir.path()
     }
 
+    /// Kills the kube-apiserver (SIGKILL) and starts it again on the same port, with the same certificates and
+    /// admin token, etcd and its data untouched: every connection and watch of every client breaks, objects and
+    /// kubeconfigs stay valid. Returns once `/readyz` answers `ok` again (how long that took).
+    ///
+    /// Only for a cluster of one's own ([`TestCluster::start`]): the shared one serves other tests.
+    pub fn restart_apiserver(&self) -> Result<Duration, String> {
+        let begin = Instant::now();
+        let out = Command::new(format!("{REPO}/scripts/control-plane.sh"))
+            .arg("restart-apiserver")
+            .arg(self.dir.path())
+            .env("HPCC_TEST_BIN_DIR", TestCluster::bin_dir())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running scripts/control-plane.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/control-plane.sh restart-apiserver failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(begin.elapsed())
+    }
+
     /// A new admin client. Make one per test: a client is bound to the tokio runtime it first runs on, and every
     /// `#[tokio::test]` has its own runtime.
     pub async fn client(&self) -> Client {

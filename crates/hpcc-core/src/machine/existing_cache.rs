@@ -57,6 +57,12 @@ impl Draft<'_> {
                 self.stalled(Phase::Failed, Reason::ProvisioningFailed, &msg);
                 return Action::None;
             }
+            // Azure fails a CMK cache the moment its window ends without key access: past the deadline, that is
+            // what the failure is (whoever looked first, the operator or Azure).
+            if let Some(deadline) = deadline.filter(|d| self.spec().encryption.is_some() && self.input.facts.now >= *d)
+            {
+                return self.failed(cache, Failure::WindowMissed { deadline });
+            }
             return self.failed(cache, Failure::ProvisioningFailed);
         }
         if authorized && cache.is_waiting_for_key() {

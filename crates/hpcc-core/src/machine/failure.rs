@@ -38,9 +38,12 @@ impl Draft<'_> {
         let why = failure.describe();
         let detail = cache.status_description.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
         let recreate = self.spec().on_authorization_timeout == AuthorizationTimeoutPolicy::Recreate;
-        if recreate && self.status.recreations < self.spec().max_recreations {
+        // A re-creation under way (its DELETE recorded, then refused or lost) goes on even at the limit: it is
+        // already counted.
+        let under_way = self.status.phase == Some(Phase::Deleting);
+        if recreate && (under_way || self.status.recreations < self.spec().max_recreations) {
             // Count the re-creation once: the phase is recorded before the DELETE is sent.
-            if self.status.phase != Some(Phase::Deleting) {
+            if !under_way {
                 self.status.recreations += 1;
                 let message = format!(
                     "{why}{detail}; deleting it to create a new one (re-creation {} of at most {})",

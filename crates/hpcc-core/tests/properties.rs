@@ -476,7 +476,14 @@ proptest! {
                     prop_assert!(case.status.authorized_at.is_none(), "deleted a cache that was healthy");
                     prop_assert!(!c.is_healthy(), "deleted a cache Azure reports healthy");
                     prop_assert_eq!(case.spec.on_authorization_timeout, AuthorizationTimeoutPolicy::Recreate);
-                    prop_assert!(d.status.recreations <= case.spec.max_recreations);
+                    // Within the limit, or a re-creation already under way (its DELETE recorded, then refused
+                    // or lost), which goes on without being counted again (found by make chaos SEED=2).
+                    let under_way = case.status.phase == Some(Phase::Deleting);
+                    prop_assert!(
+                        d.status.recreations <= case.spec.max_recreations
+                            || (under_way && d.status.recreations == case.status.recreations),
+                        "a re-creation beyond the limit"
+                    );
                     prop_assert_eq!(d.status.phase, Some(Phase::Deleting), "the re-creation is recorded first");
                 }
             }

@@ -283,14 +283,8 @@ pub async fn reconcile_current(
         action => info!(namespace = %ns, name = %name, kind = %AmlFilesystem::kind(&()), ?action, "acting"),
     }
     let perform = perform(&ctx, azure, reads, &obj, &owner, observation.vault(), recorded.action());
-    let result = match super::pacing::action_urgency(recorded.action()) {
-        Some(urgency) => {
-            let caller = hpcc_azure::current_caller().map(|c| hpcc_azure::Caller { urgency, ..c });
-            match caller {
-                Some(c) => hpcc_azure::with_caller(c, perform).await,
-                None => perform.await,
-            }
-        }
+    let result = match super::pacing::urgent_caller(recorded.action(), &obj) {
+        Some(caller) => hpcc_azure::with_caller(caller, perform).await,
         None => perform.await,
     };
     let decided = &recorded.decision().status;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hpcc_api::v1alpha1::{AmlFilesystem, HpcCache, HpcCacheStatus};
-use hpcc_azure::{AzureError, Caller, Urgency};
+use hpcc_azure::{AzureError, Caller};
 use hpcc_core::{Action, Input};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
@@ -236,11 +236,6 @@ where
     Ok(pace(&ctx, &*obj, &caller, next))
 }
 
-/// The caller the current reconcile runs as (see [`reconcile_object`]).
-fn current_caller<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Caller {
-    hpcc_azure::current_caller().unwrap_or_else(|| Caller { holder: pacing::holder(obj), urgency: Urgency::Normal })
-}
-
 /// The requeue asked of the controller: the one decided (None: wait for a change), paced (see [`pacing`]).
 fn pace<K: status::Kind>(ctx: &Context, obj: &K, caller: &Caller, next: Option<Duration>) -> Requeue {
     match next {
@@ -325,9 +320,8 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
         action => info!(namespace = %ns, name = %name, ?action, "acting"),
     }
     let perform = ctx.actor.perform(azure, reads, obj, &owner, observation.vault(), &recorded);
-    let result = match pacing::action_urgency(recorded.action()) {
-        // A grant is what Azure's window waits for, even when the object's last status did not say so yet.
-        Some(urgency) => hpcc_azure::with_caller(Caller { urgency, ..current_caller(obj) }, perform).await,
+    let result = match pacing::urgent_caller(recorded.action(), obj) {
+        Some(caller) => hpcc_azure::with_caller(caller, perform).await,
         None => perform.await,
     };
     reads.forget_cache(&observe::cache_id(obj));

@@ -28,10 +28,15 @@ pub fn urgency(phase: Option<Phase>, settled: bool) -> Urgency {
     }
 }
 
-/// An action more urgent than the object's last status says: a grant (and the vault protection that precedes it)
-/// is what Azure's window waits for, decided in the very reconcile that saw the cache waiting for its key.
-pub fn action_urgency(action: &Action) -> Option<Urgency> {
-    matches!(action, Action::Grant(_) | Action::EnableVaultProtection).then_some(Urgency::Urgent)
+/// The caller to perform `action` as, when it is more urgent than the object's last status said: a grant (and the
+/// vault protection that precedes it) is what Azure's window waits for, decided in the very reconcile that saw the
+/// cache waiting for its key. None: perform it as the reconcile's caller.
+pub fn urgent_caller<K: Resource<DynamicType = ()>>(action: &Action, obj: &K) -> Option<Caller> {
+    if !matches!(action, Action::Grant(_) | Action::EnableVaultProtection) {
+        return None;
+    }
+    let holder = hpcc_azure::current_caller().map_or_else(|| holder(obj), |c| c.holder);
+    Some(Caller { holder, urgency: Urgency::Urgent })
 }
 
 /// The caller a reconcile of `obj` runs as.

@@ -74,8 +74,7 @@ async fn observe(
     let deleting = obj.metadata.deletion_timestamp.is_some();
     if !deleting && let Some(refs) = references(&obj.spec, scopes) {
         let key = format!("amlfs|{}", refs.cache_key());
-        let urgency = hpcc_azure::current_caller().map_or(hpcc_azure::Urgency::Normal, |c| c.urgency);
-        let referenced = match reads.referenced(&key, urgency) {
+        let referenced = match reads.referenced(&key) {
             Some(r) => r,
             None => {
                 let r = read_referenced(azure, &refs).await?;

@@ -5,9 +5,7 @@ use hpcc_api::v1alpha1::{Encryption, HpcCache};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hpcc_azure::{
-    Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Urgency, Vault,
-};
+use hpcc_azure::{Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault};
 use jiff::Timestamp;
 use url::Url;
 
@@ -42,8 +40,7 @@ pub async fn observe(
         return Ok(observation);
     };
     let key = refs.cache_key();
-    let urgency = hpcc_azure::current_caller().map_or(Urgency::Normal, |c| c.urgency);
-    let referenced = match reads.referenced(&key, urgency) {
+    let referenced = match reads.referenced(&key) {
         Some(r) => r,
         None => {
             let r = read_referenced(azure, &refs).await?;
@@ -67,14 +64,13 @@ async fn read_cache(
     changes: &AzureChanges,
     id: &ResourceId,
 ) -> Result<Dated<Option<Cache>>, AzureError> {
-    let urgency = hpcc_azure::current_caller().map_or(Urgency::Normal, |c| c.urgency);
-    let list = match reads.cache_list(id, urgency) {
+    let list = match reads.cache_list(id) {
         Some(list) => list,
         None => {
             let lock = reads.list_read(id);
             let _reading = lock.lock().await;
             // Another reconcile may have read it while this one waited.
-            match reads.cache_list(id, urgency) {
+            match reads.cache_list(id) {
                 Some(list) => list,
                 None => {
                     let started = Instant::now();

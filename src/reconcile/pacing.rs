@@ -134,7 +134,8 @@ impl Pacer {
     }
 
     /// The current stretch of polls (1 = as configured).
-    pub fn stretch(&self) -> f64 {
+    #[cfg(test)]
+    fn stretch(&self) -> f64 {
         self.lock().stretch
     }
 }

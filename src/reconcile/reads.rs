@@ -88,22 +88,25 @@ impl RecentReads {
         }
     }
 
-    fn max_age(&self, fresh: Duration, urgency: Urgency) -> Duration {
-        if urgency == Urgency::Routine { self.routine_ttl } else { fresh }
+    /// How old a read the current reconcile accepts: steady-state work (its [`Urgency`], from the task's
+    /// [`hpcc_azure::Caller`]) takes reads up to the routine TTL.
+    fn max_age(&self, fresh: Duration) -> Duration {
+        let routine = hpcc_azure::current_caller().is_some_and(|c| c.urgency == Urgency::Routine);
+        if routine { self.routine_ttl } else { fresh }
     }
 
-    pub fn referenced(&self, key: &str, urgency: Urgency) -> Option<Referenced> {
-        self.referenced.get(key, self.max_age(self.facts_ttl, urgency))
+    pub fn referenced(&self, key: &str) -> Option<Referenced> {
+        self.referenced.get(key, self.max_age(self.facts_ttl))
     }
 
     pub fn remember_referenced(&self, key: String, value: Referenced) {
         self.referenced.put(key, value);
     }
 
-    /// The recent list of a cache's resource group, if it speaks for the cache: young enough for `urgency`, and
-    /// read after the last action on the cache.
-    pub fn cache_list(&self, cache: &ResourceId, urgency: Urgency) -> Option<Arc<Dated<Vec<Cache>>>> {
-        let (started, list) = self.cache_lists.get(&list_key(cache), self.max_age(self.cache_list_ttl, urgency))?;
+    /// The recent list of a cache's resource group, if it speaks for the cache: young enough for the current
+    /// reconcile, and read after the last action on the cache.
+    pub fn cache_list(&self, cache: &ResourceId) -> Option<Arc<Dated<Vec<Cache>>>> {
+        let (started, list) = self.cache_lists.get(&list_key(cache), self.max_age(self.cache_list_ttl))?;
         let acted = self.acted().get(&cache_key(cache)).copied();
         acted.is_none_or(|at| at < started).then_some(list)
     }

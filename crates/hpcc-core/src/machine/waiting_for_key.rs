@@ -14,8 +14,9 @@ use crate::reason::Reason;
 impl Draft<'_> {
     pub(super) fn waiting_for_key(&mut self, cache: &CacheFacts, deadline: Option<Timestamp>) -> Action {
         let left = deadline.map(|d| d.duration_since(self.input.facts.now));
-        let left_text = left.map_or("unknown time".to_string(), format_left);
-        let deadline_text = deadline.map_or("unknown".to_string(), |d| d.to_string());
+        // Messages name the deadline, never the time left: a countdown would change the status on every poll (one
+        // apiserver write per poll per waiting cache). The time left is a metric and the Warning events below.
+        let deadline_text = deadline.map_or("an unknown deadline".to_string(), |d| d.to_string());
         // Look again well before the deadline: at most a quarter of the time left (floor: a second, or the poll).
         if let Some(left) = left {
             let quarter = Duration::try_from(left / 4).unwrap_or_default();
@@ -35,7 +36,7 @@ impl Draft<'_> {
         };
         if self.spec().key_access == KeyAccess::Manual {
             let msg = format!(
-                "grant principal {principal} get, wrapKey and unwrapKey on key {} in vault {} before {deadline_text} ({left_text} left)",
+                "grant principal {principal} get, wrapKey and unwrapKey on key {} in vault {} before {deadline_text}",
                 self.spec().encryption.as_ref().map(|e| e.key_name.as_str()).unwrap_or_default(),
                 self.spec().encryption.as_ref().map(|e| e.key_vault_id.as_str()).unwrap_or_default(),
             );
@@ -48,7 +49,9 @@ impl Draft<'_> {
                 && self.status.deadline_warning_minutes.is_none_or(|warned| threshold < warned)
             {
                 self.status.deadline_warning_minutes = Some(threshold);
-                self.events.push(Event::warning(Reason::AuthorizationDeadlineApproaching, msg));
+                let left = left.map_or(String::new(), format_left);
+                self.events
+                    .push(Event::warning(Reason::AuthorizationDeadlineApproaching, format!("{msg} ({left} left)")));
             }
             return Action::None;
         }
@@ -58,7 +61,8 @@ impl Draft<'_> {
             return Action::None;
         }
         if self.grant_made_for(&principal) {
-            let msg = format!("access granted to {principal}; waiting for Azure to pick up the key ({left_text} left)");
+            let msg =
+                format!("access granted to {principal}; waiting for Azure to pick up the key before {deadline_text}");
             self.cond(C::KeyAuthorized, S::Unknown, Reason::GrantPropagating, &msg);
             self.progressing(Phase::Authorizing, Reason::KeyAccessPropagating, &msg);
             return Action::None;
@@ -71,7 +75,7 @@ impl Draft<'_> {
             );
             return Action::EnableVaultProtection;
         }
-        let msg = format!("granting {principal} access to the key ({left_text} left before {deadline_text})");
+        let msg = format!("granting {principal} access to the key before {deadline_text}");
         let grant = self.grant(&principal, cache.tenant_id.clone());
         self.cond(C::KeyAuthorized, S::False, Reason::Granting, &msg);
         // The phase says what Azure reports until the grant is made; then Authorizing until Azure picks it up.

@@ -1331,3 +1331,39 @@ async fn waiting_for_arm_write_tokens_never_holds_the_only_reconcile_slot() {
     let span = writes.last().unwrap().time.duration_since(writes[0].time).as_secs_f64() / SPEED;
     assert!(span >= (writes.len() - 1) as f64 * 2.0 * 0.9, "{} writes in {span:.1} s", writes.len());
 }
+
+#[tokio::test]
+async fn a_cache_that_changed_in_a_list_read_for_another_object_is_reconciled_at_once() {
+    // Polls every 30 s. Cache B is granted and then becomes healthy in Azure (20 simulated minutes = 6 s here) long
+    // before its own next poll. Object A, created later, reads the resource group's list (the last one is older
+    // than half a poll); B's change in it must wake B at once (`AzureChanges` wired into the controller with
+    // `reconcile_on`), instead of leaving B Authorizing until its poll.
+    let cfg = SimConfig { create_delay: Duration::from_secs(20 * 60), ..SimConfig::default() };
+    let s = Scenario::with_args("wake", cfg, &["--poll-seconds", "30", "--resync-seconds", "600"]).await;
+    let manifest = |name: &str| {
+        cache_manifest(
+            name,
+            serde_json::json!({"keyVaultId": CMK_VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"}),
+            serde_json::json!({"identity": {"type": "SystemAssigned"}, "keyAccess": "Automatic"}),
+        )
+    };
+    let b = s.create(manifest("wake-b")).await;
+    s.wait_phase(&b, Phase::Authorizing).await;
+    let authorizing = Instant::now();
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert!(
+        s.sim.cache_times().iter().any(|c| c.name == b && c.ready_at.is_some()),
+        "premise: Azure reports B healthy by now"
+    );
+    assert_eq!(phase_of(&s.get(&b).await), Some(Phase::Authorizing), "premise: B's own poll has not come yet");
+    let a_created = Instant::now();
+    s.create(manifest("wake-a")).await;
+    s.wait_phase(&b, Phase::Ready).await;
+    let woken = a_created.elapsed();
+    assert!(
+        woken < Duration::from_secs(8),
+        "B was Ready {woken:?} after A's list read (its own poll was due {:?} after that)\n{}",
+        (authorizing + Duration::from_secs(31)).saturating_duration_since(a_created),
+        s.log_tail()
+    );
+}

@@ -193,20 +193,20 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, c
 async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let status = cached.status.as_ref();
     let (phase, observed) = (status.and_then(|s| s.phase), status.and_then(|s| s.observed_generation));
-    reconcile_object(
-        cached,
-        ctx,
-        phase,
-        observed,
-        |obj, api, ctx| async move { reconcile_current(&obj, &api, &ctx).await },
-    )
-    .await
+    // The grant is made and Azure is picking it up: its polls only report.
+    let propagating = status.is_some_and(|s| {
+        s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == hpcc_core::Reason::KeyAccessPropagating.as_str())
+    });
+    let caller = pacing::caller(&*cached, phase, observed, propagating);
+    reconcile_object(cached, ctx, caller, |obj, api, ctx| async move { reconcile_current(&obj, &api, &ctx).await })
+        .await
 }
 
 async fn reconcile_amlfs(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let status = cached.status.as_ref();
     let (phase, observed) = (status.and_then(|s| s.phase), status.and_then(|s| s.observed_generation));
-    reconcile_object(cached, ctx, phase, observed, amlfs::reconcile_current).await
+    let caller = pacing::caller(&*cached, phase, observed, false);
+    reconcile_object(cached, ctx, caller, amlfs::reconcile_current).await
 }
 
 /// The driver both kinds share: pace, take a fresh copy (see [`own_writes`]), run `body` as the object's
@@ -214,8 +214,7 @@ async fn reconcile_amlfs(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Resul
 async fn reconcile_object<K, F, Fut>(
     cached: Arc<K>,
     ctx: Arc<Context>,
-    phase: Option<hpcc_api::v1alpha1::Phase>,
-    observed_generation: Option<i64>,
+    caller: Caller,
     body: F,
 ) -> Result<Requeue, Error>
 where
@@ -224,7 +223,6 @@ where
     Fut: std::future::Future<Output = Result<Option<Duration>, Error>>,
 {
     let (ns, name) = (cached.namespace().unwrap_or_default(), cached.name_any());
-    let caller = pacing::caller(&*cached, phase, observed_generation);
     ctx.pacer.started(&caller.holder, Instant::now());
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(obj) = ctx.own_writes.current(&api, cached).await? else {

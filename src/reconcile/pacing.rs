@@ -18,11 +18,13 @@ use hpcc_core::Action;
 use kube::Resource;
 use kube::ResourceExt;
 
-/// How urgent an object's work is, from what its status said last.
-pub fn urgency(phase: Option<Phase>, settled: bool) -> Urgency {
+/// How urgent an object's work is, from what its status said last. `propagating`: the key grant is made and Azure
+/// is picking it up, so the polls only report (nothing the window depends on is left to do) and may be spread out.
+pub fn urgency(phase: Option<Phase>, settled: bool, propagating: bool) -> Urgency {
     match phase {
         // Azure's 90-minute window runs: the grant and the polls that lead to it.
-        Some(Phase::WaitingForKey | Phase::Authorizing) => Urgency::Urgent,
+        Some(Phase::WaitingForKey) => Urgency::Urgent,
+        Some(Phase::Authorizing) if !propagating => Urgency::Urgent,
         Some(Phase::Ready | Phase::Failed) if settled => Urgency::Routine,
         _ => Urgency::Normal,
     }
@@ -44,9 +46,10 @@ pub fn caller<K: Resource<DynamicType = ()>>(
     obj: &K,
     phase: Option<Phase>,
     observed_generation: Option<i64>,
+    propagating: bool,
 ) -> Caller {
     let settled = obj.meta().deletion_timestamp.is_none() && observed_generation == obj.meta().generation;
-    Caller { holder: holder(obj), urgency: urgency(phase, settled) }
+    Caller { holder: holder(obj), urgency: urgency(phase, settled, propagating) }
 }
 
 /// `Kind/namespace/name`: one object, across both kinds.
@@ -94,19 +97,22 @@ impl Pacer {
     pub fn started(&self, holder: &str, now: Instant) {
         let mut s = self.lock();
         let late = s.due.remove(holder).map_or(0.0, |due| now.saturating_duration_since(due).as_secs_f64());
-        Self::sample(&mut s, late, now);
+        self.sample(&mut s, late, now);
     }
 
     /// A reconcile's read was deferred by the ARM budget for `wait`: the polling asks for more reads than the budget
     /// has, which counts like a late queue (so polls spread out and leave the budget room).
     pub fn deferred(&self, wait: Duration, now: Instant) {
-        Self::sample(&mut self.lock(), wait.as_secs_f64(), now);
+        self.sample(&mut self.lock(), wait.as_secs_f64(), now);
     }
 
-    fn sample(s: &mut PacerState, late: f64, now: Instant) {
+    fn sample(&self, s: &mut PacerState, late: f64, now: Instant) {
         s.lateness = 0.9 * s.lateness + 0.1 * late;
         if now.saturating_duration_since(s.adjusted) >= ADJUST_EVERY {
             s.adjusted = now;
+            // A requeue that has not started a resync after it was due belongs to an object that is gone (deleted
+            // without our finalizer: the controller drops its requeue without a reconcile to forget it here).
+            s.due.retain(|_, due| now.saturating_duration_since(*due) < self.ceiling);
             if s.lateness > LATE {
                 s.stretch = (s.stretch * 1.25).min(MAX_STRETCH);
             } else if s.lateness < ON_TIME {
@@ -148,12 +154,17 @@ mod tests {
 
     #[test]
     fn work_a_deadline_depends_on_is_urgent_and_steady_state_is_routine() {
-        assert_eq!(urgency(Some(Phase::WaitingForKey), true), Urgency::Urgent);
-        assert_eq!(urgency(Some(Phase::Authorizing), false), Urgency::Urgent);
-        assert_eq!(urgency(Some(Phase::Ready), true), Urgency::Routine);
-        assert_eq!(urgency(Some(Phase::Ready), false), Urgency::Normal, "a spec change to apply");
-        assert_eq!(urgency(None, true), Urgency::Normal, "a new object");
-        assert_eq!(urgency(Some(Phase::Creating), true), Urgency::Normal);
+        assert_eq!(urgency(Some(Phase::WaitingForKey), true, false), Urgency::Urgent);
+        assert_eq!(urgency(Some(Phase::Authorizing), false, false), Urgency::Urgent, "vault protection, then grant");
+        assert_eq!(
+            urgency(Some(Phase::Authorizing), true, true),
+            Urgency::Normal,
+            "granted: Azure picks the key up whenever the operator looks"
+        );
+        assert_eq!(urgency(Some(Phase::Ready), true, false), Urgency::Routine);
+        assert_eq!(urgency(Some(Phase::Ready), false, false), Urgency::Normal, "a spec change to apply");
+        assert_eq!(urgency(None, true, false), Urgency::Normal, "a new object");
+        assert_eq!(urgency(Some(Phase::Creating), true, false), Urgency::Normal);
     }
 
     #[test]
@@ -179,6 +190,17 @@ mod tests {
         }
         assert_eq!(pacer.stretch(), 1.0);
         assert_eq!(pacer.requeue("a", POLL, Urgency::Normal, now), POLL);
+    }
+
+    #[test]
+    fn requeues_of_objects_that_are_gone_are_forgotten() {
+        let pacer = Pacer::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        pacer.requeue("gone", POLL, Urgency::Normal, t0);
+        pacer.requeue("polled", POLL, Urgency::Normal, t0 + Duration::from_secs(60));
+        pacer.started("other", t0 + Duration::from_secs(90));
+        let due = &pacer.lock().due;
+        assert!(!due.contains_key("gone") && due.contains_key("polled"), "{:?}", due.keys());
     }
 
     #[test]

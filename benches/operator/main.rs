@@ -183,7 +183,7 @@ async fn run_naive(p: &Profile, n: usize) -> RunResult {
     let sim = Simulator::start(p.sim_config()).await.expect("simulator starts");
     let (t0, sim_t0) = (Instant::now(), sim.now());
     let poll = Duration::from_secs_f64(p.poll_real);
-    let mut naive = naive::Naive::start(&sim, n, poll, Duration::from_secs(p.resync_real)).await;
+    let mut naive = naive::Naive::start(&sim, p.speed, n, poll, Duration::from_secs(p.resync_real)).await;
     let settled = naive.wait_settled(n, p.ready_timeout(n)).await;
     if settled.len() < n {
         eprintln!(

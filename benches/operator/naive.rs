@@ -31,8 +31,8 @@ pub struct Naive {
 
 impl Naive {
     /// Starts the baseline for `n` caches: one loop per cache, all at once (as after one `kubectl apply`).
-    pub async fn start(sim: &Simulator, n: usize, poll: Duration, resync: Duration) -> Naive {
-        let arm = Arc::new(Arm::new(sim).await);
+    pub async fn start(sim: &Simulator, speed: f64, n: usize, poll: Duration, resync: Duration) -> Naive {
+        let arm = Arc::new(Arm::new(sim, speed).await);
         // What a user of ASO declares on the vault resource; sent once here.
         let vault = format!("{VAULT}?api-version={VAULTS_API}");
         let (status, body) = arm.call(Method::GET, &vault, None).await;
@@ -139,7 +139,8 @@ fn cache_body() -> Value {
     })
 }
 
-/// A bare ARM client: bearer token, `Retry-After` on 429, nothing else.
+/// A bare ARM client: bearer token, `Retry-After` on 429 (on the simulated clock, as a real client on ARM's), nothing
+/// else.
 struct Arm {
     http: Client,
     base: url::Url,
@@ -147,10 +148,12 @@ struct Arm {
     client_id: String,
     secret: String,
     token: RwLock<String>,
+    /// The simulator's clock speed: its Retry-After is in simulated seconds.
+    speed: f64,
 }
 
 impl Arm {
-    async fn new(sim: &Simulator) -> Arm {
+    async fn new(sim: &Simulator, speed: f64) -> Arm {
         let env: HashMap<String, String> = sim.env().into_iter().collect();
         let cert = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
         let http = Client::builder().tls_certs_only([cert]).no_proxy().build().unwrap();
@@ -161,6 +164,7 @@ impl Arm {
             client_id: env["AZURE_CLIENT_ID"].clone(),
             secret: env["AZURE_CLIENT_SECRET"].clone(),
             token: RwLock::new(String::new()),
+            speed,
         };
         arm.refresh_token().await;
         arm
@@ -202,7 +206,7 @@ impl Arm {
             let value: Value = r.json().await.unwrap_or(Value::Null);
             match status {
                 StatusCode::TOO_MANY_REQUESTS => {
-                    tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
+                    tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1)).div_f64(self.speed)).await;
                 }
                 StatusCode::UNAUTHORIZED => self.refresh_token().await,
                 StatusCode::CONFLICT if value["error"]["code"] == "ConflictError" => {

@@ -301,7 +301,9 @@ impl Azure {
             if pages > 1000 {
                 return Err(AzureError::Decode(format!("more than 1000 pages of {provider_type}; nextLink loop?")));
             }
-            let resp = self.inner.send(self.arm(op, Method::GET, u, subscription)).await?;
+            let call = self.inner.send(self.arm(op, Method::GET, u, subscription));
+            // Only the first page may be deferred (see `ratelimit::patiently`).
+            let resp = if pages == 1 { call.await? } else { ratelimit::patiently(call).await? };
             if resp.status != 200 {
                 return Err(resp.error());
             }

@@ -58,6 +58,8 @@ pub struct Caller {
 
 tokio::task_local! {
     static CALLER: Caller;
+    /// Set inside [`patiently`].
+    static PATIENT: ();
 }
 
 /// Runs `f` as `caller`: its rate-limited Azure calls defer (return at once) instead of sleeping for tokens.
@@ -65,9 +67,18 @@ pub async fn with_caller<F: std::future::Future>(caller: Caller, f: F) -> F::Out
     CALLER.scope(caller, f).await
 }
 
-/// The caller of the current task, if it runs inside [`with_caller`].
+/// The caller of the current task, if it runs inside [`with_caller`] (and not inside [`patiently`]).
 pub fn current_caller() -> Option<Caller> {
+    if PATIENT.try_with(|_| ()).is_ok() {
+        return None;
+    }
     CALLER.try_with(Clone::clone).ok()
+}
+
+/// Runs `f` waiting for tokens (and 429s) as outside a reconcile: for the later pages of a list whose first page
+/// was read, since deferring would throw the pages already read away.
+pub(crate) async fn patiently<F: std::future::Future>(f: F) -> F::Output {
+    PATIENT.scope((), f).await
 }
 
 impl TokenBucket {

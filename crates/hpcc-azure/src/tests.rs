@@ -758,6 +758,40 @@ async fn inside_a_reconcile_an_empty_bucket_defers_the_call_instead_of_sleeping(
     assert_eq!(stub.calls().len(), 2);
 }
 
+/// Deferring the second page of a list would throw the first away, and under a busy budget a list of many pages
+/// would never complete: once a list read has begun, inside a reconcile too, its later pages wait for their tokens.
+#[tokio::test]
+async fn inside_a_reconcile_a_list_read_that_has_begun_waits_for_its_later_pages() {
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = port.clone();
+    let stub = Stub::start(move |s, _| {
+        let port = *p2.lock().unwrap();
+        let page: u32 = s.query.split("page=").nth(1).and_then(|p| p.parse().ok()).unwrap_or(1);
+        let mut body = json!({"value": [cache_body("Creating")]});
+        if page < 3 {
+            let next = format!(
+                "https://management.azure.com:{port}{}?api-version={CACHES_API_VERSION}&page={}",
+                s.path,
+                page + 1
+            );
+            body["nextLink"] = json!(next);
+        }
+        json_resp(200, body)
+    })
+    .await;
+    *port.lock().unwrap() = stub.port;
+    let mut cfg = stub.config();
+    cfg.reads_per_second = 10.0;
+    cfg.read_burst = 1;
+    let az = Azure::new(cfg, None).await.unwrap();
+    let caller = crate::Caller { holder: "a".into(), urgency: crate::Urgency::Normal };
+    let start = std::time::Instant::now();
+    let all = crate::with_caller(caller, az.list_caches(SUB, Some("rg"))).await.unwrap();
+    assert_eq!(all.value.len(), 3, "every page");
+    assert_eq!(stub.calls().len(), 3);
+    assert!(start.elapsed() >= Duration::from_millis(150), "pages 2 and 3 waited for tokens: {:?}", start.elapsed());
+}
+
 #[tokio::test]
 async fn inside_a_reconcile_a_429_is_returned_at_once_not_slept() {
     let stub =

@@ -86,6 +86,7 @@ fn handle_route(shared: &Shared, r: &Req, route: &Route, principal: &str, class:
         retired: shared.cfg.retired,
         create_accepted_every: shared.cfg.create_accepted_every,
         role_assignment_page_size: shared.cfg.role_assignment_page_size,
+        cache_page_size: shared.cfg.cache_page_size,
     };
     let mut out = match route {
         Route::Cache { .. } | Route::CachesInRg { .. } | Route::CachesInSub { .. } => {

@@ -16,6 +16,7 @@ use super::state::{
     Cache, CacheEncryption, CacheIdentity, CacheTimeline, DELETE_DURATION, OpKind, OpTarget, Operation, Principal,
     Stage, UPDATE_DURATION, World, new_uuid, parse_key_url, sdur, validate_cmk_key,
 };
+use super::vaults::page;
 use super::wire::{Out, Req, method_not_allowed, resource_not_found};
 
 /// SKUs and their allowed cache sizes (GB). Read-write SKUs: the `Skus_List` example (2026-08-01). Read-only
@@ -66,22 +67,17 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
             }
         }
         (Route::CachesInRg { sub, rg }, &Method::GET) => {
-            let value: Vec<Value> = w
+            let listed: Vec<&Cache> = w
                 .caches
                 .values()
                 .filter(|c| c.subscription_id.eq_ignore_ascii_case(sub) && c.resource_group.eq_ignore_ascii_case(rg))
-                .map(|c| cache_json(w, c, ctx.now))
                 .collect();
-            Out::json(StatusCode::OK, json!({ "value": value }))
+            page(ctx, r, ctx.cache_page_size, listed.into_iter(), |c| cache_json(w, c, ctx.now))
         }
         (Route::CachesInSub { sub }, &Method::GET) => {
-            let value: Vec<Value> = w
-                .caches
-                .values()
-                .filter(|c| c.subscription_id.eq_ignore_ascii_case(sub))
-                .map(|c| cache_json(w, c, ctx.now))
-                .collect();
-            Out::json(StatusCode::OK, json!({ "value": value }))
+            let listed: Vec<&Cache> =
+                w.caches.values().filter(|c| c.subscription_id.eq_ignore_ascii_case(sub)).collect();
+            page(ctx, r, ctx.cache_page_size, listed.into_iter(), |c| cache_json(w, c, ctx.now))
         }
         _ => method_not_allowed(&r.method),
     }

@@ -44,6 +44,10 @@ pub struct SimConfig {
     pub create_accepted_every: u32,
     /// Role assignments per page of a list (`nextLink` for the rest). Default 2.
     pub role_assignment_page_size: usize,
+    /// Caches per page of a cache list (`nextLink` for the rest). Default 1000. `Caches_ListByResourceGroup` and
+    /// `Caches_List` are pageable (`x-ms-pageable`, `nextLinkName: nextLink`, in the StorageCache spec); the page
+    /// size is the provider's and undocumented, so this is a model: large resource groups take several reads.
+    pub cache_page_size: usize,
     /// The managed-identity endpoint's `IDENTITY_HEADER` secret (`Simulator::managed_identity_env`). Default: random.
     pub identity_header: String,
     /// From an Azure Managed Lustre file system's create request to `Succeeded`/`Available`. Default 20 min (Terraform
@@ -69,6 +73,7 @@ impl Default for SimConfig {
             vault_write_in_flight: Duration::from_millis(20),
             create_accepted_every: 3,
             role_assignment_page_size: 2,
+            cache_page_size: 1000,
             identity_header: uuid::Uuid::new_v4().to_string(),
             aml_create_delay: Duration::from_secs(20 * 60),
         }

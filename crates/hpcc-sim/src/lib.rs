@@ -406,6 +406,9 @@ pub struct SimulateArgs {
     /// Role assignments per list page.
     #[arg(long, default_value_t = 2)]
     pub role_assignment_page_size: usize,
+    /// Caches per list page.
+    #[arg(long, default_value_t = 1000)]
+    pub cache_page_size: usize,
     /// Simulated minutes an Azure Managed Lustre file system takes to create.
     #[arg(long, default_value_t = 20)]
     pub aml_create_minutes: u64,
@@ -432,6 +435,7 @@ pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
         vault_write_in_flight: Duration::from_millis(args.vault_write_in_flight_ms),
         create_accepted_every: args.create_accepted_every,
         role_assignment_page_size: args.role_assignment_page_size,
+        cache_page_size: args.cache_page_size,
         aml_create_delay: Duration::from_secs(args.aml_create_minutes * 60),
         ..SimConfig::default()
     };

@@ -341,6 +341,8 @@ pub struct Ctx<'a> {
     pub create_accepted_every: u32,
     /// Items per page of a role-assignment list (`SimConfig::role_assignment_page_size`).
     pub role_assignment_page_size: usize,
+    /// Items per page of a cache list (`SimConfig::cache_page_size`).
+    pub cache_page_size: usize,
 }
 
 #[cfg(test)]

@@ -19,8 +19,9 @@ impl OpClass {
 }
 
 /// Token buckets per (subscription, principal, class). They refill at ARM's rate per *simulated* second (`speed`
-/// simulated seconds per real second), so a sped-up simulator keeps ARM's budget per simulated second; Retry-After
-/// is in real seconds, what the client waits.
+/// simulated seconds per real second), so a sped-up simulator keeps ARM's budget per simulated second. Retry-After
+/// is what ARM would say, in simulated seconds: a client of a sped-up simulator that wants ARM's timing divides it
+/// by the speed (one that does not waits longer than ARM would ask, never shorter).
 #[derive(Debug, Default)]
 pub struct Buckets {
     b: HashMap<(String, String, OpClass), (f64, Instant)>,
@@ -29,8 +30,8 @@ pub struct Buckets {
 impl Buckets {
     /// Take one token: `Ok(remaining)` or `Err(retry_after_seconds)`.
     pub fn take(&mut self, sub: &str, principal: &str, class: OpClass, speed: f64) -> Result<u64, u64> {
-        let (cap, rate) = class.limits();
-        let rate = rate * speed.max(f64::MIN_POSITIVE);
+        let (cap, per_sim_second) = class.limits();
+        let rate = per_sim_second * speed.max(f64::MIN_POSITIVE);
         let now = Instant::now();
         let e = self.b.entry((sub.to_ascii_lowercase(), principal.to_ascii_lowercase(), class)).or_insert((cap, now));
         e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * rate).min(cap);
@@ -39,7 +40,7 @@ impl Buckets {
             e.0 -= 1.0;
             Ok(e.0.floor() as u64)
         } else {
-            Err(((1.0 - e.0) / rate).ceil().max(1.0) as u64)
+            Err(((1.0 - e.0) / per_sim_second).ceil().max(1.0) as u64)
         }
     }
 }

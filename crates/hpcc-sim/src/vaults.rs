@@ -136,16 +136,22 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 })
                 .map(role_assignment_json)
                 .collect();
-            page(ctx, r, all)
+            page(ctx, r, ctx.role_assignment_page_size, all.into_iter(), |v| v)
         }
         _ => method_not_allowed(&r.method),
     }
 }
 
-/// One page of an ARM list: `ctx.role_assignment_page_size` items from `$skipToken` on, and a `nextLink` (the
+/// One page of an ARM list: `size` items from `$skipToken` on (only those turned into JSON), and a `nextLink` (the
 /// same URL with the next `$skipToken`) while more remain.
-fn page(ctx: &Ctx, r: &Req, all: Vec<Value>) -> Out {
-    let size = ctx.role_assignment_page_size.max(1);
+pub fn page<T>(
+    ctx: &Ctx,
+    r: &Req,
+    size: usize,
+    all: impl ExactSizeIterator<Item = T>,
+    to_json: impl Fn(T) -> Value,
+) -> Out {
+    let size = size.max(1);
     let skip = match r.param("$skipToken").map(str::parse::<usize>) {
         None => 0,
         Some(Ok(n)) => n,
@@ -154,7 +160,7 @@ fn page(ctx: &Ctx, r: &Req, all: Vec<Value>) -> Out {
         }
     };
     let total = all.len();
-    let value: Vec<Value> = all.into_iter().skip(skip).take(size).collect();
+    let value: Vec<Value> = all.skip(skip).take(size).map(to_json).collect();
     let mut body = json!({ "value": value });
     if skip + size < total {
         // ARM writes `$filter`/`$skipToken` with a literal `$`

@@ -1935,3 +1935,32 @@ fn simulate_flag_for_the_aml_create_time() {
     assert_eq!(Cli::parse_from(["x", "--env-file", "e"]).args.aml_create_minutes, 20);
     assert_eq!(Cli::parse_from(["x", "--env-file", "e", "--aml-create-minutes", "1"]).args.aml_create_minutes, 1);
 }
+
+#[tokio::test]
+async fn cache_lists_are_paged_with_next_links() {
+    let t = start_with(SimConfig { cache_page_size: 2, ..SimConfig::default() }).await;
+    for name in ["p1", "p2", "p3"] {
+        assert!(t.put_system_cache(name, "kv-ap").await.status.is_success());
+    }
+    let mut path =
+        format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.StorageCache/caches?api-version={API}");
+    let mut names = vec![];
+    let mut pages = 0;
+    loop {
+        let r = t.call(Method::GET, &path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        pages += 1;
+        let value = r.body["value"].as_array().unwrap();
+        assert!(value.len() <= 2, "at most a page");
+        names.extend(value.iter().map(|c| c["name"].as_str().unwrap().to_string()));
+        match r.body["nextLink"].as_str() {
+            Some(next) => {
+                let u = url::Url::parse(next).unwrap();
+                assert_eq!(u.origin(), t.sim.base_url().origin(), "same origin");
+                path = format!("{}?{}", u.path(), u.query().unwrap());
+            }
+            None => break,
+        }
+    }
+    assert_eq!((pages, names), (2, vec!["p1".to_string(), "p2".into(), "p3".into()]));
+}

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hpcc_api::v1alpha1::{AmlFilesystem, HpcCache, HpcCacheStatus};
+use hpcc_api::v1alpha1::{AmlFilesystem, HpcCache, HpcCacheStatus, Phase};
 use hpcc_azure::{AzureError, Caller};
 use hpcc_core::{Action, Input};
 use jiff::Timestamp;
@@ -313,7 +313,20 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
         }
         Action::None => {
             ctx.metrics.reconciled("ok");
-            return Ok(Some(recorded.decision().requeue_after));
+            let mut after = recorded.decision().requeue_after;
+            // Waiting for Azure's progress on the cache, which shows in the shared list: take turns reading it.
+            let waiting_for_azure = matches!(
+                recorded.decision().status.phase,
+                Some(Phase::Creating | Phase::Authorizing | Phase::Updating | Phase::Deleting)
+            );
+            if let Some(caller) = hpcc_azure::current_caller() {
+                let waits = waiting_for_azure && caller.urgency == hpcc_azure::Urgency::Normal;
+                let sharing = reads.waiting(&observe::cache_id(obj), &caller.holder, waits);
+                if waits {
+                    after = pacing::spread(after, sharing, ctx.settings.timing.resync);
+                }
+            }
+            return Ok(Some(after));
         }
         action => info!(namespace = %ns, name = %name, ?action, "acting"),
     }

@@ -57,6 +57,24 @@ pub fn holder<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// How many of the objects sharing a resource group's list come per poll interval (see [`spread`]).
+const LIST_TURNS: f64 = 4.0;
+
+/// The requeue of a poll that waits for Azure's progress on a cache (creating, authorizing, updating, deleting),
+/// when `sharing` objects look at the same resource-group list: their caches' progress shows in that list, and a
+/// change in it wakes its object at once (see [`changes`](super::changes)), so the objects take turns reading it
+/// instead of each polling. Each waits a random time between `after` and `sharing / LIST_TURNS` times `after` (never
+/// past `ceiling`): about `2 × LIST_TURNS` of them come per poll interval, so the list stays about as fresh as when
+/// every object polled, and N objects cost a few reconciles per poll rather than N. Random, so that objects created
+/// together do not come back together and leave the list unread in between.
+pub fn spread(after: Duration, sharing: usize, ceiling: Duration) -> Duration {
+    let most = after.mul_f64(sharing as f64 / LIST_TURNS).min(ceiling);
+    if most <= after {
+        return after;
+    }
+    after + (most - after).mul_f64(fastrand::f64())
+}
+
 /// The queue is late when reconciles start this much after they were due (on average).
 const LATE: f64 = 1.0;
 /// ... and on time again below this.
@@ -190,6 +208,20 @@ mod tests {
         }
         assert_eq!(pacer.stretch(), 1.0);
         assert_eq!(pacer.requeue("a", POLL, Urgency::Normal, now), POLL);
+    }
+
+    #[test]
+    fn objects_sharing_a_list_take_turns_reading_it() {
+        let ceiling = Duration::from_secs(600);
+        assert_eq!(spread(POLL, 1, ceiling), POLL, "alone: its own poll");
+        assert_eq!(spread(POLL, 4, ceiling), POLL, "a few: each still polls");
+        let polls: Vec<Duration> = (0..2000).map(|_| spread(POLL, 100, ceiling)).collect();
+        assert!(polls.iter().all(|p| *p >= POLL && *p <= POLL * 25), "between the poll and 100/4 polls");
+        // Spread out, not bunched: about 2 × LIST_TURNS of the 100 per poll interval.
+        let per_poll: f64 = polls.iter().map(|p| POLL.as_secs_f64() / p.as_secs_f64()).sum::<f64>() / 20.0;
+        assert!((4.0..16.0).contains(&per_poll), "{per_poll} per poll interval per 100 objects");
+        let many: Vec<Duration> = (0..100).map(|_| spread(POLL, 10_000, ceiling)).collect();
+        assert!(many.iter().all(|p| *p <= ceiling), "never past the resync");
     }
 
     #[test]

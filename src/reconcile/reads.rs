@@ -66,6 +66,8 @@ pub struct RecentReads {
     acted: Mutex<HashMap<String, Instant>>,
     /// One list read at a time per resource group.
     list_reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The objects waiting for their caches' progress in each resource group's list (see [`RecentReads::waiting`]).
+    waiting: Mutex<HashMap<String, Waiting>>,
     protected_vaults: Mutex<HashSet<String>>,
     facts_ttl: Duration,
     cache_list_ttl: Duration,
@@ -81,6 +83,7 @@ impl RecentReads {
             cache_lists: TtlMap::new(routine_ttl),
             acted: Default::default(),
             list_reads: Default::default(),
+            waiting: Default::default(),
             protected_vaults: Default::default(),
             facts_ttl,
             cache_list_ttl,
@@ -137,6 +140,34 @@ impl RecentReads {
         changed
     }
 
+    /// Whether object `holder` waits for its cache's progress (which shows in its resource group's list); returns
+    /// how many objects wait on that list (this principal's: they share its reads, see
+    /// [`pacing::spread`](super::pacing::spread)). An object that stops waiting says so at its next reconcile (the
+    /// list change that ends its wait wakes it); one that is gone without a word is dropped after a resync.
+    pub fn waiting(&self, cache: &ResourceId, holder: &str, waits: bool) -> usize {
+        let horizon = self.routine_ttl * 2;
+        let now = Instant::now();
+        let mut all = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let key = list_key(cache);
+        if !waits {
+            let Some(list) = all.get_mut(&key) else { return 0 };
+            list.seen.remove(holder);
+            return list.seen.len();
+        }
+        let list = all.entry(key).or_insert_with(|| Waiting { seen: HashMap::new(), pruned: now });
+        match list.seen.get_mut(holder) {
+            Some(at) => *at = now,
+            None => {
+                list.seen.insert(holder.to_string(), now);
+            }
+        }
+        if now.saturating_duration_since(list.pruned) >= Duration::from_secs(1) {
+            list.pruned = now;
+            list.seen.retain(|_, at| now.saturating_duration_since(*at) < horizon);
+        }
+        list.seen.len()
+    }
+
     /// The cache was acted on: lists read before now no longer speak for it.
     pub fn forget_cache(&self, cache: &ResourceId) {
         let mut acted = self.acted();
@@ -173,6 +204,33 @@ fn cache_key(cache: &ResourceId) -> String {
     cache.to_string().to_ascii_lowercase()
 }
 
+/// The objects waiting on one list, and when each last said so.
+struct Waiting {
+    seen: HashMap<String, Instant>,
+    pruned: Instant,
+}
+
 fn list_key(cache: &ResourceId) -> String {
     format!("{}|{}", cache.subscription(), cache.resource_group().unwrap_or_default()).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_waiting_on_a_list_are_counted_until_they_stop_waiting() {
+        let reads = RecentReads::new(Freshness {
+            facts: Duration::from_secs(60),
+            cache_list: Duration::from_secs(7),
+            routine: Duration::from_secs(300),
+        });
+        let (a, b, other) =
+            (ResourceId::cache("s", "rg", "a"), ResourceId::cache("s", "RG", "b"), ResourceId::cache("s", "rg2", "c"));
+        assert_eq!(reads.waiting(&a, "HpcCache/ns/a", true), 1);
+        assert_eq!(reads.waiting(&b, "HpcCache/ns/b", true), 2, "same resource group, any case");
+        assert_eq!(reads.waiting(&a, "HpcCache/ns/a", true), 2, "counted once");
+        assert_eq!(reads.waiting(&other, "HpcCache/ns/c", true), 1, "another list");
+        assert_eq!(reads.waiting(&a, "HpcCache/ns/a", false), 1, "a is Ready: b still waits");
+    }
 }

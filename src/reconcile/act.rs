@@ -1,9 +1,7 @@
 //! Act: perform the one action the machine chose, against Azure. Every write to one vault (protection, access
-//! policies, role assignments) is serialized within the process: Key Vault refuses overlapping writes with 409
-//! `ConflictError`, and Terraform's azurerm provider locks each vault around its access-policy writes for that reason.
+//! policies, role assignments) takes the vault's turn (see [`vault_turns`](super::vault_turns)).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -14,6 +12,7 @@ use hpcc_core::{Action, desired_tags};
 use super::observe::cache_id;
 use super::reads::RecentReads;
 use super::status::Recorded;
+use super::vault_turns::VaultTurns;
 
 /// The ARM body of the cache the spec describes (Caches_CreateOrUpdate); `owner` is the owner tag's value.
 pub fn desired_cache(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Value {
@@ -53,10 +52,10 @@ pub fn key_update(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Va
     patch
 }
 
-/// Performs recorded actions; owns the per-vault write serialization.
+/// Performs recorded actions; owns the per-vault write turns.
 #[derive(Default)]
 pub struct Actor {
-    vault_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    vault_turns: Arc<VaultTurns>,
 }
 
 impl Actor {
@@ -108,8 +107,10 @@ impl Actor {
                     Ok(id) => id,
                     Err(e) => return Some(Err(e)),
                 };
-                let lock = self.vault_lock(&id);
-                let _held = lock.lock().await;
+                let _turn = match self.vault_turns.take(&id.to_string()).await {
+                    Ok(turn) => turn,
+                    Err(e) => return Some(Err(e)),
+                };
                 if reads.vault_protected(vault_id) {
                     return Some(Ok(())); // another reconcile protected this vault a moment ago
                 }
@@ -124,8 +125,10 @@ impl Actor {
                     Ok(id) => id,
                     Err(e) => return Some(Err(e)),
                 };
-                let lock = self.vault_lock(&id);
-                let _held = lock.lock().await;
+                let _turn = match self.vault_turns.take(&id.to_string()).await {
+                    Ok(turn) => turn,
+                    Err(e) => return Some(Err(e)),
+                };
                 if matches!(action, Action::Grant(_)) {
                     grant(azure, &id, g, vault).await
                 } else {
@@ -135,12 +138,6 @@ impl Actor {
             _ => return None,
         };
         Some(result)
-    }
-
-    /// One lock per vault or storage account (case-insensitive ARM id).
-    fn vault_lock(&self, vault: &ResourceId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.vault_writes.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(vault.to_string().to_ascii_lowercase()).or_default().clone()
     }
 }
 

@@ -5,7 +5,7 @@
 //! 3. [`facts`]: turn it into the core's [`hpcc_core::Facts`] (pure, table-tested);
 //! 4. [`hpcc_core::decide`]: the next status and at most one action;
 //! 5. [`status`]: record the status (intent first) as a [`status::Recorded`] decision;
-//! 6. [`act`]: perform the recorded action (per-vault writes serialized);
+//! 6. [`act`]: perform the recorded action (one write per vault at a time: [`vault_turns`]);
 //! 7. [`publish`]: events and metrics.
 //!
 //! [`reads`] budgets Azure reads across reconciles; [`pacing`] orders work by urgency and spreads polls out when the
@@ -29,6 +29,7 @@ pub mod pacing;
 pub mod publish;
 pub mod reads;
 pub mod status;
+pub mod vault_turns;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,7 +94,7 @@ pub async fn run(
     let config = kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency);
     let (objects, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, wc.clone()).modify(strip)).applied_objects();
-    let controller = Controller::for_stream(stream, objects);
+    let controller = Controller::for_stream(not_echoes(stream, ctx.clone()), objects);
     let objects = controller.store();
     let scopes_ctx = ctx.clone();
     let caches = controller
@@ -132,7 +133,7 @@ pub async fn run(
         Ok(_) => Some({
             let (objects, writer) = reflector::store();
             let stream = reflector::reflector(writer, watcher(filesystems, wc).modify(strip)).applied_objects();
-            Controller::for_stream(stream, objects)
+            Controller::for_stream(not_echoes(stream, ctx.clone()), objects)
                 .with_config(config)
                 .shutdown_on_signal()
                 .graceful_shutdown_on(stop)
@@ -160,6 +161,18 @@ pub async fn run(
     }
     info!("controller stopped");
     Ok(())
+}
+
+/// The watch events that trigger reconciles, less the echoes of the operator's own writes (the store still takes
+/// them; see [`own_writes::OwnWrites::is_echo`]).
+fn not_echoes<K: kube::Resource<DynamicType = ()>, E>(
+    events: impl futures::Stream<Item = Result<K, E>>,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = Result<K, E>> {
+    events.filter(move |event| {
+        let echo = event.as_ref().is_ok_and(|obj| ctx.own_writes.is_echo(obj));
+        std::future::ready(!echo)
+    })
 }
 
 /// What the controller never reads is not kept in its cache: managed fields and kubectl's copy of the last applied

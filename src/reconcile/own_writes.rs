@@ -17,6 +17,8 @@ const WATCH_LAG_BOUND: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct OwnWrites {
     written: Mutex<HashMap<String, (String, Instant)>>,
+    /// The resourceVersion of each object's last write by us, until its watch event (the echo) comes.
+    echoes: Mutex<HashMap<String, String>>,
 }
 
 impl OwnWrites {
@@ -27,8 +29,22 @@ impl OwnWrites {
     /// Records that the object is now at `resource_version` by our write.
     pub fn remember<K: Resource<DynamicType = ()>>(&self, written: &K) {
         if let Some(rv) = written.resource_version() {
-            self.lock().insert(key(written), (rv, Instant::now()));
+            self.lock().insert(key(written), (rv.clone(), Instant::now()));
+            self.echoes.lock().unwrap_or_else(|e| e.into_inner()).insert(key(written), rv);
         }
+    }
+
+    /// Whether a watch event is the echo of our own last write to the object: nothing changed that the reconcile
+    /// which wrote it did not know (it already asked for its next look), so no reconcile is needed for it. A burst
+    /// of new objects makes several writes each; reconciling every echo doubled the queue.
+    pub fn is_echo<K: Resource<DynamicType = ()>>(&self, event: &K) -> bool {
+        let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(event);
+        let echo = echoes.get(&k).is_some_and(|rv| event.resource_version().as_ref() == Some(rv));
+        if echo {
+            echoes.remove(&k);
+        }
+        echo
     }
 
     /// Whether the watch's copy may lack a write of ours: we wrote the object recently and the copy is at another
@@ -64,6 +80,7 @@ impl OwnWrites {
 
     pub fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         self.lock().remove(&key(obj));
+        self.echoes.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(obj));
     }
 }
 
@@ -92,5 +109,17 @@ mod tests {
         assert!(writes.stale(&at("4")), "the watch has not delivered our write yet");
         assert!(!writes.stale(&at("5")), "it has");
         assert!(!writes.stale(&at("4")), "and the record is gone once seen");
+    }
+
+    #[test]
+    fn only_the_event_of_our_own_last_write_is_an_echo() {
+        let writes = OwnWrites::default();
+        assert!(!writes.is_echo(&at("3")), "nothing written");
+        writes.remember(&at("5"));
+        assert!(!writes.is_echo(&at("4")), "an event from before our write");
+        assert!(writes.is_echo(&at("5")), "our write");
+        assert!(!writes.is_echo(&at("5")), "once: a re-list delivers it again as the object's state");
+        writes.remember(&at("7"));
+        assert!(!writes.is_echo(&at("8")), "someone else's change after ours");
     }
 }

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use hpcc_api::v1alpha1::{Encryption, GrantKind, GrantRecord, HpcCache, HpcCacheSpec, IdentityType};
-use hpcc_azure::{Azure, AzureError, CMK_KEY_PERMISSIONS, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault};
+use hpcc_azure::{
+    ACCESS_POLICIES_PER_UPDATE, Azure, AzureError, CMK_KEY_PERMISSIONS, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+    ResourceId, Vault,
+};
 use hpcc_core::{Action, desired_tags};
 
 use super::observe::cache_id;
 use super::reads::RecentReads;
 use super::status::Recorded;
-use super::vault_turns::VaultTurns;
+use super::vault_turns::{PolicyGrant, Turn, VaultTurns};
 
 /// The ARM body of the cache the spec describes (Caches_CreateOrUpdate); `owner` is the owner tag's value.
 pub fn desired_cache(spec: &HpcCacheSpec, owner: &str, key_url: Option<&str>) -> Value {
@@ -107,7 +110,7 @@ impl Actor {
                     Ok(id) => id,
                     Err(e) => return Some(Err(e)),
                 };
-                let _turn = match self.vault_turns.take(&id.to_string()).await {
+                let _turn = match self.vault_turns.take(&id.to_string(), None).await {
                     Ok(turn) => turn,
                     Err(e) => return Some(Err(e)),
                 };
@@ -125,14 +128,24 @@ impl Actor {
                     Ok(id) => id,
                     Err(e) => return Some(Err(e)),
                 };
-                let _turn = match self.vault_turns.take(&id.to_string()).await {
+                let vault_key = id.to_string();
+                // An access-policy grant may ride along with another writer's (see `vault_turns`).
+                let policy = (matches!(action, Action::Grant(_)) && role_of(g.kind).is_none())
+                    .then(|| (tenant_of(g, vault), g.principal_id.clone()));
+                let holder = hpcc_azure::current_caller().map(|c| c.holder);
+                if let (Some(p), Some(h)) = (&policy, &holder)
+                    && self.vault_turns.served(&vault_key, h, p)
+                {
+                    return Some(Ok(()));
+                }
+                let turn = match self.vault_turns.take(&vault_key, policy.clone()).await {
                     Ok(turn) => turn,
                     Err(e) => return Some(Err(e)),
                 };
-                if matches!(action, Action::Grant(_)) {
-                    grant(azure, &id, g, vault).await
-                } else {
-                    revoke(azure, &id, g, vault).await
+                match policy {
+                    Some(own) => grant_with_riders(azure, &id, &turn, own).await,
+                    None if matches!(action, Action::Grant(_)) => grant(azure, &id, g, vault).await,
+                    None => revoke(azure, &id, g, vault).await,
                 }
             }
             _ => return None,
@@ -178,6 +191,17 @@ async fn grant(azure: &Azure, id: &ResourceId, g: &GrantRecord, vault: Option<&V
         None => azure.add_access_policy(id, &tenant_of(g, vault), &g.principal_id, &CMK_KEY_PERMISSIONS).await,
         Some(role) => azure.put_role_assignment(id, &g.principal_id, role).await,
     }
+}
+
+/// One `accessPolicies/add` for this writer's grant and those waiting in line for the vault (as many as one update
+/// takes); the riders find theirs made when they come back. If it fails, they make their own.
+async fn grant_with_riders(azure: &Azure, id: &ResourceId, turn: &Turn, own: PolicyGrant) -> Result<(), AzureError> {
+    let riders = turn.riders(ACCESS_POLICIES_PER_UPDATE - 1);
+    let entries: Vec<(&str, &str)> =
+        std::iter::once(&own).chain(riders.iter().map(|(_, g)| g)).map(|(t, p)| (t.as_str(), p.as_str())).collect();
+    azure.add_access_policies(id, &entries, &CMK_KEY_PERMISSIONS).await?;
+    turn.served(riders);
+    Ok(())
 }
 
 async fn revoke(azure: &Azure, id: &ResourceId, g: &GrantRecord, vault: Option<&Vault>) -> Result<(), AzureError> {

@@ -71,6 +71,10 @@ pub const HPC_CACHE_RESOURCE_PROVIDER_APP_ID: &str = "4392ab71-2ce2-4b0d-8770-b3
 /// Key permissions a CMK cache identity needs in an access-policy vault.
 pub const CMK_KEY_PERMISSIONS: [&str; 3] = ["get", "wrapKey", "unwrapKey"];
 
+/// Identities one `accessPolicies/{add,remove,replace}` update may carry (Key Vault management spec,
+/// `VaultAccessPolicyProperties.accessPolicies`: "An array of 0 to 16 identities").
+pub const ACCESS_POLICIES_PER_UPDATE: usize = 16;
+
 /// A value from Azure with what its response said about time (`Date`, `Retry-After`).
 #[derive(Debug, Clone)]
 pub struct Dated<T> {
@@ -416,17 +420,18 @@ impl Azure {
         op: &'static str,
         kind: &str,
         vault: &ResourceId,
-        tenant_id: &str,
-        object_id: &str,
+        entries: &[(&str, &str)],
         key_permissions: &[&str],
     ) -> Result<(), AzureError> {
         let url = self.arm_url(&format!("{vault}/accessPolicies/{kind}"), VAULTS_API_VERSION);
         let mut req = self.arm(op, Method::PUT, url, vault.subscription());
-        let body = json!({"properties": {"accessPolicies": [{
-            "tenantId": tenant_id,
-            "objectId": object_id,
-            "permissions": {"keys": key_permissions},
-        }]}});
+        let entries: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(tenant_id, object_id)| {
+                json!({"tenantId": tenant_id, "objectId": object_id, "permissions": {"keys": key_permissions}})
+            })
+            .collect();
+        let body = json!({"properties": {"accessPolicies": entries}});
         req.body = Some(body.to_string().into_bytes());
         let resp = self.inner.send(req).await?;
         match resp.status {
@@ -443,7 +448,25 @@ impl Azure {
         object_id: &str,
         key_permissions: &[&str],
     ) -> Result<(), AzureError> {
-        self.update_access_policy("accessPolicies.add", "add", vault, tenant_id, object_id, key_permissions).await
+        self.add_access_policies(vault, &[(tenant_id, object_id)], key_permissions).await
+    }
+
+    /// `PUT …/vaults/{v}/accessPolicies/add` for several identities at once, each `(tenant_id, object_id)`: at most
+    /// [`ACCESS_POLICIES_PER_UPDATE`] (the Key Vault spec's `VaultAccessPolicyProperties`: "an array of 0 to 16
+    /// identities").
+    pub async fn add_access_policies(
+        &self,
+        vault: &ResourceId,
+        entries: &[(&str, &str)],
+        key_permissions: &[&str],
+    ) -> Result<(), AzureError> {
+        if entries.is_empty() || entries.len() > ACCESS_POLICIES_PER_UPDATE {
+            return Err(AzureError::Input(format!(
+                "an access-policy update takes 1 to {ACCESS_POLICIES_PER_UPDATE} identities, not {}",
+                entries.len()
+            )));
+        }
+        self.update_access_policy("accessPolicies.add", "add", vault, entries, key_permissions).await
     }
 
     /// `PUT …/vaults/{v}/accessPolicies/remove` for the CMK key permissions of `object_id`.
@@ -454,7 +477,13 @@ impl Azure {
         object_id: &str,
     ) -> Result<(), AzureError> {
         match self
-            .update_access_policy("accessPolicies.remove", "remove", vault, tenant_id, object_id, &CMK_KEY_PERMISSIONS)
+            .update_access_policy(
+                "accessPolicies.remove",
+                "remove",
+                vault,
+                &[(tenant_id, object_id)],
+                &CMK_KEY_PERMISSIONS,
+            )
             .await
         {
             // A vault that no longer exists holds no policy.

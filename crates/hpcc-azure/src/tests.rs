@@ -446,6 +446,19 @@ async fn vault_protection_and_access_policies() {
         json!({"properties": {"accessPolicies": [{"tenantId": TENANT, "objectId": "obj-1", "permissions": {"keys": ["get", "wrapKey", "unwrapKey"]}}]}})
     );
     assert_eq!(calls[2].path, format!("{kv}/accessPolicies/remove"));
+    // Several identities in one update, at most 16 (the spec's VaultAccessPolicyProperties).
+    az.add_access_policies(&kv, &[(TENANT, "obj-1"), (TENANT, "obj-2")], &CMK_KEY_PERMISSIONS).await.unwrap();
+    let objects: Vec<Value> = stub.calls()[3].json()["properties"]["accessPolicies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["objectId"].clone())
+        .collect();
+    assert_eq!(objects, [json!("obj-1"), json!("obj-2")]);
+    let seventeen: Vec<(&str, &str)> = (0..17).map(|_| (TENANT, "obj")).collect();
+    let err = az.add_access_policies(&kv, &seventeen, &CMK_KEY_PERMISSIONS).await.unwrap_err();
+    assert!(matches!(err, AzureError::Input(_)), "{err:?}");
+    assert_eq!(stub.calls().len(), 4, "refused before sending");
 }
 
 /// Key Vault's answer when two writes to one vault overlap (github.com/Azure/AzureKeyVault/issues/6).

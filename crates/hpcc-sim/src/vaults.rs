@@ -60,6 +60,11 @@ pub fn handle(ctx: &Ctx, w: &mut World, r: &Req, route: &Route) -> Out {
                 Ok(e) => e,
                 Err(m) => return bad_request(m),
             };
+            // `VaultAccessPolicyProperties.accessPolicies`: "An array of 0 to 16 identities" (Key Vault
+            // management spec); the code of Azure's refusal is not published, so this is the generic one.
+            if entries.len() > 16 {
+                return bad_request("An access policy update takes at most 16 identities.");
+            }
             update_access_policies(&mut vault.access_policies, &kind, &entries);
             vault.last_modified_at = ctx.now;
             // ARM reads show the change at once; it counts for a cache's key access after the propagation delay.

@@ -3,11 +3,13 @@
 //! around its access-policy writes for that reason). With one team vault behind many caches, a burst of grants used
 //! to queue on a lock, each waiter holding one of the controller's slots, so new objects waited for grants of others.
 //! Now a writer that finds the vault busy takes a place in line and is told when its turn is likely
-//! ([`AzureError::Deferred`] inside a reconcile, a sleep outside); the line is first come, first served.
+//! ([`AzureError::Deferred`] inside a reconcile, a sleep outside); the next writer to come once the vault is free
+//! takes it (waiting for the first in line to come back would leave the vault idle while the controller's queue
+//! brings it).
 //!
-//! Access-policy grants waiting in line ride along: the writer whose turn it is sends up to 15 of them with its own
-//! in one `accessPolicies/add` (the spec allows 16 identities per update) and records them as served, so each
-//! finds its grant made when it comes back. A waiter that comes back with another write (a revoke, once its object
+//! Access-policy grants waiting in line ride along, first come first served: the writer whose turn it is sends up
+//! to 15 of them with its own in one `accessPolicies/add` (the spec allows 16 identities per update) and records
+//! them as served, so each finds its grant made when it comes back. A waiter that comes back with another write (a revoke, once its object
 //! is deleted) replaces its grant in line, so nothing is granted for an object that no longer wants it.
 
 use std::collections::{HashMap, VecDeque};
@@ -118,9 +120,8 @@ impl VaultTurns {
         let line = lines.entry(key.clone()).or_default();
         line.waiting.retain(|w| now.saturating_duration_since(w.due) < NO_SHOW);
         line.served.retain(|_, (_, at)| now.saturating_duration_since(*at) < NO_SHOW * 6);
-        let first = line.waiting.front().is_none_or(|w| w.holder == holder);
-        if !line.busy && first {
-            line.waiting.pop_front();
+        if !line.busy {
+            line.waiting.retain(|w| w.holder != holder);
             line.busy = true;
             return Ok(Turn { turns: self.clone(), vault: key, since: now });
         }
@@ -192,10 +193,10 @@ mod tests {
         assert_eq!(turns.try_take(V, "c", None, t0).err(), Some(FIRST_GUESS * 2), "c after b");
         assert!(turns.try_take(&V.to_uppercase(), "d", None, t0).is_err(), "one vault, any case");
         drop(a);
-        assert!(turns.try_take(V, "c", None, t0).is_err(), "first come, first served: b's turn, not c's");
-        let b = turns.try_take(V, "b", None, t0).expect("b's turn");
-        drop(b);
-        assert!(turns.try_take(V, "c", None, t0).is_ok());
+        let c = turns.try_take(V, "c", None, t0).expect("the free vault goes to whoever comes");
+        assert_eq!(turns.try_take(V, "b", None, t0).err(), Some(held_write_time(&turns)), "b is still first in line");
+        drop(c);
+        assert!(turns.try_take(V, "b", None, t0).is_ok());
         assert!(
             turns
                 .try_take("/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/other", "e", None, t0)
@@ -207,13 +208,15 @@ mod tests {
     fn a_writer_that_does_not_come_back_loses_its_place() {
         let turns = Arc::new(VaultTurns::default());
         let t0 = Instant::now();
-        drop(turns.try_take(V, "a", None, t0).unwrap());
         let held = turns.try_take(V, "a", None, t0).unwrap();
-        assert!(turns.try_take(V, "gone", None, t0).is_err());
-        drop(held);
-        assert!(turns.try_take(V, "c", None, t0).is_err(), "gone's turn is still expected");
+        assert!(turns.try_take(V, "gone", Some(grant("p")), t0).is_err());
         let later = t0 + FIRST_GUESS + NO_SHOW + Duration::from_secs(1);
-        assert!(turns.try_take(V, "c", None, later).is_ok(), "the line moved on without it");
+        assert_eq!(turns.try_take(V, "c", None, later).err(), Some(held_write_time(&turns)), "gone is out of line");
+        drop(held);
+    }
+
+    fn held_write_time(turns: &VaultTurns) -> Duration {
+        turns.lock().values().next().and_then(|l| l.write_time).unwrap_or(FIRST_GUESS)
     }
 
     fn grant(p: &str) -> PolicyGrant {
@@ -239,7 +242,10 @@ mod tests {
         assert!(turns.served(V, "b", &grant("pb")), "b finds its grant made");
         assert!(!turns.served(V, "b", &grant("pb")), "once");
         assert!(!turns.served(V, "d", &grant("pd")), "d's was not");
-        assert!(turns.try_take(V, "d", Some(grant("pd")), t0).is_err(), "the revoke is ahead of d now");
+        let d = turns.try_take(V, "d", Some(grant("pd")), t0).expect("the vault is free");
+        assert!(turns.try_take(V, "r", None, t0).is_err());
+        assert!(d.riders(15).is_empty(), "the revoke does not ride");
+        drop(d);
         assert!(turns.try_take(V, "r", None, t0).is_ok());
     }
 

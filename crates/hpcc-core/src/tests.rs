@@ -343,7 +343,8 @@ fn a_status_does_not_change_with_the_clock_alone() {
         c.status.grants = vec![GrantRecord { made: true, ..grant("sa-principal", true) }];
     };
     let manual = |c: &mut Case| c.spec.key_access = KeyAccess::Manual;
-    let cases: [(&str, &str, &str, fn(&mut Case)); 6] = [
+    type Setup = fn(&mut Case);
+    let cases: [(&str, &str, &str, Setup); 6] = [
         ("creating", "Creating", "Transitioning", |_| {}),
         ("granting", "Creating", "WaitingForKey", |_| {}),
         ("propagating", "Creating", "WaitingForKey", granted),
@@ -361,7 +362,7 @@ fn a_status_does_not_change_with_the_clock_alone() {
             c.status = c.run().status;
         }
         let before = c.status.clone();
-        c.facts.now = c.facts.now + SignedDuration::from_secs(15);
+        c.facts.now += SignedDuration::from_secs(15);
         let d = c.run();
         assert_eq!(d.status, before, "{name}: only the clock moved, yet the status changed");
     }

@@ -841,7 +841,9 @@ async fn many_caches_on_one_unprotected_vault_patch_it_once() {
         s.wait_phase(name, Phase::Ready).await;
     }
     assert_eq!(s.requests("PATCH", "/vaults/kv-cmk").len(), 1, "purge protection is turned on once");
-    assert_eq!(s.requests("PUT", "/accessPolicies/add").len(), names.len(), "one grant per cache");
+    // Grants waiting for the vault's turn ride along (up to 16 identities per add): at most one add per cache.
+    let adds = s.requests("PUT", "/accessPolicies/add").len();
+    assert!((1..=names.len()).contains(&adds), "{adds} access-policy adds for {} caches", names.len());
     assert_eq!(s.requests("PUT", "/caches/").len(), names.len(), "one create per cache");
 }
 

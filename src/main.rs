@@ -56,7 +56,7 @@ struct RunArgs {
     /// Reconcile only objects matching this label selector (to shard across operator instances).
     #[arg(long, env = "HPCC_LABEL_SELECTOR")]
     selector: Option<String>,
-    /// Reconciles running at once.
+    /// Reconciles running at once, both kinds together (the waiting ones go by urgency, then in order).
     #[arg(long, env = "HPCC_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
     /// Seconds between looks at a cache in a transitional phase.

@@ -167,8 +167,15 @@ async fn run_operator(cluster: &TestCluster, p: &Profile, n: usize) -> RunResult
                 .collect(),
         ),
     };
-    eprintln!("bench: {label}: settled after {:.1?}; steady state for {:.1?}", t0.elapsed(), p.steady_real);
+    eprintln!(
+        "bench: {label}: settled after {:.1?} (operator CPU {:.1} s); steady state for {:.1?}",
+        t0.elapsed(),
+        op.cpu_seconds(),
+        p.steady_real
+    );
+    op.save_metrics("settled").await;
     let (log, times, window) = steady(&sim, p).await;
+    op.save_metrics("end").await;
     let (rss, cpu) = (op.peak_rss_mib(), op.cpu_seconds());
     drop(op);
     sim.shutdown().await;

@@ -1,5 +1,5 @@
-//! The operator process: started per run with its own metrics port and log file, killed on drop; its memory and
-//! CPU time from `/proc`, and the watch that sees its caches become Ready.
+//! The operator process: started per run with its own metrics port and log file (kept in `target/bench`), killed on
+//! drop; its memory and CPU time from `/proc`, and the watch that sees its caches become Ready.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,7 +25,10 @@ pub struct Operator {
 impl Operator {
     pub fn start(cluster: &TestCluster, sim: &Simulator, ns: &str, p: &Profile) -> Operator {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("hpcc-bench-operator-{ns}.log"));
+        // Kept after the run (next to summary.json), so a slow figure can be explained from the operator's side.
+        let dir = PathBuf::from(crate::REPO).join("target/bench");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("operator-{ns}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(OPERATOR);
         cmd.args(["run", "--namespace", ns, "--poll-seconds", &p.poll_real.to_string()])
@@ -41,7 +44,8 @@ impl Operator {
         let child = cmd
             .envs(sim.env())
             .env("KUBECONFIG", cluster.kubeconfig_path())
-            .env("HPCC_LOG", "info")
+            // e.g. HPCC_BENCH_LOG=info,hpc_cache_operator=debug: each reconcile's start and requeue.
+            .env("HPCC_LOG", std::env::var("HPCC_BENCH_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -84,6 +88,16 @@ impl Operator {
         (ticks(11) + ticks(12)) as f64 / clock_ticks()
     }
 
+    /// Saves the operator's `/metrics` next to its log (`<log stem>-<when>.prom`): reconcile counts and durations
+    /// by result, Azure calls by operation, to explain a figure afterwards.
+    pub async fn save_metrics(&self, when: &str) {
+        let text = match reqwest::get(format!("{}/metrics", self.metrics)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("# /metrics unreachable: {e}\n"),
+        };
+        let _ = std::fs::write(self.log.with_extension(format!("{when}.prom")), text);
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -99,9 +113,6 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
     }
 }
 

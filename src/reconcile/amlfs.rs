@@ -27,6 +27,7 @@ use super::facts;
 use super::finalizer::{self, Finalizer};
 use super::observation::{Observation, References};
 use super::observe::read_referenced;
+use super::pacing::{self, Next};
 use super::reads::RecentReads;
 use super::status;
 
@@ -226,14 +227,14 @@ pub async fn reconcile_current(
     obj: Arc<AmlFilesystem>,
     api: Api<AmlFilesystem>,
     ctx: Arc<Context>,
-) -> Result<Option<Duration>, Error> {
+) -> Result<Next, Error> {
     let obj = Arc::unwrap_or_clone(obj);
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     match finalizer::ensure(&api, &ctx.own_writes, &obj).await? {
         Finalizer::Held => {}
-        Finalizer::Added => return Ok(Some(Duration::from_millis(100))),
-        Finalizer::Released => return Ok(None),
+        Finalizer::Added => return Ok(Next::Start(Duration::from_millis(100))),
+        Finalizer::Released => return Ok(Next::Change),
     }
     let status = obj.status.clone().unwrap_or_default();
     let scopes = ctx.namespaces.allowed_vault_scopes(&ctx.client, &ns).await?;
@@ -263,7 +264,7 @@ pub async fn reconcile_current(
         timing: ctx.settings.timing,
     });
     let Some(recorded) = status::record(&api, &ctx.own_writes, &name, &status, decision).await? else {
-        return Ok(None);
+        return Ok(Next::Change);
     };
     super::publish::events(&ctx.recorder, &obj, recorded.decision()).await;
     let st = &recorded.decision().status;
@@ -273,16 +274,16 @@ pub async fn reconcile_current(
             finalizer::remove(&api, &ctx.own_writes, &obj).await?;
             super::publish::forget(&ctx.metrics, &ns, &name);
             ctx.metrics.reconciled("finalized");
-            return Ok(None);
+            return Ok(Next::Change);
         }
         Action::None => {
             ctx.metrics.reconciled("ok");
-            return Ok(Some(recorded.decision().requeue_after));
+            return Ok(Next::Poll(recorded.decision().requeue_after));
         }
         action => info!(namespace = %ns, name = %name, kind = %AmlFilesystem::kind(&()), ?action, "acting"),
     }
     let perform = perform(&ctx, azure, reads, &obj, &owner, observation.vault(), recorded.action());
-    let result = match super::pacing::urgent_caller(recorded.action(), &obj) {
+    let result = match pacing::urgent_caller(recorded.action(), &obj) {
         Some(caller) => hpcc_azure::with_caller(caller, perform).await,
         None => perform.await,
     };
@@ -293,7 +294,7 @@ pub async fn reconcile_current(
             hpcc_core::action_succeeded(&mut after, recorded.action());
             status::write(&api, &ctx.own_writes, &name, decided, &after).await?;
             ctx.metrics.reconciled("ok");
-            Ok(Some(Duration::from_secs(1)))
+            Ok(Next::FollowUp)
         }
         // Its turn in the ARM budget comes later: nothing was sent; the recorded intent stands.
         // (The error policy requeues it for exactly that turn, unpaced.)
@@ -313,7 +314,7 @@ pub async fn reconcile_current(
             status::write(&api, &ctx.own_writes, &name, decided, &failed.status).await?;
             super::publish::events(&ctx.recorder, &obj, &failed).await;
             ctx.metrics.reconciled("azure_error");
-            Ok(Some(failed.requeue_after))
+            Ok(Next::Poll(failed.requeue_after))
         }
     }
 }

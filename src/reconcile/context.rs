@@ -18,6 +18,7 @@ use super::namespaces::NamespaceScopes;
 use super::own_writes::OwnWrites;
 use super::pacing::Pacer;
 use super::reads::{Freshness, RecentReads};
+use super::slots::Slots;
 use super::status;
 
 /// How the controller runs.
@@ -76,6 +77,7 @@ pub struct Context {
     pub(super) own_writes: OwnWrites,
     pub(super) changes: AzureChanges,
     pub(super) pacer: Pacer,
+    pub(super) slots: Slots,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,7 @@ impl Context {
         let reporter = Reporter { controller: status::MANAGER.into(), instance: settings.instance.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
         // Half a poll: a cache is never seen more than that late, and the caches of a resource group share a list.
-        let settings_resync = settings.timing.resync;
+        let (settings_resync, concurrency) = (settings.timing.resync, settings.concurrency);
         // Steady-state resyncs accept reads up to half a resync old.
         let fresh = Freshness {
             facts: settings.facts_ttl,
@@ -116,6 +118,7 @@ impl Context {
             own_writes: OwnWrites::default(),
             changes: AzureChanges::default(),
             pacer: Pacer::new(settings_resync),
+            slots: Slots::new(concurrency),
         })
     }
 }

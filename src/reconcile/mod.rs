@@ -8,8 +8,8 @@
 //! 6. [`act`]: perform the recorded action (one write per vault at a time: [`vault_turns`]);
 //! 7. [`publish`]: events and metrics.
 //!
-//! [`reads`] budgets Azure reads across reconciles; [`pacing`] orders work by urgency and spreads polls out when the
-//! queue runs late; [`own_writes`] lets a reconcile trust the watch's copy of its object; [`namespaces`] keeps each
+//! [`reads`] budgets Azure reads across reconciles; [`slots`] bounds the reconciles running at once and serves the
+//! waiting ones by urgency; [`pacing`] spreads polls out when the queue runs late; [`own_writes`] lets a reconcile trust the watch's copy of its object; [`namespaces`] keeps each
 //! namespace's allowed vault scopes from a watch; [`credentials`] picks who acts in Azure for a namespace (its
 //! `hpccache-credential` Secret).
 
@@ -28,6 +28,7 @@ pub mod own_writes;
 pub mod pacing;
 pub mod publish;
 pub mod reads;
+pub mod slots;
 pub mod status;
 pub mod vault_turns;
 
@@ -45,15 +46,13 @@ use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use context::{Context, Error, Settings};
 use context::{action_error, retry_delay};
 use finalizer::Finalizer;
 pub use metrics::Metrics;
-
-/// After an action, look again soon: the next step usually follows quickly.
-const AFTER_ACTION: Duration = Duration::from_secs(1);
+use pacing::Next;
 
 /// Fails early and clearly when HpcCache objects cannot be listed (the CRD is not installed, or no RBAC).
 pub async fn check_crd(ctx: &Context) -> anyhow::Result<()> {
@@ -91,7 +90,8 @@ pub async fn run(
     info!(namespace = ?ctx.settings.namespace, selector = ?ctx.settings.label_selector, "controller started");
     // Both kinds stop together: on a signal, or when `stop` resolves.
     let stop = futures::FutureExt::shared(stop);
-    let config = kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency);
+    // Unbounded here: the reconciles wait for one of the operator's own slots instead (see [`slots`]).
+    let config = kube::runtime::controller::Config::default();
     let (objects, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, wc.clone()).modify(strip)).applied_objects();
     let controller = Controller::for_stream(not_echoes(stream, ctx.clone()), objects);
@@ -118,7 +118,7 @@ pub async fn run(
         .with_config(config.clone())
         .shutdown_on_signal()
         .graceful_shutdown_on(stop.clone())
-        .run(|obj, ctx| async move { ctx.metrics.clone().timed(reconcile(obj, ctx)).await }, error_policy, ctx.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "reconcile failed");
@@ -137,11 +137,7 @@ pub async fn run(
                 .with_config(config)
                 .shutdown_on_signal()
                 .graceful_shutdown_on(stop)
-                .run(
-                    |obj, ctx| async move { ctx.metrics.clone().timed(reconcile_amlfs(obj, ctx)).await },
-                    error_policy,
-                    ctx,
-                )
+                .run(reconcile_amlfs, error_policy, ctx)
                 .for_each(|res| async move {
                     if let Err(e) = res {
                         warn!(error = %e, "AmlFilesystem reconcile failed");
@@ -211,15 +207,20 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
         s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == hpcc_core::Reason::KeyAccessPropagating.as_str())
     });
     let caller = pacing::caller(&*cached, phase, observed, propagating);
-    reconcile_object(cached, ctx, caller, |obj, api, ctx| async move { reconcile_current(&obj, &api, &ctx).await })
-        .await
+    let _slot = ctx.slots.acquire(ctx.pacer.follows_up(&caller.holder, caller.urgency)).await;
+    // Boxed: only reconciles holding a slot take the memory of a whole reconcile (thousands may wait).
+    let run = Box::pin(reconcile_object(cached, ctx.clone(), caller, |obj, api, ctx| async move {
+        reconcile_current(&obj, &api, &ctx).await
+    }));
+    ctx.metrics.timed(run).await
 }
 
 async fn reconcile_amlfs(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let status = cached.status.as_ref();
     let (phase, observed) = (status.and_then(|s| s.phase), status.and_then(|s| s.observed_generation));
     let caller = pacing::caller(&*cached, phase, observed, false);
-    reconcile_object(cached, ctx, caller, amlfs::reconcile_current).await
+    let _slot = ctx.slots.acquire(ctx.pacer.follows_up(&caller.holder, caller.urgency)).await;
+    ctx.metrics.timed(Box::pin(reconcile_object(cached, ctx.clone(), caller, amlfs::reconcile_current))).await
 }
 
 /// The driver both kinds share: pace, take a fresh copy (see [`own_writes`]), run `body` as the object's
@@ -233,7 +234,7 @@ async fn reconcile_object<K, F, Fut>(
 where
     K: status::Kind + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     F: FnOnce(Arc<K>, Api<K>, Arc<Context>) -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Duration>, Error>>,
+    Fut: std::future::Future<Output = Result<Next, Error>>,
 {
     let (ns, name) = (cached.namespace().unwrap_or_default(), cached.name_any());
     ctx.pacer.started(&caller.holder, Instant::now());
@@ -243,23 +244,25 @@ where
         ctx.pacer.forget(&caller.holder);
         return Ok(Requeue::await_change());
     };
+    debug!(urgency = ?caller.urgency, "reconcile started");
     let next = hpcc_azure::with_caller(caller.clone(), body(obj.clone(), api, ctx.clone())).await?;
-    Ok(pace(&ctx, &*obj, &caller, next))
+    let requeue = pace(&ctx, &*obj, &caller, next);
+    debug!(?next, ?requeue, "reconcile done");
+    Ok(requeue)
 }
 
-/// The requeue asked of the controller: the one decided (None: wait for a change), paced (see [`pacing`]).
-fn pace<K: status::Kind>(ctx: &Context, obj: &K, caller: &Caller, next: Option<Duration>) -> Requeue {
-    match next {
-        Some(after) => Requeue::requeue(ctx.pacer.requeue(&caller.holder, after, caller.urgency, Instant::now())),
+/// The requeue asked of the controller: the one decided, paced (see [`pacing`]).
+fn pace<K: status::Kind>(ctx: &Context, obj: &K, caller: &Caller, next: Next) -> Requeue {
+    match ctx.pacer.requeue(&caller.holder, next, caller.urgency, Instant::now()) {
+        Some(after) => Requeue::requeue(after),
         None => {
-            ctx.pacer.forget(&caller.holder);
             ctx.own_writes.forget(obj);
             Requeue::await_change()
         }
     }
 }
 
-async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -> Result<Option<Duration>, Error> {
+async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -> Result<Next, Error> {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let status = obj.status.clone().unwrap_or_default();
@@ -270,9 +273,9 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
             if let Some(accepted) = hpcc_core::accepted(&status, obj.metadata.generation, Timestamp::now()) {
                 status::write(api, &ctx.own_writes, &name, &status, &accepted).await?;
             }
-            return Ok(Some(Duration::from_millis(100)));
+            return Ok(Next::Start(Duration::from_millis(100)));
         }
-        Finalizer::Released => return Ok(None),
+        Finalizer::Released => return Ok(Next::Change),
     }
     let scopes = ctx.namespaces.allowed_vault_scopes(&ctx.client, &ns).await?;
     // Who acts in Azure for this namespace (its `hpccache-credential` Secret, or the operator), with whose reads.
@@ -310,7 +313,7 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
         timing: ctx.settings.timing,
     });
     let Some(recorded) = status::record(api, &ctx.own_writes, &name, &status, decision).await? else {
-        return Ok(None); // the object is gone: nothing was recorded, so nothing is done
+        return Ok(Next::Change); // the object is gone: nothing was recorded, so nothing is done
     };
     publish::events(&ctx.recorder, obj, recorded.decision()).await;
     publish::metrics(&ctx.metrics, &ns, &name, recorded.decision(), facts.now);
@@ -322,7 +325,7 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
             publish::forget(&ctx.metrics, &ns, &name);
             ctx.metrics.reconciled("finalized");
             info!(namespace = %ns, name = %name, "finalizer removed");
-            return Ok(None);
+            return Ok(Next::Change);
         }
         Action::None => {
             ctx.metrics.reconciled("ok");
@@ -339,7 +342,7 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
                     after = pacing::spread(after, sharing, ctx.settings.timing.resync);
                 }
             }
-            return Ok(Some(after));
+            return Ok(Next::Poll(after));
         }
         action => info!(namespace = %ns, name = %name, ?action, "acting"),
     }
@@ -359,7 +362,7 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
             hpcc_core::action_succeeded(&mut after, recorded.action());
             status::write(api, &ctx.own_writes, &name, decided, &after).await?;
             ctx.metrics.reconciled("ok");
-            Ok(Some(AFTER_ACTION))
+            Ok(Next::FollowUp)
         }
         Err(e) => {
             let failed = hpcc_core::action_failed(
@@ -373,7 +376,7 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
             status::write(api, &ctx.own_writes, &name, decided, &failed.status).await?;
             publish::events(&ctx.recorder, obj, &failed).await;
             ctx.metrics.reconciled("azure_error");
-            Ok(Some(failed.requeue_after))
+            Ok(Next::Poll(failed.requeue_after))
         }
     }
 }
@@ -385,7 +388,7 @@ async fn report_credential_problem(
     api: &Api<HpcCache>,
     obj: &HpcCache,
     problem: &hpcc_core::CredentialProblem,
-) -> Result<Option<Duration>, kube::Error> {
+) -> Result<Next, kube::Error> {
     let (writes, recorder, metrics) = (&ctx.own_writes, &ctx.recorder, &ctx.metrics);
     let (timing, default_policy) = (ctx.settings.timing, ctx.settings.default_policy);
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
@@ -405,7 +408,7 @@ async fn report_credential_problem(
         timing,
     );
     let Some(recorded) = status::record(api, writes, &name, old, decision).await? else {
-        return Ok(None);
+        return Ok(Next::Change);
     };
     publish::events(recorder, obj, recorded.decision()).await;
     publish::metrics(metrics, &ns, &name, recorded.decision(), now);
@@ -413,11 +416,11 @@ async fn report_credential_problem(
         finalizer::remove(api, writes, obj).await?;
         publish::forget(metrics, &ns, &name);
         metrics.reconciled("finalized");
-        return Ok(None);
+        return Ok(Next::Change);
     }
     info!(namespace = %ns, name = %name, reason = %problem.reason, "namespace credential unusable");
     metrics.reconciled("ok");
-    Ok(Some(recorded.decision().requeue_after))
+    Ok(Next::Poll(recorded.decision().requeue_after))
 }
 
 /// Azure could not be read: say why in the status, then let the error policy retry.

@@ -8,7 +8,7 @@
 //!   budget has room again, so a new object and a cache near its deadline are reached within seconds whatever the
 //!   load. Urgent polls are never stretched.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,24 @@ pub fn spread(after: Duration, sharing: usize, ceiling: Duration) -> Duration {
     after + (most - after).mul_f64(fastrand::f64())
 }
 
+/// When a reconcile asks to see its object again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Only on a change (of the object, or of its cache in a shared list).
+    Change,
+    /// A poll after this long, as the machine decided: stretched while the queue runs late (unless urgent).
+    Poll(Duration),
+    /// Soon after the finalizer was added: the object's first action follows (never stretched).
+    Start(Duration),
+    /// Right after an action: its next step usually follows at once, and Azure may be on the clock (after a create,
+    /// the key's 90-minute window runs), so it is never stretched and goes before new work (see
+    /// [`Pacer::follows_up`]).
+    FollowUp,
+}
+
+/// How long after an action a reconcile looks again (see [`Next::FollowUp`]).
+pub const FOLLOW_UP: Duration = Duration::from_secs(1);
+
 /// The queue is late when reconciles start this much after they were due (on average).
 const LATE: f64 = 1.0;
 /// ... and on time again below this.
@@ -87,6 +105,8 @@ const MAX_STRETCH: f64 = 32.0;
 struct PacerState {
     /// When each object's requeue was due.
     due: HashMap<String, Instant>,
+    /// The objects whose requeue follows up an action.
+    following_up: HashSet<String>,
     /// Moving average of how late reconciles start, in seconds.
     lateness: f64,
     stretch: f64,
@@ -102,7 +122,13 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(ceiling: Duration) -> Self {
-        let state = PacerState { due: HashMap::new(), lateness: 0.0, stretch: 1.0, adjusted: Instant::now() };
+        let state = PacerState {
+            due: HashMap::new(),
+            following_up: HashSet::new(),
+            lateness: 0.0,
+            stretch: 1.0,
+            adjusted: Instant::now(),
+        };
         Self { state: Mutex::new(state), ceiling }
     }
 
@@ -114,6 +140,7 @@ impl Pacer {
     /// started by a change (a new object, an edit) before its requeue was due counts as on time.
     pub fn started(&self, holder: &str, now: Instant) {
         let mut s = self.lock();
+        s.following_up.remove(holder);
         let late = s.due.remove(holder).map_or(0.0, |due| now.saturating_duration_since(due).as_secs_f64());
         self.sample(&mut s, late, now);
     }
@@ -131,6 +158,8 @@ impl Pacer {
             // A requeue that has not started a resync after it was due belongs to an object that is gone (deleted
             // without our finalizer: the controller drops its requeue without a reconcile to forget it here).
             s.due.retain(|_, due| now.saturating_duration_since(*due) < self.ceiling);
+            let PacerState { due, following_up, .. } = s;
+            following_up.retain(|holder| due.contains_key(holder));
             if s.lateness > LATE {
                 s.stretch = (s.stretch * 1.25).min(MAX_STRETCH);
             } else if s.lateness < ON_TIME {
@@ -139,22 +168,39 @@ impl Pacer {
         }
     }
 
-    /// The requeue to ask for, given the one the machine decided: stretched unless urgent, never past the ceiling
-    /// (unless the machine itself asked for longer).
-    pub fn requeue(&self, holder: &str, after: Duration, urgency: Urgency, now: Instant) -> Duration {
+    /// The requeue to ask for (None: wait for a change), given what the reconcile asked: polls are stretched unless
+    /// urgent, never past the ceiling (unless the machine itself asked for longer); steps are never stretched.
+    pub fn requeue(&self, holder: &str, next: Next, urgency: Urgency, now: Instant) -> Option<Duration> {
         let mut s = self.lock();
-        let paced = if urgency == Urgency::Urgent || s.stretch <= 1.0 {
-            after
-        } else {
-            after.mul_f64(s.stretch).min(self.ceiling.max(after))
+        let paced = match next {
+            Next::Change => {
+                s.due.remove(holder);
+                s.following_up.remove(holder);
+                return None;
+            }
+            Next::Start(after) => after,
+            Next::FollowUp => {
+                s.following_up.insert(holder.to_string());
+                FOLLOW_UP
+            }
+            Next::Poll(after) if urgency == Urgency::Urgent || s.stretch <= 1.0 => after,
+            Next::Poll(after) => after.mul_f64(s.stretch).min(self.ceiling.max(after)),
         };
         s.due.insert(holder.to_string(), now + paced);
-        paced
+        Some(paced)
+    }
+
+    /// The urgency to wait for a reconcile slot with: a follow-up of an action goes before new work (work under way
+    /// finishes first, which also bounds how many caches are on Azure's clock at once).
+    pub fn follows_up(&self, holder: &str, urgency: Urgency) -> Urgency {
+        if self.lock().following_up.contains(holder) { Urgency::Urgent } else { urgency }
     }
 
     /// The object is gone.
     pub fn forget(&self, holder: &str) {
-        self.lock().due.remove(holder);
+        let mut s = self.lock();
+        s.due.remove(holder);
+        s.following_up.remove(holder);
     }
 
     /// The current stretch of polls (1 = as configured).
@@ -189,25 +235,52 @@ mod tests {
     fn polls_stretch_while_the_queue_runs_late_and_recover_when_it_is_on_time() {
         let pacer = Pacer::new(Duration::from_secs(600));
         let t0 = Instant::now();
-        assert_eq!(pacer.requeue("a", POLL, Urgency::Normal, t0), POLL, "on time: as decided");
+        assert_eq!(pacer.requeue("a", Next::Poll(POLL), Urgency::Normal, t0), Some(POLL), "on time: as decided");
         // Every reconcile starts 10 s after it was due, for a while.
         let mut now = t0;
         for i in 0..40 {
             now += Duration::from_millis(600);
-            pacer.requeue(&format!("o{i}"), Duration::ZERO, Urgency::Normal, now - Duration::from_secs(10));
+            pacer.requeue(&format!("o{i}"), Next::Poll(Duration::ZERO), Urgency::Normal, now - Duration::from_secs(10));
             pacer.started(&format!("o{i}"), now);
         }
-        let stretched = pacer.requeue("a", POLL, Urgency::Normal, now);
+        let stretched = pacer.requeue("a", Next::Poll(POLL), Urgency::Normal, now).unwrap();
         assert!(stretched > POLL * 4, "{stretched:?}");
-        assert_eq!(pacer.requeue("w", POLL, Urgency::Urgent, now), POLL, "a cache near its deadline is not stretched");
-        assert!(pacer.requeue("r", Duration::from_secs(600), Urgency::Routine, now) <= Duration::from_secs(600));
+        assert_eq!(
+            pacer.requeue("w", Next::Poll(POLL), Urgency::Urgent, now),
+            Some(POLL),
+            "a cache near its deadline is not stretched"
+        );
+        let resync = Duration::from_secs(600);
+        assert!(pacer.requeue("r", Next::Poll(resync), Urgency::Routine, now).unwrap() <= resync);
         // New objects (started by the watch, not due) and on-time polls bring it back to 1.
         for i in 0..200 {
             now += Duration::from_millis(600);
             pacer.started(&format!("new{i}"), now);
         }
         assert_eq!(pacer.stretch(), 1.0);
-        assert_eq!(pacer.requeue("a", POLL, Urgency::Normal, now), POLL);
+        assert_eq!(pacer.requeue("a", Next::Poll(POLL), Urgency::Normal, now), Some(POLL));
+    }
+
+    /// Realistic 1000 (bench, 408068d): a cache's create was followed by its grant up to 70 s (real) later: the look
+    /// right after the create was stretched like a poll while the create storm kept the queue late, then waited
+    /// behind new objects' work. Azure's window (and the reaction figure) starts at the create.
+    #[test]
+    fn the_follow_up_of_an_action_is_not_stretched_and_goes_before_new_work() {
+        let pacer = Pacer::new(Duration::from_secs(600));
+        let mut now = Instant::now();
+        for _ in 0..40 {
+            now += Duration::from_millis(600);
+            pacer.deferred(Duration::from_secs(5), now);
+        }
+        assert!(pacer.requeue("poll", Next::Poll(POLL), Urgency::Normal, now).unwrap() > POLL * 4);
+        let start = Duration::from_millis(100);
+        assert_eq!(pacer.requeue("new", Next::Start(start), Urgency::Normal, now), Some(start));
+        assert_eq!(pacer.requeue("created", Next::FollowUp, Urgency::Normal, now), Some(FOLLOW_UP));
+        assert_eq!(pacer.follows_up("created", Urgency::Normal), Urgency::Urgent);
+        assert_eq!(pacer.follows_up("new", Urgency::Normal), Urgency::Normal);
+        pacer.started("created", now + FOLLOW_UP);
+        assert_eq!(pacer.follows_up("created", Urgency::Normal), Urgency::Normal, "once: its next poll is a poll");
+        assert_eq!(pacer.requeue("gone", Next::Change, Urgency::Normal, now), None);
     }
 
     #[test]
@@ -228,8 +301,8 @@ mod tests {
     fn requeues_of_objects_that_are_gone_are_forgotten() {
         let pacer = Pacer::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        pacer.requeue("gone", POLL, Urgency::Normal, t0);
-        pacer.requeue("polled", POLL, Urgency::Normal, t0 + Duration::from_secs(60));
+        pacer.requeue("gone", Next::Poll(POLL), Urgency::Normal, t0);
+        pacer.requeue("polled", Next::Poll(POLL), Urgency::Normal, t0 + Duration::from_secs(60));
         pacer.started("other", t0 + Duration::from_secs(90));
         let due = &pacer.lock().due;
         assert!(!due.contains_key("gone") && due.contains_key("polled"), "{:?}", due.keys());

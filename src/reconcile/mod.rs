@@ -207,7 +207,7 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
         s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == hpcc_core::Reason::KeyAccessPropagating.as_str())
     });
     let caller = pacing::caller(&*cached, phase, observed, propagating);
-    let _slot = ctx.slots.acquire(ctx.pacer.follows_up(&caller.holder, caller.urgency)).await;
+    let _slot = ctx.slots.acquire(ctx.pacer.slot_urgency(&caller, status.is_some())).await;
     // Boxed: only reconciles holding a slot take the memory of a whole reconcile (thousands may wait).
     let run = Box::pin(reconcile_object(cached, ctx.clone(), caller, |obj, api, ctx| async move {
         reconcile_current(&obj, &api, &ctx).await
@@ -219,7 +219,7 @@ async fn reconcile_amlfs(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Resul
     let status = cached.status.as_ref();
     let (phase, observed) = (status.and_then(|s| s.phase), status.and_then(|s| s.observed_generation));
     let caller = pacing::caller(&*cached, phase, observed, false);
-    let _slot = ctx.slots.acquire(ctx.pacer.follows_up(&caller.holder, caller.urgency)).await;
+    let _slot = ctx.slots.acquire(ctx.pacer.slot_urgency(&caller, status.is_some())).await;
     ctx.metrics.timed(Box::pin(reconcile_object(cached, ctx.clone(), caller, amlfs::reconcile_current))).await
 }
 

@@ -190,10 +190,12 @@ impl Pacer {
         Some(paced)
     }
 
-    /// The urgency to wait for a reconcile slot with: a follow-up of an action goes before new work (work under way
-    /// finishes first, which also bounds how many caches are on Azure's clock at once).
-    pub fn follows_up(&self, holder: &str, urgency: Urgency) -> Urgency {
-        if self.lock().following_up.contains(holder) { Urgency::Urgent } else { urgency }
+    /// The urgency a reconcile waits for its slot with (see [`slots`](super::slots)): the caller's, raised for an
+    /// object never reconciled (`seen`: it has a status), so that it is acknowledged within seconds whatever the load
+    /// (that first reconcile only adds the finalizer and says so in the status), and for the follow-up of an action
+    /// (work under way finishes before new work starts, which also bounds how many caches are on Azure's clock).
+    pub fn slot_urgency(&self, caller: &Caller, seen: bool) -> Urgency {
+        if !seen || self.lock().following_up.contains(&caller.holder) { Urgency::Urgent } else { caller.urgency }
     }
 
     /// The object is gone.
@@ -276,10 +278,12 @@ mod tests {
         let start = Duration::from_millis(100);
         assert_eq!(pacer.requeue("new", Next::Start(start), Urgency::Normal, now), Some(start));
         assert_eq!(pacer.requeue("created", Next::FollowUp, Urgency::Normal, now), Some(FOLLOW_UP));
-        assert_eq!(pacer.follows_up("created", Urgency::Normal), Urgency::Urgent);
-        assert_eq!(pacer.follows_up("new", Urgency::Normal), Urgency::Normal);
+        let normal = |holder: &str| Caller { holder: holder.into(), urgency: Urgency::Normal };
+        assert_eq!(pacer.slot_urgency(&normal("created"), true), Urgency::Urgent);
+        assert_eq!(pacer.slot_urgency(&normal("new"), true), Urgency::Normal, "its create waits its turn");
+        assert_eq!(pacer.slot_urgency(&normal("unseen"), false), Urgency::Urgent, "acknowledged at once");
         pacer.started("created", now + FOLLOW_UP);
-        assert_eq!(pacer.follows_up("created", Urgency::Normal), Urgency::Normal, "once: its next poll is a poll");
+        assert_eq!(pacer.slot_urgency(&normal("created"), true), Urgency::Normal, "once: its next poll is a poll");
         assert_eq!(pacer.requeue("gone", Next::Change, Urgency::Normal, now), None);
     }
 

@@ -90,6 +90,16 @@ pub async fn run(
     info!(namespace = ?ctx.settings.namespace, selector = ?ctx.settings.label_selector, "controller started");
     // Both kinds stop together: on a signal, or when `stop` resolves.
     let stop = futures::FutureExt::shared(stop);
+    let closing = tokio::spawn({
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = shutdown_signal() => {}
+            }
+            ctx.slots.close();
+        }
+    });
     // Unbounded here: the reconciles wait for one of the operator's own slots instead (see [`slots`]).
     let config = kube::runtime::controller::Config::default();
     let (objects, writer) = reflector::store();
@@ -155,8 +165,25 @@ pub async fn run(
         }
         None => caches.await,
     }
+    closing.abort();
     info!("controller stopped");
     Ok(())
+}
+
+/// SIGTERM or SIGINT (what the controllers' `shutdown_on_signal` stops on).
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 /// The watch events that trigger reconciles, less the echoes of the operator's own writes (the store still takes
@@ -207,7 +234,9 @@ async fn reconcile(cached: Arc<HpcCache>, ctx: Arc<Context>) -> Result<Requeue, 
         s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == hpcc_core::Reason::KeyAccessPropagating.as_str())
     });
     let caller = pacing::caller(&*cached, phase, observed, propagating);
-    let _slot = ctx.slots.acquire(ctx.pacer.slot_urgency(&caller, status.is_some())).await;
+    let Some(_slot) = ctx.slots.acquire(ctx.pacer.slot_urgency(&caller, status.is_some())).await else {
+        return Ok(Requeue::await_change()); // shutting down
+    };
     // Boxed: only reconciles holding a slot take the memory of a whole reconcile (thousands may wait).
     let run = Box::pin(reconcile_object(cached, ctx.clone(), caller, |obj, api, ctx| async move {
         reconcile_current(&obj, &api, &ctx).await
@@ -219,7 +248,9 @@ async fn reconcile_amlfs(cached: Arc<AmlFilesystem>, ctx: Arc<Context>) -> Resul
     let status = cached.status.as_ref();
     let (phase, observed) = (status.and_then(|s| s.phase), status.and_then(|s| s.observed_generation));
     let caller = pacing::caller(&*cached, phase, observed, false);
-    let _slot = ctx.slots.acquire(ctx.pacer.slot_urgency(&caller, status.is_some())).await;
+    let Some(_slot) = ctx.slots.acquire(ctx.pacer.slot_urgency(&caller, status.is_some())).await else {
+        return Ok(Requeue::await_change()); // shutting down
+    };
     ctx.metrics.timed(Box::pin(reconcile_object(cached, ctx.clone(), caller, amlfs::reconcile_current))).await
 }
 

@@ -17,6 +17,8 @@ pub struct Slots {
 
 struct State {
     free: usize,
+    /// Shutting down: no more slots are handed out (see [`Slots::close`]).
+    closed: bool,
     waiting: BinaryHeap<Waiter>,
     /// Arrival order, for first come, first served within an urgency.
     arrivals: u64,
@@ -59,7 +61,8 @@ impl Drop for Slot<'_> {
 
 impl Slots {
     pub fn new(concurrency: u16) -> Self {
-        let state = State { free: usize::from(concurrency.max(1)), waiting: BinaryHeap::new(), arrivals: 0 };
+        let free = usize::from(concurrency.max(1));
+        let state = State { free, closed: false, waiting: BinaryHeap::new(), arrivals: 0 };
         Self { state: Mutex::new(state) }
     }
 
@@ -67,13 +70,17 @@ impl Slots {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a slot (cancel-safe: a slot handed to a waiter that went away is handed on).
-    pub async fn acquire(&self, urgency: Urgency) -> Slot<'_> {
+    /// Waits for a slot (cancel-safe: a slot handed to a waiter that went away is handed on); None once the slots
+    /// are closed.
+    pub async fn acquire(&self, urgency: Urgency) -> Option<Slot<'_>> {
         let mut wait = {
             let mut s = self.lock();
+            if s.closed {
+                return None;
+            }
             if s.free > 0 && s.waiting.is_empty() {
                 s.free -= 1;
-                return Slot { slots: self };
+                return Some(Slot { slots: self });
             }
             let (wake, wait) = oneshot::channel();
             s.arrivals += 1;
@@ -81,10 +88,19 @@ impl Slots {
             s.waiting.push(Waiter { urgency, arrival, wake });
             Waiting { slots: self, wait, received: false }
         };
-        // The sender is only dropped after a send (the waiter stays in the heap until then).
-        let _ = (&mut wait.wait).await;
+        // The sender is dropped without a send only when the slots close.
+        (&mut wait.wait).await.ok()?;
         wait.received = true;
-        Slot { slots: self }
+        Some(Slot { slots: self })
+    }
+
+    /// Shutting down: the controllers wait for every reconcile under way, and since they run unbounded that
+    /// includes each one waiting here. Those end at once (their objects are reconciled by whoever runs next);
+    /// the running ones finish.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.waiting.clear();
     }
 
     /// A slot came free: to the first waiter still there, else back to the pool.
@@ -133,7 +149,7 @@ mod tests {
         let waiter = |name: &'static str, urgency| {
             let (slots, order) = (&slots, &order);
             async move {
-                let _slot = slots.acquire(urgency).await;
+                let _slot = slots.acquire(urgency).await.expect("open");
                 order.lock().unwrap().push(name);
                 tokio::task::yield_now().await;
             }
@@ -163,15 +179,28 @@ mod tests {
         assert!((&mut next).now_or_never().is_none());
         drop(running); // the slot is sent to the urgent waiter...
         drop(gave_up); // ...which is cancelled before it runs
-        assert!(next.now_or_never().is_some(), "the slot went on to the next waiter");
+        assert!(next.now_or_never().flatten().is_some(), "the slot went on to the next waiter");
+    }
+
+    #[tokio::test]
+    async fn closing_ends_the_waits_and_the_running_reconciles_finish() {
+        let slots = Slots::new(1);
+        let running = slots.acquire(Urgency::Normal).await;
+        let mut waiting = Box::pin(slots.acquire(Urgency::Urgent));
+        assert!((&mut waiting).now_or_never().is_none());
+        slots.close();
+        assert!(waiting.now_or_never().expect("ends at once").is_none(), "no slot after closing");
+        assert!(slots.acquire(Urgency::Urgent).now_or_never().expect("at once").is_none());
+        assert!(running.is_some(), "the running reconcile keeps its slot");
     }
 
     #[tokio::test]
     async fn concurrency_bounds_the_slots() {
         let slots = Slots::new(2);
         let (a, b) = (slots.acquire(Urgency::Routine).await, slots.acquire(Urgency::Routine).await);
+        assert!(a.is_some() && b.is_some());
         assert!(Box::pin(slots.acquire(Urgency::Urgent)).now_or_never().is_none(), "both taken");
         drop((a, b));
-        assert!(Box::pin(slots.acquire(Urgency::Routine)).now_or_never().is_some());
+        assert!(Box::pin(slots.acquire(Urgency::Routine)).now_or_never().flatten().is_some());
     }
 }

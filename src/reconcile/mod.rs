@@ -9,9 +9,9 @@
 //! 7. [`publish`]: events and metrics.
 //!
 //! [`reads`] budgets Azure reads across reconciles; [`slots`] bounds the reconciles running at once and serves the
-//! waiting ones by urgency; [`pacing`] spreads polls out when the queue runs late; [`own_writes`] lets a reconcile trust the watch's copy of its object; [`namespaces`] keeps each
-//! namespace's allowed vault scopes from a watch; [`credentials`] picks who acts in Azure for a namespace (its
-//! `hpccache-credential` Secret).
+//! waiting ones by urgency; [`pacing`] spreads polls out when the queue runs late; [`own_writes`] lets a reconcile
+//! trust the watch's copy of its object; [`namespaces`] keeps each namespace's allowed vault scopes from a watch;
+//! [`credentials`] picks who acts in Azure for a namespace (its `hpccache-credential` Secret).
 
 pub mod act;
 pub mod amlfs;

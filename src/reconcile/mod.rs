@@ -382,7 +382,11 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
         Some(caller) => hpcc_azure::with_caller(caller, perform).await,
         None => perform.await,
     };
-    reads.forget_cache(&observe::cache_id(obj));
+    // Something may have been sent: lists read before now no longer speak for the cache. (A deferred action sent
+    // nothing; forgetting then cost each deferred create of a 10,000-cache run a new list read and a GET.)
+    if !matches!(result, Err(AzureError::Deferred { .. })) {
+        reads.forget_cache(&observe::cache_id(obj));
+    }
     let decided = &recorded.decision().status;
     match result {
         // Its turn in the ARM budget comes later: nothing was sent; the recorded intent stands.

@@ -218,6 +218,17 @@ mod tests {
 
     const POLL: Duration = Duration::from_secs(15);
 
+    /// A pacer whose reads were deferred 5 s each for 24 s (as in a create storm), and the moment after.
+    fn deferred_for_long() -> (Pacer, Instant) {
+        let pacer = Pacer::new(Duration::from_secs(600));
+        let mut now = Instant::now();
+        for _ in 0..40 {
+            now += Duration::from_millis(600);
+            pacer.deferred(Duration::from_secs(5), now);
+        }
+        (pacer, now)
+    }
+
     #[test]
     fn work_a_deadline_depends_on_is_urgent_and_steady_state_is_routine() {
         assert_eq!(urgency(Some(Phase::WaitingForKey), true, false), Urgency::Urgent);
@@ -268,12 +279,7 @@ mod tests {
     /// behind new objects' work. Azure's window (and the reaction figure) starts at the create.
     #[test]
     fn the_follow_up_of_an_action_is_not_stretched_and_goes_before_new_work() {
-        let pacer = Pacer::new(Duration::from_secs(600));
-        let mut now = Instant::now();
-        for _ in 0..40 {
-            now += Duration::from_millis(600);
-            pacer.deferred(Duration::from_secs(5), now);
-        }
+        let (pacer, now) = deferred_for_long();
         assert!(pacer.requeue("poll", Next::Poll(POLL), Urgency::Normal, now).unwrap() > POLL * 4);
         let start = Duration::from_millis(100);
         assert_eq!(pacer.requeue("new", Next::Start(start), Urgency::Normal, now), Some(start));
@@ -314,12 +320,7 @@ mod tests {
 
     #[test]
     fn long_waits_for_the_arm_budget_stretch_polls_too() {
-        let pacer = Pacer::new(Duration::from_secs(600));
-        let mut now = Instant::now();
-        for _ in 0..40 {
-            now += Duration::from_millis(600);
-            pacer.deferred(Duration::from_secs(5), now);
-        }
+        let (pacer, _) = deferred_for_long();
         assert!(pacer.stretch() > 4.0, "{}", pacer.stretch());
     }
 }

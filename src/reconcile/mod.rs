@@ -384,8 +384,15 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
     };
     // Something may have been sent: lists read before now no longer speak for the cache. (A deferred action sent
     // nothing; forgetting then cost each deferred create of a 10,000-cache run a new list read and a GET.)
-    if !matches!(result, Err(AzureError::Deferred { .. })) {
-        reads.forget_cache(&observe::cache_id(obj));
+    match (&result, recorded.action()) {
+        // The create comes back for its turn: the absence it was decided on stands as long as its ticket does,
+        // so coming back costs no reads.
+        (Err(AzureError::Deferred { after, .. }), Action::Create { .. }) => {
+            let until = Instant::now() + *after + hpcc_azure::TICKET_EXPIRY;
+            reads.hold_absent(&observe::cache_id(obj), until);
+        }
+        (Err(AzureError::Deferred { .. }), _) => {}
+        _ => reads.forget_cache(&observe::cache_id(obj)),
     }
     let decided = &recorded.decision().status;
     match result {

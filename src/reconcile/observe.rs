@@ -85,8 +85,16 @@ async fn read_cache(
     let found = list.value.iter().find(|c| c.id.as_deref().is_some_and(|cid| cid.eq_ignore_ascii_case(&wanted)));
     match found {
         Some(c) => Ok(Dated { value: Some(c.clone()), date: list.date, retry_after: list.retry_after }),
+        None if reads.absent(id) => Ok(Dated { value: None, date: list.date, retry_after: list.retry_after }),
         // Lists may lag behind a create; only a GET says a cache does not exist.
-        None => azure.get_cache(id).await,
+        None => {
+            let started = Instant::now();
+            let got = azure.get_cache(id).await?;
+            if got.value.is_none() {
+                reads.remember_absent(id, started);
+            }
+            Ok(got)
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 //!   (so N caches cost about two list reads per poll, not N), also absorbing the watch echo of the operator's own
 //!   status writes; one reconcile reads it while the others wait for its answer. A list read before an action on a
 //!   cache does not speak for that cache (it is read with a GET until a newer list comes); a cache missing from a
-//!   list is confirmed with a GET before anyone believes it is gone.
+//!   list is confirmed with a GET before anyone believes it is gone. That GET's "absent" stands as long as a list
+//!   would, and for a create deferred by the write budget until its turn (see [`RecentReads::hold_absent`]), unless
+//!   the cache is acted on or a list shows it first.
 //! - Steady-state resyncs ([`Urgency::Routine`]) accept reads up to half a resync old, so Ready objects cost a few
 //!   shared reads per resync, whatever their number.
 //! - A vault seen protected stays protected: Azure refuses to turn purge protection off again.
@@ -64,6 +66,8 @@ pub struct RecentReads {
     cache_lists: TtlMap<(Instant, Arc<Dated<Vec<Cache>>>)>,
     /// When each cache (lower-case id) was last acted on.
     acted: Mutex<HashMap<String, Instant>>,
+    /// Caches (lower-case id) a GET found absent: when that GET began, and until when its answer stands.
+    absent: Mutex<HashMap<String, (Instant, Instant)>>,
     /// One list read at a time per resource group.
     list_reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The objects waiting for their caches' progress in each resource group's list (see [`RecentReads::waiting`]).
@@ -82,6 +86,7 @@ impl RecentReads {
             referenced: TtlMap::new(routine_ttl),
             cache_lists: TtlMap::new(routine_ttl),
             acted: Default::default(),
+            absent: Default::default(),
             list_reads: Default::default(),
             waiting: Default::default(),
             protected_vaults: Default::default(),
@@ -174,6 +179,34 @@ impl RecentReads {
         let horizon = self.routine_ttl;
         acted.retain(|_, at| at.elapsed() < horizon);
         acted.insert(cache_key(cache), Instant::now());
+        drop(acted);
+        self.absences().remove(&cache_key(cache));
+    }
+
+    /// A GET that began at `started` found no cache: that answer stands as long as a list read then would.
+    pub fn remember_absent(&self, cache: &ResourceId, started: Instant) {
+        let mut absent = self.absences();
+        let now = Instant::now();
+        absent.retain(|_, (_, until)| *until > now);
+        absent.insert(cache_key(cache), (started, started + self.cache_list_ttl));
+    }
+
+    /// The create of a cache known to be absent waits for its write turn until `until`: its absence stands until
+    /// then, so the returning create is not read again (at 10,000 caches, re-reading each deferred create spent
+    /// the read budget the creates' own turns needed). Nothing else creates an operator's cache by its name, and
+    /// a list that shows the cache still wins.
+    pub fn hold_absent(&self, cache: &ResourceId, until: Instant) {
+        if let Some((_, stands)) = self.absences().get_mut(&cache_key(cache)) {
+            *stands = (*stands).max(until);
+        }
+    }
+
+    /// Whether a GET found the cache absent, that answer still stands, and the cache was not acted on since.
+    pub fn absent(&self, cache: &ResourceId) -> bool {
+        let key = cache_key(cache);
+        let Some((started, until)) = self.absences().get(&key).copied() else { return false };
+        let acted = self.acted().get(&key).copied();
+        until > Instant::now() && acted.is_none_or(|at| at < started)
     }
 
     /// Record that a vault is protected. Azure refuses to turn purge protection (or soft delete) off again, so
@@ -189,6 +222,10 @@ impl RecentReads {
 
     fn acted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.acted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn absences(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Instant)>> {
+        self.absent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn protected(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -232,5 +269,33 @@ mod tests {
         assert_eq!(reads.waiting(&a, "HpcCache/ns/a", true), 2, "counted once");
         assert_eq!(reads.waiting(&other, "HpcCache/ns/c", true), 1, "another list");
         assert_eq!(reads.waiting(&a, "HpcCache/ns/a", false), 1, "a is Ready: b still waits");
+    }
+
+    #[test]
+    fn a_confirmed_absence_stands_for_a_deferred_create_until_the_cache_is_acted_on() {
+        let fresh = |cache_list| Freshness { facts: Duration::from_secs(60), cache_list, routine: Duration::ZERO };
+        let (a, b) = (ResourceId::cache("s", "rg", "a"), ResourceId::cache("s", "rg", "b"));
+        let later = Instant::now() + Duration::from_secs(600);
+
+        let reads = RecentReads::new(fresh(Duration::ZERO));
+        reads.remember_absent(&a, Instant::now());
+        assert!(!reads.absent(&a), "stands no longer than a list would");
+        reads.hold_absent(&a, later);
+        assert!(reads.absent(&a), "held for the create's turn");
+        assert!(!reads.absent(&b), "only the cache that was read");
+        reads.hold_absent(&b, later);
+        assert!(!reads.absent(&b), "holding does not make an absence up");
+        reads.forget_cache(&a);
+        assert!(!reads.absent(&a), "acted on: read again");
+        reads.hold_absent(&a, later);
+        assert!(!reads.absent(&a), "an absence forgotten stays forgotten");
+
+        let reads = RecentReads::new(fresh(Duration::from_secs(60)));
+        let started = Instant::now();
+        reads.remember_absent(&a, started);
+        assert!(reads.absent(&a));
+        reads.forget_cache(&a);
+        reads.remember_absent(&a, started);
+        assert!(!reads.absent(&a), "a GET begun before the last action does not speak for the cache");
     }
 }

@@ -26,7 +26,7 @@ pub use config::{AzureConfig, CloudConfig, CredentialChoice, Principal};
 pub use error::{AuthError, AzureError, ErrorClass, TokenRejection};
 pub use id::ResourceId;
 pub use models::{AmlFilesystem, AmlFilesystemUpdate, Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
-pub use ratelimit::{Access, ArmLimiter, Caller, TokenBucket, Urgency, current_caller, with_caller};
+pub use ratelimit::{Access, ArmLimiter, Caller, TICKET_EXPIRY, TokenBucket, Urgency, current_caller, with_caller};
 
 pub use http::CallObserver;
 use http::{Auth, Call, Resp};

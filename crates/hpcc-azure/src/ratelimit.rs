@@ -47,7 +47,7 @@ pub enum Urgency {
 pub const ROUTINE_HEADROOM: f64 = 0.3;
 
 /// A ticket not used this long after it became usable is dropped (its holder went away or needed no call).
-const TICKET_EXPIRY: Duration = Duration::from_secs(60);
+pub const TICKET_EXPIRY: Duration = Duration::from_secs(60);
 
 /// Who is calling: the object a reconcile is about (holder of its tickets) and how urgent its work is.
 #[derive(Debug, Clone, PartialEq, Eq)]

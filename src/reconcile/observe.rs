@@ -5,7 +5,9 @@ use hpcc_api::v1alpha1::{Encryption, HpcCache};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hpcc_azure::{Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault};
+use hpcc_azure::{
+    Access, Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
+};
 use jiff::Timestamp;
 use url::Url;
 
@@ -66,6 +68,8 @@ async fn read_cache(
 ) -> Result<Dated<Option<Cache>>, AzureError> {
     let list = match reads.cache_list(id) {
         Some(list) => list,
+        // A create waiting for its write turn was decided on a GET's "absent": that stands until its turn.
+        None if reads.absent(id) => return Ok(Dated { value: None, date: None, retry_after: None }),
         None => {
             let lock = reads.list_read(id);
             let _reading = lock.lock().await;
@@ -73,8 +77,20 @@ async fn read_cache(
             match reads.cache_list(id) {
                 Some(list) => list,
                 None => {
+                    if let Some(after) = reads.list_turn(id) {
+                        return Err(AzureError::Deferred { after, access: Access::Read });
+                    }
                     let started = Instant::now();
-                    let list = Arc::new(azure.list_caches(id.subscription(), id.resource_group()).await?);
+                    let list = match azure.list_caches(id.subscription(), id.resource_group()).await {
+                        Err(AzureError::Deferred { after, access }) => {
+                            reads.list_deferred(id, after);
+                            return Err(AzureError::Deferred { after, access });
+                        }
+                        read => {
+                            reads.list_read_done(id);
+                            Arc::new(read?)
+                        }
+                    };
                     changes.changed(&reads.remember_cache_list(id, started, list.clone()));
                     list
                 }

@@ -10,7 +10,8 @@
 //!   cache does not speak for that cache (it is read with a GET until a newer list comes); a cache missing from a
 //!   list is confirmed with a GET before anyone believes it is gone. That GET's "absent" stands as long as a list
 //!   would, and for a create deferred by the write budget until its turn (see [`RecentReads::hold_absent`]), unless
-//!   the cache is acted on or a list shows it first.
+//!   the cache is acted on or a list shows it first. When the read budget defers a list read, the others wanting that list wait for
+//!   it without booking reads of their own (see [`RecentReads::list_turn`]).
 //! - Steady-state resyncs ([`Urgency::Routine`]) accept reads up to half a resync old, so Ready objects cost a few
 //!   shared reads per resync, whatever their number.
 //! - A vault seen protected stays protected: Azure refuses to turn purge protection off again.
@@ -70,6 +71,11 @@ pub struct RecentReads {
     absent: Mutex<HashMap<String, (Instant, Instant)>>,
     /// One list read at a time per resource group.
     list_reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// List reads the read budget deferred, by resource group (see [`RecentReads::list_turn`]).
+    list_turns: Mutex<HashMap<String, ListTurn>>,
+    /// Objects (holders) waiting for another's deferred list read, and since when: any list read begun after
+    /// that speaks for them once.
+    list_waiters: Mutex<HashMap<String, Instant>>,
     /// The objects waiting for their caches' progress in each resource group's list (see [`RecentReads::waiting`]).
     waiting: Mutex<HashMap<String, Waiting>>,
     protected_vaults: Mutex<HashSet<String>>,
@@ -88,6 +94,8 @@ impl RecentReads {
             acted: Default::default(),
             absent: Default::default(),
             list_reads: Default::default(),
+            list_turns: Default::default(),
+            list_waiters: Default::default(),
             waiting: Default::default(),
             protected_vaults: Default::default(),
             facts_ttl,
@@ -113,10 +121,59 @@ impl RecentReads {
 
     /// The recent list of a cache's resource group, if it speaks for the cache: young enough for the current
     /// reconcile, and read after the last action on the cache.
+    /// (Or, once, any list begun after the current reconcile was told to wait for another's list read.)
     pub fn cache_list(&self, cache: &ResourceId) -> Option<Arc<Dated<Vec<Cache>>>> {
-        let (started, list) = self.cache_lists.get(&list_key(cache), self.max_age(self.cache_list_ttl))?;
         let acted = self.acted().get(&cache_key(cache)).copied();
-        acted.is_none_or(|at| at < started).then_some(list)
+        let speaks = |started: Instant| acted.is_none_or(|at| at < started);
+        if let Some((started, list)) = self.cache_lists.get(&list_key(cache), self.max_age(self.cache_list_ttl))
+            && speaks(started)
+        {
+            return Some(list);
+        }
+        let holder = hpcc_azure::current_caller()?.holder;
+        let mut waiters = self.waiters();
+        let since = *waiters.get(&holder)?;
+        let (started, list) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
+        (started >= since && speaks(started)).then(|| {
+            waiters.remove(&holder);
+            list
+        })
+    }
+
+    /// Whether the current reconcile should wait for a list read the read budget deferred for another object
+    /// instead of booking a read of its own: how long, if so. Each waiter booking its own ticket for the same list
+    /// would spend the read budget many times over (at 10,000 caches, nearly all of it) for one read. Work a
+    /// deadline depends on does not wait behind routine or normal work: its own ticket goes first.
+    pub fn list_turn(&self, cache: &ResourceId) -> Option<Duration> {
+        let caller = hpcc_azure::current_caller()?;
+        let now = Instant::now();
+        let turns = self.turns();
+        let turn = turns.get(&list_key(cache))?;
+        let live = now < turn.due + hpcc_azure::TICKET_EXPIRY;
+        if !live || turn.holder == caller.holder || caller.urgency > turn.urgency {
+            return None;
+        }
+        let mut waiters = self.waiters();
+        let horizon = self.routine_ttl * 2;
+        waiters.retain(|_, since| now.saturating_duration_since(*since) < horizon);
+        waiters.entry(caller.holder).or_insert(now);
+        Some(turn.due.saturating_duration_since(now) + LIST_TURN_SLACK)
+    }
+
+    /// The current reconcile's list read was deferred for `after`: others wait for it (see [`Self::list_turn`]).
+    pub fn list_deferred(&self, cache: &ResourceId, after: Duration) {
+        let Some(caller) = hpcc_azure::current_caller() else { return };
+        let due = Instant::now() + after;
+        let mut turns = self.turns();
+        let key = list_key(cache);
+        if turns.get(&key).is_none_or(|t| t.holder == caller.holder || due < t.due) {
+            turns.insert(key, ListTurn { holder: caller.holder, urgency: caller.urgency, due });
+        }
+    }
+
+    /// A list read of the cache's resource group was sent (whatever came back): nobody waits for a turn now.
+    pub fn list_read_done(&self, cache: &ResourceId) {
+        self.turns().remove(&list_key(cache));
     }
 
     /// The lock a reconcile holds while it reads a resource group's list, so the others wait for that read
@@ -193,8 +250,9 @@ impl RecentReads {
 
     /// The create of a cache known to be absent waits for its write turn until `until`: its absence stands until
     /// then, so the returning create is not read again (at 10,000 caches, re-reading each deferred create spent
-    /// the read budget the creates' own turns needed). Nothing else creates an operator's cache by its name, and
-    /// a list that shows the cache still wins.
+    /// the read budget the creates' own turns needed). A list read meanwhile that shows the cache still wins;
+    /// without one, a cache someone else made by this name in those minutes would meet the PUT, as it would in
+    /// the moment between any GET and PUT.
     pub fn hold_absent(&self, cache: &ResourceId, until: Instant) {
         if let Some((_, stands)) = self.absences().get_mut(&cache_key(cache)) {
             *stands = (*stands).max(until);
@@ -228,6 +286,14 @@ impl RecentReads {
         self.absent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<String, ListTurn>> {
+        self.list_turns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.list_waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn protected(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.protected_vaults.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -240,6 +306,16 @@ fn by_id(list: &Dated<Vec<Cache>>) -> HashMap<String, &Cache> {
 fn cache_key(cache: &ResourceId) -> String {
     cache.to_string().to_ascii_lowercase()
 }
+
+/// A list read deferred by the read budget: whose ticket, for what urgency, due when.
+struct ListTurn {
+    holder: String,
+    urgency: Urgency,
+    due: Instant,
+}
+
+/// How long after a deferred list read is due its waiters come back: the read of its pages takes about that.
+const LIST_TURN_SLACK: Duration = Duration::from_secs(1);
 
 /// The objects waiting on one list, and when each last said so.
 struct Waiting {
@@ -269,6 +345,39 @@ mod tests {
         assert_eq!(reads.waiting(&a, "HpcCache/ns/a", true), 2, "counted once");
         assert_eq!(reads.waiting(&other, "HpcCache/ns/c", true), 1, "another list");
         assert_eq!(reads.waiting(&a, "HpcCache/ns/a", false), 1, "a is Ready: b still waits");
+    }
+
+    #[tokio::test]
+    async fn waiters_for_a_deferred_list_read_book_no_ticket_and_take_the_list_begun_after_they_asked() {
+        use hpcc_azure::{Caller, with_caller};
+        let as_caller = |holder: &str, urgency| Caller { holder: holder.to_string(), urgency };
+        let reads = RecentReads::new(Freshness {
+            facts: Duration::from_secs(60),
+            cache_list: Duration::ZERO,
+            routine: Duration::from_secs(300),
+        });
+        let (a, b) = (ResourceId::cache("s", "rg", "a"), ResourceId::cache("s", "rg", "b"));
+        let (normal_a, normal_b) = (as_caller("A", Urgency::Normal), as_caller("B", Urgency::Normal));
+
+        assert_eq!(with_caller(normal_b.clone(), async { reads.list_turn(&b) }).await, None, "no turn yet");
+        with_caller(normal_a.clone(), async { reads.list_deferred(&a, Duration::from_secs(5)) }).await;
+        let wait = with_caller(normal_b.clone(), async { reads.list_turn(&b) }).await.expect("B waits for A's read");
+        assert!(wait > Duration::from_secs(5) && wait <= Duration::from_secs(5) + LIST_TURN_SLACK, "{wait:?}");
+        assert_eq!(with_caller(normal_a, async { reads.list_turn(&a) }).await, None, "A reads on its own ticket");
+        let urgent = as_caller("U", Urgency::Urgent);
+        assert_eq!(with_caller(urgent, async { reads.list_turn(&a) }).await, None, "a deadline does not wait");
+        let other_group = ResourceId::cache("s", "rg2", "c");
+        assert_eq!(with_caller(normal_b.clone(), async { reads.list_turn(&other_group) }).await, None);
+
+        // A reads the list. The list TTL is zero here, yet B takes that list once: it began after B asked.
+        reads.list_read_done(&a);
+        reads.remember_cache_list(&a, Instant::now(), Arc::new(Dated { value: vec![], date: None, retry_after: None }));
+        with_caller(normal_b.clone(), async {
+            assert!(reads.cache_list(&b).is_some(), "the list B waited for");
+            assert!(reads.cache_list(&b).is_none(), "only once: later polls want a fresh list");
+            assert_eq!(reads.list_turn(&b), None, "the turn ended with the read");
+        })
+        .await;
     }
 
     #[test]

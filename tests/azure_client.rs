@@ -107,7 +107,8 @@ async fn cache_lifecycle_with_access_policy_grant() {
     assert!(env.az.get_cache(&id).await.unwrap().value.is_none());
 
     let created = env.az.put_cache(&id, &env.cmk_cache("kv-ap")).await.expect("create accepted");
-    let principal = created.value.identity.as_ref().and_then(|i| i.principal_id.clone()).expect("system principal");
+    let body = created.value.as_ref().expect("the simulator's first create answers 201 with the cache");
+    let principal = body.identity.as_ref().and_then(|i| i.principal_id.clone()).expect("system principal");
     assert!(created.date.is_some(), "Date header = Azure's clock");
     assert_eq!(env.count("PUT", "/caches/c1"), 1);
 

@@ -209,10 +209,10 @@ impl Azure {
             .await
     }
 
-    /// PUT a cache (create or update). Returns Azure's 200/201 body; after a 202 without body, re-reads the cache.
-    /// Never waits for the long-running operation: re-observe with [`Azure::get_cache`].
-    pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Dated<Cache>, AzureError> {
-        self.put_arm("caches.put", "caches.get", "cache", id, cache, CACHES_API_VERSION).await
+    /// PUT a cache (create or update). Returns Azure's 200/201 body, or `None` when Azure accepted it without one
+    /// (202). Never waits for the long-running operation: re-observe with [`Azure::get_cache`].
+    pub async fn put_cache(&self, id: &ResourceId, cache: &Cache) -> Result<Dated<Option<Cache>>, AzureError> {
+        self.put_arm("caches.put", id, cache, CACHES_API_VERSION).await
     }
 
     /// PATCH a cache with a JSON merge body (e.g. a new `encryptionSettings`). Non-blocking; not retried on 5xx
@@ -250,16 +250,15 @@ impl Azure {
         .await
     }
 
-    /// PUT an AML file system (`amlFilesystems_CreateOrUpdate`). Returns Azure's 200/201 body; after a 202 (or a 200/201
-    /// without body), re-reads it. Never waits for the long-running operation: re-observe with
+    /// PUT an AML file system (`amlFilesystems_CreateOrUpdate`). Returns Azure's 200/201 body, or `None` when
+    /// Azure accepted it without one (202). Never waits for the long-running operation: re-observe with
     /// [`Azure::get_aml_filesystem`].
     pub async fn put_aml_filesystem(
         &self,
         id: &ResourceId,
         fs: &AmlFilesystem,
-    ) -> Result<Dated<AmlFilesystem>, AzureError> {
-        self.put_arm("amlFilesystems.put", "amlFilesystems.get", "AML file system", id, fs, AML_FILESYSTEMS_API_VERSION)
-            .await
+    ) -> Result<Dated<Option<AmlFilesystem>>, AzureError> {
+        self.put_arm("amlFilesystems.put", id, fs, AML_FILESYSTEMS_API_VERSION).await
     }
 
     /// PATCH an AML file system (`amlFilesystems_Update`) with a JSON merge body, e.g.
@@ -322,16 +321,16 @@ impl Azure {
         Ok(Dated::from_resp(all, &resp))
     }
 
-    /// PUT `body` at `id`: the 200/201 body, or after a 202 (or an empty 200/201) a GET of `id`.
+    /// PUT `body` at `id`: the 200/201 body, or `None` after a 202 (or an empty 200/201). Not re-read here: the
+    /// caller observes anyway, and a read deferred by the budget after the PUT was sent would have looked as if
+    /// nothing had been sent (a create sent twice, at 10,000 caches).
     async fn put_arm<B, T>(
         &self,
         op: &'static str,
-        get_op: &'static str,
-        noun: &str,
         id: &ResourceId,
         body: &B,
         api_version: &str,
-    ) -> Result<Dated<T>, AzureError>
+    ) -> Result<Dated<Option<T>>, AzureError>
     where
         B: serde::Serialize,
         T: serde::de::DeserializeOwned,
@@ -340,17 +339,8 @@ impl Azure {
         req.body = Some(serde_json::to_vec(body).map_err(|e| AzureError::Input(e.to_string()))?);
         let resp = self.inner.send(req).await?;
         match resp.status {
-            200 | 201 if !resp.body.is_empty() => Ok(Dated::from_resp(resp.json()?, &resp)),
-            200..=202 => {
-                let retry_after = resp.retry_after;
-                let got = self.get_optional::<T>(get_op, id, api_version).await?;
-                match got.value {
-                    Some(v) => Ok(Dated { value: v, date: got.date, retry_after: retry_after.or(got.retry_after) }),
-                    None => {
-                        Err(AzureError::Decode(format!("{noun} {id} accepted ({}) but not found on GET", resp.status)))
-                    }
-                }
-            }
+            200 | 201 if !resp.body.is_empty() => Ok(Dated::from_resp(Some(resp.json()?), &resp)),
+            200..=202 => Ok(Dated::from_resp(None, &resp)),
             _ => Err(resp.error()),
         }
     }

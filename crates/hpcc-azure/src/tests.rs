@@ -321,7 +321,7 @@ async fn transport_errors_are_reported() {
 }
 
 #[tokio::test]
-async fn put_cache_returns_body_or_rereads_after_202() {
+async fn put_cache_returns_the_body_or_none_after_a_202_without_reading_again() {
     let stub = Stub::start(|s, _| match (s.method.clone(), s.path.ends_with("/c1")) {
         (Method::PUT, true) => with_header(
             json_resp(201, cache_body("Creating")),
@@ -329,26 +329,23 @@ async fn put_cache_returns_body_or_rereads_after_202() {
             "https://management.azure.com/op",
         ),
         (Method::PUT, false) => with_header(json_resp(202, json!({})), "retry-after", "10"),
-        (Method::GET, _) => json_resp(200, cache_body("Creating")),
         _ => arm_error(400, "BadRequest"),
     })
     .await;
     let az = stub.client().await;
     let desired = Cache { location: Some("eastus".into()), ..Default::default() };
-    let got = az.put_cache(&cache_id(), &desired).await.unwrap();
-    assert_eq!(got.value.provisioning_state(), Some("Creating"));
-    assert_eq!(got.value.created_at(), Some("2024-05-01T10:00:00Z".parse().unwrap()));
+    let got = az.put_cache(&cache_id(), &desired).await.unwrap().value.expect("the 201 body");
+    assert_eq!(got.provisioning_state(), Some("Creating"));
+    assert_eq!(got.created_at(), Some("2024-05-01T10:00:00Z".parse().unwrap()));
     let put = &stub.calls()[0];
     assert_eq!(put.json(), json!({"location": "eastus", "properties": {}}));
     assert_eq!(put.headers["content-type"], "application/json");
 
     let other = ResourceId::cache(SUB, "rg", "c2");
     let got = az.put_cache(&other, &desired).await.unwrap();
-    assert_eq!(got.value.provisioning_state(), Some("Creating"));
+    assert!(got.value.is_none(), "accepted: the caller observes the cache itself");
     assert_eq!(got.retry_after, Some(Duration::from_secs(10)));
-    let calls = stub.calls();
-    assert_eq!(calls.len(), 3);
-    assert_eq!(calls[2].method, Method::GET);
+    assert_eq!(stub.calls().len(), 2, "no read after the PUT");
 }
 
 #[tokio::test]
@@ -1043,7 +1040,7 @@ async fn aml_list_follows_next_link_on_same_origin_only() {
 }
 
 #[tokio::test]
-async fn aml_put_returns_body_or_rereads_after_202() {
+async fn aml_put_returns_the_body_or_none_after_a_202_without_reading_again() {
     let stub = Stub::start(|s, _| match (s.method.clone(), s.path.ends_with("/fs1")) {
         (Method::PUT, true) => with_header(
             json_resp(201, aml_body("fs1", "Creating", "Transitioning")),
@@ -1055,15 +1052,14 @@ async fn aml_put_returns_body_or_rereads_after_202() {
             "location",
             "https://management.azure.com/op",
         ),
-        (Method::GET, _) => json_resp(200, aml_body("fs2", "Creating", "Transitioning")),
         _ => arm_error(400, "BadRequest"),
     })
     .await;
     let az = stub.client().await;
     let desired = desired_aml();
-    let got = az.put_aml_filesystem(&aml_id(), &desired).await.unwrap();
-    assert_eq!(got.value.provisioning_state(), Some("Creating"));
-    assert_eq!(got.value.name.as_deref(), Some("fs1"));
+    let got = az.put_aml_filesystem(&aml_id(), &desired).await.unwrap().value.expect("the 201 body");
+    assert_eq!(got.provisioning_state(), Some("Creating"));
+    assert_eq!(got.name.as_deref(), Some("fs1"));
     let put = &stub.calls()[0];
     assert_eq!(put.method, Method::PUT);
     assert_eq!(put.path, aml_id().to_string());
@@ -1092,28 +1088,24 @@ async fn aml_put_returns_body_or_rereads_after_202() {
     );
     assert!(put.body.contains("\"storageCapacityTiB\":16,"), "a whole TiB count is sent as an integer: {}", put.body);
 
-    // 202 without a body: the client reads the file system instead of failing on an empty body.
+    // 202 without a body: accepted, not a failure on an empty body, and not read again.
     let other = ResourceId::aml_filesystem(SUB, "rg", "fs2");
     let got = az.put_aml_filesystem(&other, &desired).await.unwrap();
-    assert_eq!(got.value.name.as_deref(), Some("fs2"));
+    assert!(got.value.is_none());
     assert_eq!(got.retry_after, Some(Duration::from_secs(15)), "the 202's Retry-After is kept");
-    let calls = stub.calls();
-    assert_eq!(calls.len(), 3);
-    assert_eq!((calls[2].method.clone(), calls[2].path.clone()), (Method::GET, other.to_string()));
-    assert_eq!(calls[2].query, format!("api-version={AML_FILESYSTEMS_API_VERSION}"));
+    assert_eq!(stub.calls().len(), 2);
 }
 
 #[tokio::test]
-async fn aml_put_accepted_but_absent_is_a_retryable_decode_error() {
+async fn aml_put_accepted_without_a_body_is_sent_once_and_not_read_again() {
     let stub = Stub::start(|s, _| match s.method {
         Method::PUT => StatusCode::ACCEPTED.into_response(),
         _ => arm_error(404, "ResourceNotFound"),
     })
     .await;
-    let err = stub.client().await.put_aml_filesystem(&aml_id(), &desired_aml()).await.unwrap_err();
-    assert!(matches!(err, AzureError::Decode(_)), "{err:?}");
-    assert!(err.to_string().contains("AML file system"), "{err}");
-    assert!(err.is_retryable());
+    let got = stub.client().await.put_aml_filesystem(&aml_id(), &desired_aml()).await.unwrap();
+    assert!(got.value.is_none());
+    assert_eq!(stub.calls().len(), 1);
 }
 
 #[tokio::test]
@@ -1136,7 +1128,7 @@ async fn aml_put_errors_are_classified_by_the_one_classifier() {
 
     // A PUT is idempotent: a transient conflict is sent again inside the call (1 + 1 retries here).
     let busy = az.put_aml_filesystem(&rg_fs("busy"), &desired_aml()).await.unwrap();
-    assert_eq!(busy.value.provisioning_state(), Some("Updating"));
+    assert_eq!(busy.value.expect("the 201 body").provisioning_state(), Some("Updating"));
     assert_eq!(stub.calls().len(), 3);
 
     let forbidden = az.put_aml_filesystem(&rg_fs("forbidden"), &desired_aml()).await.unwrap_err();

@@ -26,7 +26,7 @@ use super::context::{Context, Error, action_error};
 use super::facts;
 use super::finalizer::{self, Finalizer};
 use super::observation::{Observation, References};
-use super::observe::read_referenced;
+use super::observe::referenced;
 use super::pacing::{self, Next};
 use super::reads::RecentReads;
 use super::status;
@@ -75,15 +75,7 @@ async fn observe(
     let deleting = obj.metadata.deletion_timestamp.is_some();
     if !deleting && let Some(refs) = references(&obj.spec, scopes) {
         let key = format!("amlfs|{}", refs.cache_key());
-        let referenced = match reads.referenced(&key) {
-            Some(r) => r,
-            None => {
-                let r = read_referenced(azure, &refs).await?;
-                reads.remember_referenced(key, r.clone());
-                r
-            }
-        };
-        observation.referenced = Some(referenced);
+        observation.referenced = Some(referenced(azure, reads, key, &refs).await?);
     }
     let blob = match (&obj.spec.blob_integration, provider_principal(ctx)) {
         (Some(b), Some(provider)) if !deleting => {

@@ -13,7 +13,7 @@ use url::Url;
 
 use super::changes::AzureChanges;
 use super::observation::{IdentityRead, KeyRead, Observation, Referenced, References, VaultRead};
-use super::reads::RecentReads;
+use super::reads::{RecentReads, SharedRead};
 
 /// The ARM id of the cache an object manages.
 pub fn cache_id(obj: &HpcCache) -> ResourceId {
@@ -41,15 +41,7 @@ pub async fn observe(
     let Some(refs) = References::of(&obj.spec, allowed_vault_scopes, observation.cache.as_ref()) else {
         return Ok(observation);
     };
-    let key = refs.cache_key();
-    let referenced = match reads.referenced(&key) {
-        Some(r) => r,
-        None => {
-            let r = read_referenced(azure, &refs).await?;
-            reads.remember_referenced(key, r.clone());
-            r
-        }
-    };
+    let referenced = referenced(azure, reads, refs.cache_key(), &refs).await?;
     if let (Some(VaultRead::Found { vault, .. }), Some(enc)) = (&referenced.vault, &refs.encryption)
         && vault.is_protected()
     {
@@ -71,30 +63,13 @@ async fn read_cache(
         // A create waiting for its write turn was decided on a GET's "absent": that stands until its turn.
         None if reads.absent(id) => return Ok(Dated { value: None, date: None, retry_after: None }),
         None => {
-            let lock = reads.list_read(id);
-            let _reading = lock.lock().await;
-            // Another reconcile may have read it while this one waited.
-            match reads.cache_list(id) {
-                Some(list) => list,
-                None => {
-                    if let Some(after) = reads.list_turn(id) {
-                        return Err(AzureError::Deferred { after, access: Access::Read });
-                    }
-                    let started = Instant::now();
-                    let list = match azure.list_caches(id.subscription(), id.resource_group()).await {
-                        Err(AzureError::Deferred { after, access }) => {
-                            reads.list_deferred(id, after);
-                            return Err(AzureError::Deferred { after, access });
-                        }
-                        read => {
-                            reads.list_read_done(id);
-                            Arc::new(read?)
-                        }
-                    };
-                    changes.changed(&reads.remember_cache_list(id, started, list.clone()));
-                    list
-                }
-            }
+            let read = async {
+                let started = Instant::now();
+                let list = Arc::new(azure.list_caches(id.subscription(), id.resource_group()).await?);
+                changes.changed(&reads.remember_cache_list(id, started, list.clone()));
+                Ok(list)
+            };
+            shared(reads, &RecentReads::list_read(id), || reads.cache_list(id), read).await?
         }
     };
     let wanted = id.to_string();
@@ -114,9 +89,56 @@ async fn read_cache(
     }
 }
 
+/// What the spec references (`key`: see [`RecentReads::referenced`]), as recently read or read now.
+pub(super) async fn referenced(
+    azure: &Azure,
+    reads: &RecentReads,
+    key: String,
+    refs: &References,
+) -> Result<Referenced, AzureError> {
+    let read = async {
+        let r = read_referenced(azure, refs).await?;
+        reads.remember_referenced(key.clone(), r.clone());
+        Ok(r)
+    };
+    shared(reads, &RecentReads::referenced_read(&key), || reads.referenced(&key), read).await
+}
+
+/// A read many reconciles want at once: the answer `known` to be recent enough, or else one reconcile makes the
+/// `read` while the others wait for it, also when the read budget defers it (they then book no read of their own).
+async fn shared<T>(
+    reads: &RecentReads,
+    shared_read: &SharedRead,
+    known: impl Fn() -> Option<T>,
+    read: impl Future<Output = Result<T, AzureError>>,
+) -> Result<T, AzureError> {
+    if let Some(answer) = known() {
+        return Ok(answer);
+    }
+    let lock = reads.read_lock(shared_read);
+    let _reading = lock.lock().await;
+    // Another reconcile may have read it while this one waited.
+    if let Some(answer) = known() {
+        return Ok(answer);
+    }
+    if let Some(after) = reads.turn(shared_read) {
+        return Err(AzureError::Deferred { after, access: Access::Read });
+    }
+    match read.await {
+        Err(AzureError::Deferred { after, access }) => {
+            reads.deferred(shared_read, after);
+            Err(AzureError::Deferred { after, access })
+        }
+        done => {
+            reads.read_done(shared_read);
+            done
+        }
+    }
+}
+
 /// Reads the vault, the key and the user-assigned identity the spec references. A vault the namespace may not
 /// use is never read, not even to look at it.
-pub(super) async fn read_referenced(azure: &Azure, refs: &References) -> Result<Referenced, AzureError> {
+async fn read_referenced(azure: &Azure, refs: &References) -> Result<Referenced, AzureError> {
     let vault = match &refs.encryption {
         None => None,
         Some(enc) => Some(read_vault(azure, refs, enc).await?),

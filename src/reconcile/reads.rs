@@ -6,12 +6,12 @@
 //!   [`References`](super::observation::References), the very value the reads are made from.
 //! - Caches are read as one paged list per resource group, shared by every reconcile within half a poll interval
 //!   (so N caches cost about two list reads per poll, not N), also absorbing the watch echo of the operator's own
-//!   status writes; one reconcile reads it while the others wait for its answer. A list read before an action on a
-//!   cache does not speak for that cache (it is read with a GET until a newer list comes); a cache missing from a
-//!   list is confirmed with a GET before anyone believes it is gone. That GET's "absent" stands as long as a list
-//!   would, and for a create deferred by the write budget until its turn (see [`RecentReads::hold_absent`]), unless
-//!   the cache is acted on or a list shows it first. When the read budget defers a list read, the others wanting that list wait for
-//!   it without booking reads of their own (see [`RecentReads::list_turn`]).
+//!   status writes. A list read before an action on a cache does not speak for that cache (a newer list is read);
+//!   a cache missing from a list is confirmed with a GET before anyone believes it is gone. That GET's "absent"
+//!   stands as long as a list would, and for a create deferred by the write budget until its turn (see
+//!   [`RecentReads::hold_absent`]), unless the cache is acted on or a list shows it first.
+//! - Reads many reconciles want at once (a list, what a spec references) are [`SharedRead`]s: one reconcile reads
+//!   while the others wait for its answer, also when the read budget defers it (see [`RecentReads::turn`]).
 //! - Steady-state resyncs ([`Urgency::Routine`]) accept reads up to half a resync old, so Ready objects cost a few
 //!   shared reads per resync, whatever their number.
 //! - A vault seen protected stays protected: Azure refuses to turn purge protection off again.
@@ -39,10 +39,10 @@ impl<V: Clone> TtlMap<V> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The value if it was written less than `max_age` ago (and within the map's `ttl`).
-    fn get(&self, key: &str, max_age: Duration) -> Option<V> {
+    /// The value and when it was written, if less than `max_age` ago (and within the map's `ttl`).
+    fn get(&self, key: &str, max_age: Duration) -> Option<(Instant, V)> {
         let max_age = max_age.min(self.ttl);
-        self.lock().get(key).filter(|(at, _)| at.elapsed() < max_age).map(|(_, v)| v.clone())
+        self.lock().get(key).filter(|(at, _)| at.elapsed() < max_age).map(|(at, v)| (*at, v.clone()))
     }
 
     fn put(&self, key: String, value: V) {
@@ -69,13 +69,13 @@ pub struct RecentReads {
     acted: Mutex<HashMap<String, Instant>>,
     /// Caches (lower-case id) a GET found absent: when that GET began, and until when its answer stands.
     absent: Mutex<HashMap<String, (Instant, Instant)>>,
-    /// One list read at a time per resource group.
-    list_reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// List reads the read budget deferred, by resource group (see [`RecentReads::list_turn`]).
-    list_turns: Mutex<HashMap<String, ListTurn>>,
-    /// Objects (holders) waiting for another's deferred list read, and since when: any list read begun after
-    /// that speaks for them once.
-    list_waiters: Mutex<HashMap<String, Instant>>,
+    /// One read at a time of each [`SharedRead`].
+    read_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Shared reads the read budget deferred (see [`RecentReads::turn`]).
+    turns: Mutex<HashMap<String, Turn>>,
+    /// Objects (holders) waiting for another's deferred shared read, and since when: any answer read after that
+    /// speaks for them once.
+    waiters: Mutex<HashMap<String, Instant>>,
     /// The objects waiting for their caches' progress in each resource group's list (see [`RecentReads::waiting`]).
     waiting: Mutex<HashMap<String, Waiting>>,
     protected_vaults: Mutex<HashSet<String>>,
@@ -93,9 +93,9 @@ impl RecentReads {
             cache_lists: TtlMap::new(routine_ttl),
             acted: Default::default(),
             absent: Default::default(),
-            list_reads: Default::default(),
-            list_turns: Default::default(),
-            list_waiters: Default::default(),
+            read_locks: Default::default(),
+            turns: Default::default(),
+            waiters: Default::default(),
             waiting: Default::default(),
             protected_vaults: Default::default(),
             facts_ttl,
@@ -111,8 +111,19 @@ impl RecentReads {
         if routine { self.routine_ttl } else { fresh }
     }
 
+    /// What a spec references, if read recently enough (or read after the current reconcile was told to wait for
+    /// that read, see [`Self::turn`]).
     pub fn referenced(&self, key: &str) -> Option<Referenced> {
-        self.referenced.get(key, self.max_age(self.facts_ttl))
+        if let Some((_, r)) = self.referenced.get(key, self.max_age(self.facts_ttl)) {
+            return Some(r);
+        }
+        let (written, r) = self.referenced.get(key, self.routine_ttl)?;
+        self.waited_for(written).then_some(r)
+    }
+
+    /// The reads of what a spec references (`key` as in [`Self::referenced`]), as a [`SharedRead`].
+    pub fn referenced_read(key: &str) -> SharedRead {
+        SharedRead(format!("referenced|{key}"))
     }
 
     pub fn remember_referenced(&self, key: String, value: Referenced) {
@@ -120,35 +131,42 @@ impl RecentReads {
     }
 
     /// The recent list of a cache's resource group, if it speaks for the cache: young enough for the current
-    /// reconcile, and read after the last action on the cache.
-    /// (Or, once, any list begun after the current reconcile was told to wait for another's list read.)
+    /// reconcile (or begun after it was told to wait for that read, see [`Self::turn`]), and read after the last
+    /// action on the cache.
     pub fn cache_list(&self, cache: &ResourceId) -> Option<Arc<Dated<Vec<Cache>>>> {
         let acted = self.acted().get(&cache_key(cache)).copied();
         let speaks = |started: Instant| acted.is_none_or(|at| at < started);
-        if let Some((started, list)) = self.cache_lists.get(&list_key(cache), self.max_age(self.cache_list_ttl))
+        let key = list_key(cache);
+        if let Some((_, (started, list))) = self.cache_lists.get(&key, self.max_age(self.cache_list_ttl))
             && speaks(started)
         {
             return Some(list);
         }
-        let holder = hpcc_azure::current_caller()?.holder;
-        let mut waiters = self.waiters();
-        let since = *waiters.get(&holder)?;
-        let (started, list) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
-        (started >= since && speaks(started)).then(|| {
-            waiters.remove(&holder);
-            list
-        })
+        let (_, (started, list)) = self.cache_lists.get(&key, self.routine_ttl)?;
+        (speaks(started) && self.waited_for(started)).then_some(list)
     }
 
-    /// Whether the current reconcile should wait for a list read the read budget deferred for another object
-    /// instead of booking a read of its own: how long, if so. Each waiter booking its own ticket for the same list
-    /// would spend the read budget many times over (at 10,000 caches, nearly all of it) for one read. Work a
-    /// deadline depends on does not wait behind routine or normal work: its own ticket goes first.
-    pub fn list_turn(&self, cache: &ResourceId) -> Option<Duration> {
+    /// The read of a cache's resource group list, as a [`SharedRead`].
+    pub fn list_read(cache: &ResourceId) -> SharedRead {
+        SharedRead(format!("list|{}", list_key(cache)))
+    }
+
+    /// The lock a reconcile holds while it makes a shared read, so the others wait for its answer instead of
+    /// repeating it.
+    pub fn read_lock(&self, read: &SharedRead) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.read_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(read.0.clone()).or_default().clone()
+    }
+
+    /// Whether the current reconcile should wait for a shared read the read budget deferred for another object,
+    /// instead of booking a read of its own: how long, if so. Each waiter booking its own ticket for the same read
+    /// would spend the read budget many times over (at 10,000 caches, nearly all of it) for one answer. Work a
+    /// deadline depends on does not wait behind less urgent work: its own ticket goes first.
+    pub fn turn(&self, read: &SharedRead) -> Option<Duration> {
         let caller = hpcc_azure::current_caller()?;
         let now = Instant::now();
         let turns = self.turns();
-        let turn = turns.get(&list_key(cache))?;
+        let turn = turns.get(&read.0)?;
         let live = now < turn.due + hpcc_azure::TICKET_EXPIRY;
         if !live || turn.holder == caller.holder || caller.urgency > turn.urgency {
             return None;
@@ -157,30 +175,34 @@ impl RecentReads {
         let horizon = self.routine_ttl * 2;
         waiters.retain(|_, since| now.saturating_duration_since(*since) < horizon);
         waiters.entry(caller.holder).or_insert(now);
-        Some(turn.due.saturating_duration_since(now) + LIST_TURN_SLACK)
+        Some(turn.due.saturating_duration_since(now) + TURN_SLACK)
     }
 
-    /// The current reconcile's list read was deferred for `after`: others wait for it (see [`Self::list_turn`]).
-    pub fn list_deferred(&self, cache: &ResourceId, after: Duration) {
+    /// The current reconcile's shared read was deferred for `after`: others wait for it (see [`Self::turn`]).
+    pub fn deferred(&self, read: &SharedRead, after: Duration) {
         let Some(caller) = hpcc_azure::current_caller() else { return };
         let due = Instant::now() + after;
         let mut turns = self.turns();
-        let key = list_key(cache);
-        if turns.get(&key).is_none_or(|t| t.holder == caller.holder || due < t.due) {
-            turns.insert(key, ListTurn { holder: caller.holder, urgency: caller.urgency, due });
+        if turns.get(&read.0).is_none_or(|t| t.holder == caller.holder || due < t.due) {
+            turns.insert(read.0.clone(), Turn { holder: caller.holder, urgency: caller.urgency, due });
         }
     }
 
-    /// A list read of the cache's resource group was sent (whatever came back): nobody waits for a turn now.
-    pub fn list_read_done(&self, cache: &ResourceId) {
-        self.turns().remove(&list_key(cache));
+    /// The shared read was sent (whatever came back): nobody waits for a turn now.
+    pub fn read_done(&self, read: &SharedRead) {
+        self.turns().remove(&read.0);
     }
 
-    /// The lock a reconcile holds while it reads a resource group's list, so the others wait for that read
-    /// instead of repeating it.
-    pub fn list_read(&self, cache: &ResourceId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut reads = self.list_reads.lock().unwrap_or_else(|e| e.into_inner());
-        reads.entry(list_key(cache)).or_default().clone()
+    /// Whether the current reconcile was told to wait for a shared read and a read begun at `began` is that read
+    /// (or later); it is then no longer waiting, so only this answer is taken at any age.
+    fn waited_for(&self, began: Instant) -> bool {
+        let Some(holder) = hpcc_azure::current_caller().map(|c| c.holder) else { return false };
+        let mut waiters = self.waiters();
+        let waited = waiters.get(&holder).is_some_and(|since| *since <= began);
+        if waited {
+            waiters.remove(&holder);
+        }
+        waited
     }
 
     /// Stores a list whose read began at `started`; returns the caches (lower-case ids) that differ from the
@@ -192,7 +214,7 @@ impl RecentReads {
         list: Arc<Dated<Vec<Cache>>>,
     ) -> Vec<String> {
         let key = list_key(cache);
-        let previous = self.cache_lists.get(&key, self.routine_ttl);
+        let previous = self.cache_lists.get(&key, self.routine_ttl).map(|(_, l)| l);
         self.cache_lists.put(key, (started, list.clone()));
         let Some((_, previous)) = previous else { return vec![] };
         let (before, after) = (by_id(&previous), by_id(&list));
@@ -286,12 +308,12 @@ impl RecentReads {
         self.absent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<String, ListTurn>> {
-        self.list_turns.lock().unwrap_or_else(|e| e.into_inner())
+    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Turn>> {
+        self.turns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.list_waiters.lock().unwrap_or_else(|e| e.into_inner())
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn protected(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -307,15 +329,19 @@ fn cache_key(cache: &ResourceId) -> String {
     cache.to_string().to_ascii_lowercase()
 }
 
-/// A list read deferred by the read budget: whose ticket, for what urgency, due when.
-struct ListTurn {
+/// A read many reconciles want at once (a resource group's cache list, what a spec references): one makes it,
+/// the others wait for its answer.
+pub struct SharedRead(String);
+
+/// A shared read deferred by the read budget: whose ticket, for what urgency, due when.
+struct Turn {
     holder: String,
     urgency: Urgency,
     due: Instant,
 }
 
-/// How long after a deferred list read is due its waiters come back: the read of its pages takes about that.
-const LIST_TURN_SLACK: Duration = Duration::from_secs(1);
+/// How long after a deferred shared read is due its waiters come back: a list's pages take about that.
+const TURN_SLACK: Duration = Duration::from_secs(1);
 
 /// The objects waiting on one list, and when each last said so.
 struct Waiting {
@@ -359,23 +385,41 @@ mod tests {
         let (a, b) = (ResourceId::cache("s", "rg", "a"), ResourceId::cache("s", "rg", "b"));
         let (normal_a, normal_b) = (as_caller("A", Urgency::Normal), as_caller("B", Urgency::Normal));
 
-        assert_eq!(with_caller(normal_b.clone(), async { reads.list_turn(&b) }).await, None, "no turn yet");
-        with_caller(normal_a.clone(), async { reads.list_deferred(&a, Duration::from_secs(5)) }).await;
-        let wait = with_caller(normal_b.clone(), async { reads.list_turn(&b) }).await.expect("B waits for A's read");
-        assert!(wait > Duration::from_secs(5) && wait <= Duration::from_secs(5) + LIST_TURN_SLACK, "{wait:?}");
-        assert_eq!(with_caller(normal_a, async { reads.list_turn(&a) }).await, None, "A reads on its own ticket");
+        assert_eq!(
+            with_caller(normal_b.clone(), async { reads.turn(&RecentReads::list_read(&b)) }).await,
+            None,
+            "no turn yet"
+        );
+        with_caller(normal_a.clone(), async { reads.deferred(&RecentReads::list_read(&a), Duration::from_secs(5)) })
+            .await;
+        let wait = with_caller(normal_b.clone(), async { reads.turn(&RecentReads::list_read(&b)) })
+            .await
+            .expect("B waits for A's read");
+        assert!(wait > Duration::from_secs(5) && wait <= Duration::from_secs(5) + TURN_SLACK, "{wait:?}");
+        assert_eq!(
+            with_caller(normal_a, async { reads.turn(&RecentReads::list_read(&a)) }).await,
+            None,
+            "A reads on its own ticket"
+        );
         let urgent = as_caller("U", Urgency::Urgent);
-        assert_eq!(with_caller(urgent, async { reads.list_turn(&a) }).await, None, "a deadline does not wait");
+        assert_eq!(
+            with_caller(urgent, async { reads.turn(&RecentReads::list_read(&a)) }).await,
+            None,
+            "a deadline does not wait"
+        );
         let other_group = ResourceId::cache("s", "rg2", "c");
-        assert_eq!(with_caller(normal_b.clone(), async { reads.list_turn(&other_group) }).await, None);
+        assert_eq!(
+            with_caller(normal_b.clone(), async { reads.turn(&RecentReads::list_read(&other_group)) }).await,
+            None
+        );
 
         // A reads the list. The list TTL is zero here, yet B takes that list once: it began after B asked.
-        reads.list_read_done(&a);
+        reads.read_done(&RecentReads::list_read(&a));
         reads.remember_cache_list(&a, Instant::now(), Arc::new(Dated { value: vec![], date: None, retry_after: None }));
         with_caller(normal_b.clone(), async {
             assert!(reads.cache_list(&b).is_some(), "the list B waited for");
             assert!(reads.cache_list(&b).is_none(), "only once: later polls want a fresh list");
-            assert_eq!(reads.list_turn(&b), None, "the turn ended with the read");
+            assert_eq!(reads.turn(&RecentReads::list_read(&b)), None, "the turn ended with the read");
         })
         .await;
     }

@@ -109,8 +109,8 @@ impl TokenBucket {
 
     /// A token for `caller` at `now`, without waiting: `Ok` to call now, or `Err(wait)` to come back after `wait`.
     /// Normal callers get a ticket (a reserved token, first come first served) that a later `take` honours once
-    /// due. Urgent callers go ahead of every normal ticket (which each move back by one token). Routine callers
-    /// leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
+    /// due. Urgent callers go ahead of every normal ticket not yet due (which each move back by one token).
+    /// Routine callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
     pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let mut s = self.refilled(now);
         s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < TICKET_EXPIRY);
@@ -141,12 +141,14 @@ impl TokenBucket {
                 Err(due - now)
             }
             Urgency::Urgent => {
-                // Ahead of the normal tickets: only the urgent ones already waiting count against it.
-                let normal = s.tickets.values().filter(|(_, u)| *u == Urgency::Normal).count() as f64;
+                // Ahead of the normal tickets not yet due: only the urgent ones already waiting count against it.
+                // A ticket already due keeps its token (its holder may send at any moment).
+                let ahead_of = |due: Instant, urgency: Urgency| urgency == Urgency::Normal && due > now;
+                let normal = s.tickets.values().filter(|(due, u)| ahead_of(*due, *u)).count() as f64;
                 s.tokens -= 1.0;
                 let ahead = s.tokens + normal;
                 for (due, urgency) in s.tickets.values_mut() {
-                    if *urgency == Urgency::Normal {
+                    if ahead_of(*due, *urgency) {
                         *due += step;
                     }
                 }
@@ -317,6 +319,25 @@ mod tests {
             assert_eq!(b.take(&caller(holder, Urgency::Normal), t0 + Duration::from_millis(at)), Ok(()), "{holder}");
         }
         assert!(b.available_at(t0 + Duration::from_millis(400)) < 0.5);
+    }
+
+    #[test]
+    fn urgent_work_does_not_go_ahead_of_tickets_already_due() {
+        let b = TokenBucket::new(10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        for i in 0..10 {
+            assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err());
+        }
+        // A second later all ten tickets are due and none is used yet: each may be sent at any moment, so their
+        // tokens are spoken for. Urgent work queues behind them (at 10,000 caches, hundreds of urgent calls went at
+        // once here and were answered 429).
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.take(&caller("u1", Urgency::Urgent), t1), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("u2", Urgency::Urgent), t1), Err(Duration::from_millis(200)));
+        for i in 0..10 {
+            assert_eq!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t1), Ok(()), "n{i} keeps its token");
+        }
     }
 
     #[test]

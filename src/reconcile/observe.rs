@@ -3,7 +3,7 @@
 
 use hpcc_api::v1alpha1::{Encryption, HpcCache};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hpcc_azure::{
     Access, Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
@@ -116,7 +116,11 @@ async fn shared<T>(
         return Ok(answer);
     }
     let lock = reads.read_lock(shared_read);
-    let _reading = lock.lock().await;
+    // Waiting holds a reconcile slot: a read that takes long (its later pages wait for tokens) sends the others
+    // away for a moment instead of holding every slot.
+    let Ok(_reading) = tokio::time::timeout(SHARED_READ_WAIT, lock.lock()).await else {
+        return Err(AzureError::Deferred { after: SHARED_READ_WAIT, access: Access::Read });
+    };
     // Another reconcile may have read it while this one waited.
     if let Some(answer) = known() {
         return Ok(answer);
@@ -135,6 +139,9 @@ async fn shared<T>(
         }
     }
 }
+
+/// How long a reconcile waits for another's shared read before it comes back later.
+const SHARED_READ_WAIT: Duration = Duration::from_secs(2);
 
 /// Reads the vault, the key and the user-assigned identity the spec references. A vault the namespace may not
 /// use is never read, not even to look at it.

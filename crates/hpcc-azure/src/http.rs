@@ -444,6 +444,7 @@ impl Inner {
                     Some(c) => b
                         .take(c, tokio::time::Instant::now())
                         .map_err(|after| AzureError::Deferred { after, access: *access })?,
+                    None if crate::ratelimit::is_patient() => b.acquire_ahead().await,
                     None => b.acquire().await,
                 }
             }

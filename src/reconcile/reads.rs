@@ -167,7 +167,7 @@ impl RecentReads {
         let now = Instant::now();
         let turns = self.turns();
         let turn = turns.get(&read.0)?;
-        let live = now < turn.due + hpcc_azure::TICKET_EXPIRY;
+        let live = now < turn.due + TURN_LIFE;
         if !live || turn.holder == caller.holder || caller.urgency > turn.urgency {
             return None;
         }
@@ -342,6 +342,10 @@ struct Turn {
 
 /// How long after a deferred shared read is due its waiters come back: a list's pages take about that.
 const TURN_SLACK: Duration = Duration::from_secs(1);
+
+/// A turn whose holder has not read this long after it was due is over (the holder went away, or needed no
+/// read): the next reconcile to want the read books it.
+const TURN_LIFE: Duration = Duration::from_secs(5);
 
 /// The objects waiting on one list, and when each last said so.
 struct Waiting {

@@ -46,7 +46,8 @@ pub enum Urgency {
 /// The share of a bucket routine work leaves for the rest.
 pub const ROUTINE_HEADROOM: f64 = 0.3;
 
-/// A ticket not used this long after it became usable is dropped (its holder went away or needed no call).
+/// A ticket not used this long after it became usable is dropped (its holder went away or needed no call); sooner
+/// when the bucket holds fewer than this many seconds of tokens.
 pub const TICKET_EXPIRY: Duration = Duration::from_secs(60);
 
 /// Who is calling: the object a reconcile is about (holder of its tickets) and how urgent its work is.
@@ -118,7 +119,11 @@ impl TokenBucket {
     /// Routine callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
     pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let mut s = self.refilled(now);
-        s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < TICKET_EXPIRY);
+        // A ticket is honoured only while ARM's own bucket could have kept its token: a full bucket's worth of
+        // time after it was due. Tickets honoured later than that came back together after a stall and went past
+        // ARM's capacity (429 bursts at 10,000 caches).
+        let expiry = TICKET_EXPIRY.min(Duration::from_secs_f64(self.capacity / self.rate));
+        s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < expiry);
         if let Some(&(due, urgency)) = s.tickets.get(&caller.holder) {
             if now >= due {
                 s.tickets.remove(&caller.holder);
@@ -349,9 +354,11 @@ mod tests {
 
     #[test]
     fn urgent_work_does_not_go_ahead_of_tickets_already_due() {
-        let b = TokenBucket::new(10.0, 1);
+        let b = TokenBucket::new(10.0, 10);
         let t0 = Instant::now();
-        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        for i in 0..10 {
+            assert_eq!(b.take(&caller(&format!("a{i}"), Urgency::Normal), t0), Ok(()));
+        }
         for i in 0..10 {
             assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err());
         }
@@ -381,6 +388,27 @@ mod tests {
             Err(Duration::from_millis(100)),
             "the first ticket moved back by the page's token"
         );
+    }
+
+    #[test]
+    fn tickets_come_back_no_later_than_a_full_bucket_could_have_kept_their_tokens() {
+        // 2 tokens, 1 per second: the bucket holds 2 s of tokens.
+        let b = TokenBucket::new(1.0, 2);
+        let t0 = Instant::now();
+        for holder in ["a", "b"] {
+            assert_eq!(b.take(&caller(holder, Urgency::Normal), t0), Ok(()));
+        }
+        for holder in ["late", "later"] {
+            assert!(b.take(&caller(holder, Urgency::Normal), t0).is_err());
+        }
+        // "late" is due at 1 s and comes back at 2.5 s: honoured, no new token taken.
+        let at = t0 + Duration::from_millis(2500);
+        assert_eq!(b.take(&caller("late", Urgency::Normal), at), Ok(()));
+        assert!((b.available_at(at) - 0.5).abs() < 1e-9, "{}", b.available_at(at));
+        // "later" (due at 2 s) comes back at 4.5 s: its ticket is gone, so it spends a token of the refilled bucket.
+        let at = t0 + Duration::from_millis(4500);
+        assert_eq!(b.take(&caller("later", Urgency::Normal), at), Ok(()));
+        assert!((b.available_at(at) - 1.0).abs() < 1e-9, "{}", b.available_at(at));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hpcc_azure::{
-    Access, Azure, AzureError, Cache, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Vault,
+    Access, Azure, AzureError, Cache, Caller, Dated, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, ResourceId, Urgency,
+    Vault, with_caller,
 };
 use jiff::Timestamp;
 use url::Url;
@@ -128,15 +129,24 @@ async fn shared<T>(
     if let Some(after) = reads.turn(shared_read) {
         return Err(AzureError::Deferred { after, access: Access::Read });
     }
-    match read.await {
-        Err(AzureError::Deferred { after, access }) => {
-            reads.deferred(shared_read, after);
-            Err(AzureError::Deferred { after, access })
+    let outcome = async {
+        match read.await {
+            Err(AzureError::Deferred { after, access }) => {
+                reads.deferred(shared_read, after);
+                Err(AzureError::Deferred { after, access })
+            }
+            done => {
+                reads.read_done(shared_read);
+                done
+            }
         }
-        done => {
-            reads.read_done(shared_read);
-            done
-        }
+    };
+    // One read answers many objects: it goes ahead of single objects' reads, as urgent work does (at 10,000
+    // caches, thousands of first GETs otherwise kept every Creating cache's list read minutes away). Steady-state
+    // work stays routine: it leaves the headroom alone.
+    match hpcc_azure::current_caller() {
+        Some(c) if c.urgency == Urgency::Normal => with_caller(Caller { urgency: Urgency::Urgent, ..c }, outcome).await,
+        _ => outcome.await,
     }
 }
 

@@ -428,6 +428,34 @@ mod tests {
         .await;
     }
 
+    #[tokio::test]
+    async fn what_a_spec_references_is_a_shared_read_too() {
+        use hpcc_azure::{Caller, with_caller};
+        let reads = RecentReads::new(Freshness {
+            facts: Duration::ZERO,
+            cache_list: Duration::from_secs(7),
+            routine: Duration::from_secs(300),
+        });
+        let read = RecentReads::referenced_read("vault+key");
+        let (a, b) = (
+            Caller { holder: "A".into(), urgency: Urgency::Normal },
+            Caller { holder: "B".into(), urgency: Urgency::Normal },
+        );
+        with_caller(a, async { reads.deferred(&read, Duration::from_secs(3)) }).await;
+        with_caller(b.clone(), async {
+            assert!(reads.turn(&read).is_some(), "B waits for A's read of the vault and key");
+            assert!(reads.referenced("vault+key").is_none(), "nothing read yet");
+        })
+        .await;
+        reads.read_done(&read);
+        reads.remember_referenced("vault+key".into(), Referenced { vault: None, identity: None });
+        with_caller(b, async {
+            assert!(reads.referenced("vault+key").is_some(), "the answer B waited for, though the facts TTL is zero");
+            assert!(reads.referenced("vault+key").is_none(), "once");
+        })
+        .await;
+    }
+
     #[test]
     fn a_confirmed_absence_stands_for_a_deferred_create_until_the_cache_is_acted_on() {
         let fresh = |cache_list| Freshness { facts: Duration::from_secs(60), cache_list, routine: Duration::ZERO };

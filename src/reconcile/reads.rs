@@ -262,6 +262,11 @@ impl RecentReads {
         self.absences().remove(&cache_key(cache));
     }
 
+    /// Whether the cache was acted on lately (actions are remembered for the routine TTL).
+    pub fn acted_on(&self, cache: &ResourceId) -> bool {
+        self.acted().contains_key(&cache_key(cache))
+    }
+
     /// A GET that began at `started` found no cache: that answer stands as long as a list read then would.
     pub fn remember_absent(&self, cache: &ResourceId, started: Instant) {
         let mut absent = self.absences();

@@ -37,6 +37,9 @@ struct BucketState {
 pub enum Urgency {
     /// Steady-state work (resyncs of Ready objects): never uses the last [`ROUTINE_HEADROOM`] of a bucket.
     Routine,
+    /// The first look of an object whose cache was never acted on (the GET that confirms it absent): queued behind
+    /// the progress of caches already on their way, so thousands of new objects do not hold that progress back.
+    Starting,
     /// Progress of a new or changing object (creates, polls while creating).
     Normal,
     /// Work a deadline depends on (a cache waiting for its key: the grant and the polls that lead to it).
@@ -114,9 +117,9 @@ impl TokenBucket {
     }
 
     /// A token for `caller` at `now`, without waiting: `Ok` to call now, or `Err(wait)` to come back after `wait`.
-    /// Normal callers get a ticket (a reserved token, first come first served) that a later `take` honours once
-    /// due. Urgent callers go ahead of every normal ticket not yet due (which each move back by one token).
-    /// Routine callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
+    /// Starting, normal and urgent callers get a ticket (a reserved token) that a later `take` honours once due:
+    /// first come first served within a level, ahead of every less urgent ticket not yet due (which each move back
+    /// by one token). Routine callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
     pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let mut s = self.refilled(now);
         // A ticket is honoured only while ARM's own bucket could have kept its token: a full bucket's worth of
@@ -142,39 +145,32 @@ impl TokenBucket {
             return Ok(());
         }
         let step = Duration::from_secs_f64(1.0 / self.rate);
-        match caller.urgency {
-            Urgency::Routine => Err(Duration::from_secs_f64((floor + 1.0 - s.tokens) / self.rate)),
-            Urgency::Normal => {
-                s.tokens -= 1.0;
-                let due = now + Duration::from_secs_f64(-s.tokens / self.rate);
-                s.tickets.insert(caller.holder.clone(), (due, Urgency::Normal));
-                Err(due - now)
-            }
-            Urgency::Urgent => {
-                let ahead = Self::go_ahead(&mut s, now, step);
-                if ahead >= 0.0 {
-                    return Ok(());
-                }
-                let due = now + Duration::from_secs_f64(-ahead / self.rate);
-                s.tickets.insert(caller.holder.clone(), (due, Urgency::Urgent));
-                Err(due - now)
-            }
+        if caller.urgency == Urgency::Routine {
+            return Err(Duration::from_secs_f64((floor + 1.0 - s.tokens) / self.rate));
         }
+        let ahead = Self::go_ahead(&mut s, now, step, caller.urgency);
+        if ahead >= 0.0 {
+            return Ok(());
+        }
+        let due = now + Duration::from_secs_f64(-ahead / self.rate);
+        s.tickets.insert(caller.holder.clone(), (due, caller.urgency));
+        Err(due - now)
     }
 
-    /// Takes a token ahead of the normal tickets not yet due (each moves back by one `step`); returns the tokens
-    /// left ahead of the caller (negative: it waits that many tokens). Only urgent work already waiting counts
-    /// against it, and a ticket already due keeps its token (its holder may send at any moment).
-    fn go_ahead(s: &mut BucketState, now: Instant, step: Duration) -> f64 {
-        let ahead_of = |due: Instant, urgency: Urgency| urgency == Urgency::Normal && due > now;
-        let normal = s.tickets.values().filter(|(due, u)| ahead_of(*due, *u)).count() as f64;
+    /// Takes a token for work of `level`, ahead of the tickets of less urgent work not yet due (each moves back by
+    /// one `step`); returns the tokens left ahead of the caller (negative: it waits that many tokens). Tickets of
+    /// work as urgent or more count against it, and a ticket already due keeps its token (its holder may send at
+    /// any moment).
+    fn go_ahead(s: &mut BucketState, now: Instant, step: Duration, level: Urgency) -> f64 {
+        let ahead_of = |due: Instant, urgency: Urgency| urgency < level && due > now;
+        let behind = s.tickets.values().filter(|(due, u)| ahead_of(*due, *u)).count() as f64;
         s.tokens -= 1.0;
         for (due, urgency) in s.tickets.values_mut() {
             if ahead_of(*due, *urgency) {
                 *due += step;
             }
         }
-        s.tokens + normal
+        s.tokens + behind
     }
 
     /// Take one token ahead of the normal tickets (as urgent work does), sleeping until it is available: for the
@@ -189,7 +185,8 @@ impl TokenBucket {
 
     /// The reservation of [`Self::acquire_ahead`] at `now`: how long to wait for the token.
     fn reserve_ahead_at(&self, now: Instant) -> Duration {
-        let ahead = Self::go_ahead(&mut self.refilled(now), now, Duration::from_secs_f64(1.0 / self.rate));
+        let step = Duration::from_secs_f64(1.0 / self.rate);
+        let ahead = Self::go_ahead(&mut self.refilled(now), now, step, Urgency::Urgent);
         if ahead >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-ahead / self.rate) }
     }
 
@@ -409,6 +406,23 @@ mod tests {
         let at = t0 + Duration::from_millis(4500);
         assert_eq!(b.take(&caller("later", Urgency::Normal), at), Ok(()));
         assert!((b.available_at(at) - 1.0).abs() < 1e-9, "{}", b.available_at(at));
+    }
+
+    #[test]
+    fn normal_work_goes_ahead_of_starting_tickets() {
+        let b = TokenBucket::new(10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        assert_eq!(b.take(&caller("s1", Urgency::Starting), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("s2", Urgency::Starting), t0), Err(Duration::from_millis(200)));
+        // The progress of a cache on its way goes before new objects' first looks, urgent work before both.
+        assert_eq!(b.take(&caller("n", Urgency::Normal), t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(&caller("u", Urgency::Urgent), t0), Err(Duration::from_millis(100)));
+        for (holder, at) in [("u", 100), ("n", 200), ("s1", 300), ("s2", 400)] {
+            let c = caller(holder, Urgency::Starting);
+            assert!(b.take(&c, t0 + Duration::from_millis(at) - Duration::from_millis(1)).is_err(), "{holder}");
+            assert_eq!(b.take(&c, t0 + Duration::from_millis(at)), Ok(()), "{holder}");
+        }
     }
 
     #[test]

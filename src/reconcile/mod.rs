@@ -385,8 +385,8 @@ async fn reconcile_current(obj: &HpcCache, api: &Api<HpcCache>, ctx: &Context) -
     // Something may have been sent: lists read before now no longer speak for the cache. (A deferred action sent
     // nothing; forgetting then cost each deferred create of a 10,000-cache run a new list read and a GET.)
     match (&result, recorded.action()) {
-        // The create comes back for its turn: the absence it was decided on stands as long as its ticket does,
-        // so coming back costs no reads.
+        // The create comes back for its turn: the absence it was decided on stands until then (plus the longest a
+        // ticket lasts), so coming back costs no reads.
         (Err(AzureError::Deferred { after, .. }), Action::Create { .. }) => {
             let until = Instant::now() + *after + hpcc_azure::TICKET_EXPIRY;
             reads.hold_absent(&observe::cache_id(obj), until);

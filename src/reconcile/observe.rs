@@ -236,3 +236,56 @@ async fn read_identity(azure: &Azure, id: &str, vault: Option<&VaultRead>) -> Re
     };
     Ok(IdentityRead::Found { identity, role_assigned })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::reads::Freshness;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn caller(holder: &str, urgency: Urgency) -> Caller {
+        Caller { holder: holder.to_string(), urgency }
+    }
+
+    #[tokio::test]
+    async fn a_shared_read_is_made_once_ahead_of_single_reads_and_its_waiters_book_nothing() {
+        let reads = RecentReads::new(Freshness {
+            facts: Duration::from_secs(60),
+            cache_list: Duration::from_secs(7),
+            routine: Duration::from_secs(300),
+        });
+        let read = RecentReads::referenced_read("vault+key");
+        let sent = AtomicUsize::new(0);
+        let deferred = |r: &Result<u32, AzureError>| match r {
+            Err(AzureError::Deferred { after, .. }) => Some(*after),
+            _ => None,
+        };
+
+        // A's read runs as urgent work, and the budget defers it 3 s.
+        let a = shared(&reads, &read, || None, async {
+            sent.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(hpcc_azure::current_caller().map(|c| c.urgency), Some(Urgency::Urgent));
+            Err(AzureError::Deferred { after: Duration::from_secs(3), access: Access::Read })
+        });
+        assert_eq!(deferred(&with_caller(caller("A", Urgency::Normal), a).await), Some(Duration::from_secs(3)));
+
+        // B wants the same read: it waits for A's turn without making (or booking) a read of its own.
+        let b = shared(&reads, &read, || None, async {
+            sent.fetch_add(1, Ordering::SeqCst);
+            Ok(1)
+        });
+        let waited = deferred(&with_caller(caller("B", Urgency::Normal), b).await).expect("B is deferred");
+        assert!(waited > Duration::from_secs(3), "{waited:?}");
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+
+        // A comes back for its turn as steady-state work: that stays routine, and the turn ends with the read.
+        let again = shared(&reads, &read, || None, async {
+            sent.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(hpcc_azure::current_caller().map(|c| c.urgency), Some(Urgency::Routine));
+            Ok(2)
+        });
+        assert_eq!(with_caller(caller("A", Urgency::Routine), again).await.ok(), Some(2));
+        assert_eq!(with_caller(caller("B", Urgency::Normal), async { reads.turn(&read) }).await, None);
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+}

@@ -35,18 +35,14 @@ impl<V: Clone> TtlMap<V> {
         Self { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, V)>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The value and when it was written, if less than `max_age` ago (and within the map's `ttl`).
     fn get(&self, key: &str, max_age: Duration) -> Option<(Instant, V)> {
         let max_age = max_age.min(self.ttl);
-        self.lock().get(key).filter(|(at, _)| at.elapsed() < max_age).map(|(at, v)| (*at, v.clone()))
+        locked(&self.entries).get(key).filter(|(at, _)| at.elapsed() < max_age).map(|(at, v)| (*at, v.clone()))
     }
 
     fn put(&self, key: String, value: V) {
-        let mut entries = self.lock();
+        let mut entries = locked(&self.entries);
         entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
         entries.insert(key, (Instant::now(), value));
     }
@@ -134,7 +130,7 @@ impl RecentReads {
     /// reconcile (or begun after it was told to wait for that read, see [`Self::turn`]), and read after the last
     /// action on the cache.
     pub fn cache_list(&self, cache: &ResourceId) -> Option<Arc<Dated<Vec<Cache>>>> {
-        let acted = self.acted().get(&cache_key(cache)).copied();
+        let acted = locked(&self.acted).get(&cache_key(cache)).copied();
         let speaks = |started: Instant| acted.is_none_or(|at| at < started);
         let key = list_key(cache);
         if let Some((_, (started, list))) = self.cache_lists.get(&key, self.max_age(self.cache_list_ttl))
@@ -154,7 +150,7 @@ impl RecentReads {
     /// The lock a reconcile holds while it makes a shared read, so the others wait for its answer instead of
     /// repeating it.
     pub fn read_lock(&self, read: &SharedRead) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.read_locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = locked(&self.read_locks);
         locks.entry(read.0.clone()).or_default().clone()
     }
 
@@ -165,13 +161,13 @@ impl RecentReads {
     pub fn turn(&self, read: &SharedRead) -> Option<Duration> {
         let caller = hpcc_azure::current_caller()?;
         let now = Instant::now();
-        let turns = self.turns();
+        let turns = locked(&self.turns);
         let turn = turns.get(&read.0)?;
         let live = now < turn.due + TURN_LIFE;
         if !live || turn.holder == caller.holder || caller.urgency > turn.urgency {
             return None;
         }
-        let mut waiters = self.waiters();
+        let mut waiters = locked(&self.waiters);
         let horizon = self.routine_ttl * 2;
         waiters.retain(|_, since| now.saturating_duration_since(*since) < horizon);
         waiters.entry(caller.holder).or_insert(now);
@@ -182,7 +178,7 @@ impl RecentReads {
     pub fn deferred(&self, read: &SharedRead, after: Duration) {
         let Some(caller) = hpcc_azure::current_caller() else { return };
         let due = Instant::now() + after;
-        let mut turns = self.turns();
+        let mut turns = locked(&self.turns);
         if turns.get(&read.0).is_none_or(|t| t.holder == caller.holder || due < t.due) {
             turns.insert(read.0.clone(), Turn { holder: caller.holder, urgency: caller.urgency, due });
         }
@@ -190,14 +186,14 @@ impl RecentReads {
 
     /// The shared read was sent (whatever came back): nobody waits for a turn now.
     pub fn read_done(&self, read: &SharedRead) {
-        self.turns().remove(&read.0);
+        locked(&self.turns).remove(&read.0);
     }
 
     /// Whether the current reconcile was told to wait for a shared read and a read begun at `began` is that read
     /// (or later); it is then no longer waiting, so only this answer is taken at any age.
     fn waited_for(&self, began: Instant) -> bool {
         let Some(holder) = hpcc_azure::current_caller().map(|c| c.holder) else { return false };
-        let mut waiters = self.waiters();
+        let mut waiters = locked(&self.waiters);
         let waited = waiters.get(&holder).is_some_and(|since| *since <= began);
         if waited {
             waiters.remove(&holder);
@@ -231,7 +227,7 @@ impl RecentReads {
     pub fn waiting(&self, cache: &ResourceId, holder: &str, waits: bool) -> usize {
         let horizon = self.routine_ttl * 2;
         let now = Instant::now();
-        let mut all = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = locked(&self.waiting);
         let key = list_key(cache);
         if !waits {
             let Some(list) = all.get_mut(&key) else { return 0 };
@@ -254,22 +250,22 @@ impl RecentReads {
 
     /// The cache was acted on: lists read before now no longer speak for it.
     pub fn forget_cache(&self, cache: &ResourceId) {
-        let mut acted = self.acted();
+        let mut acted = locked(&self.acted);
         let horizon = self.routine_ttl;
         acted.retain(|_, at| at.elapsed() < horizon);
         acted.insert(cache_key(cache), Instant::now());
         drop(acted);
-        self.absences().remove(&cache_key(cache));
+        locked(&self.absent).remove(&cache_key(cache));
     }
 
     /// Whether the cache was acted on lately (actions are remembered for the routine TTL).
     pub fn acted_on(&self, cache: &ResourceId) -> bool {
-        self.acted().contains_key(&cache_key(cache))
+        locked(&self.acted).contains_key(&cache_key(cache))
     }
 
     /// A GET that began at `started` found no cache: that answer stands as long as a list read then would.
     pub fn remember_absent(&self, cache: &ResourceId, started: Instant) {
-        let mut absent = self.absences();
+        let mut absent = locked(&self.absent);
         let now = Instant::now();
         absent.retain(|_, (_, until)| *until > now);
         absent.insert(cache_key(cache), (started, started + self.cache_list_ttl));
@@ -281,7 +277,7 @@ impl RecentReads {
     /// without one, a cache someone else made by this name in those minutes would meet the PUT, as it would in
     /// the moment between any GET and PUT.
     pub fn hold_absent(&self, cache: &ResourceId, until: Instant) {
-        if let Some((_, stands)) = self.absences().get_mut(&cache_key(cache)) {
+        if let Some((_, stands)) = locked(&self.absent).get_mut(&cache_key(cache)) {
             *stands = (*stands).max(until);
         }
     }
@@ -289,41 +285,26 @@ impl RecentReads {
     /// Whether a GET found the cache absent, that answer still stands, and the cache was not acted on since.
     pub fn absent(&self, cache: &ResourceId) -> bool {
         let key = cache_key(cache);
-        let Some((started, until)) = self.absences().get(&key).copied() else { return false };
-        let acted = self.acted().get(&key).copied();
+        let Some((started, until)) = locked(&self.absent).get(&key).copied() else { return false };
+        let acted = locked(&self.acted).get(&key).copied();
         until > Instant::now() && acted.is_none_or(|at| at < started)
     }
 
     /// Record that a vault is protected. Azure refuses to turn purge protection (or soft delete) off again, so
     /// this is remembered for good: a stale read or a concurrent reconcile never sends the PATCH twice.
     pub fn mark_vault_protected(&self, vault_id: &str) {
-        self.protected().insert(vault_id.to_ascii_lowercase());
+        locked(&self.protected_vaults).insert(vault_id.to_ascii_lowercase());
     }
 
     /// Whether the vault is known to be protected.
     pub fn vault_protected(&self, vault_id: &str) -> bool {
-        self.protected().contains(&vault_id.to_ascii_lowercase())
+        locked(&self.protected_vaults).contains(&vault_id.to_ascii_lowercase())
     }
+}
 
-    fn acted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.acted.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn absences(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Instant)>> {
-        self.absent.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Turn>> {
-        self.turns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn protected(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.protected_vaults.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// A lock's guard; a panic elsewhere while it was held leaves maps that are still whole.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn by_id(list: &Dated<Vec<Cache>>) -> HashMap<String, &Cache> {

@@ -349,6 +349,13 @@ mod tests {
         assert!(b.available_at(t0 + Duration::from_millis(400)) < 0.5);
     }
 
+    /// `n` normal callers `n0`, `n1`, ... find the bucket empty at `t0`: each books a ticket.
+    fn book(b: &TokenBucket, n: usize, t0: Instant) {
+        for i in 0..n {
+            assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err(), "n{i}");
+        }
+    }
+
     #[test]
     fn urgent_work_does_not_go_ahead_of_tickets_already_due() {
         let b = TokenBucket::new(10.0, 10);
@@ -356,9 +363,7 @@ mod tests {
         for i in 0..10 {
             assert_eq!(b.take(&caller(&format!("a{i}"), Urgency::Normal), t0), Ok(()));
         }
-        for i in 0..10 {
-            assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err());
-        }
+        book(&b, 10, t0);
         // A second later all ten tickets are due and none is used yet: each may be sent at any moment, so their
         // tokens are spoken for. Urgent work queues behind them (at 10,000 caches, hundreds of urgent calls went at
         // once here and were answered 429).
@@ -375,9 +380,7 @@ mod tests {
         let b = TokenBucket::new(10.0, 1);
         let t0 = Instant::now();
         assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
-        for i in 0..50 {
-            assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err());
-        }
+        book(&b, 50, t0);
         // Fifty tickets (5 s of tokens) are booked; the next page waits one token, not fifty.
         assert_eq!(b.reserve_ahead_at(t0), Duration::from_millis(100));
         assert_eq!(
@@ -430,9 +433,7 @@ mod tests {
         let b = TokenBucket::new(10.0, 1);
         let t0 = Instant::now();
         assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
-        for i in 0..5 {
-            assert!(b.take(&caller(&format!("n{i}"), Urgency::Normal), t0).is_err());
-        }
+        book(&b, 5, t0);
         assert_eq!(b.take(&caller("g", Urgency::Normal), t0), Err(Duration::from_millis(600)));
         // The same object now wants a grant: it goes ahead of the five, without a second token.
         assert_eq!(b.take(&caller("g", Urgency::Urgent), t0), Err(Duration::from_millis(100)));

@@ -484,11 +484,16 @@ impl CacheTimeline {
         (self.cmk && self.access_at.is_none_or(|a| a > self.created_at)).then_some(self.created_at)
     }
 
+    /// Whether the timeline still waits for the identity's key access (what [`Self::observe`] records).
+    pub fn awaits_key_access(&self) -> bool {
+        self.cmk && self.access_at.is_none() && self.failed_at.is_none()
+    }
+
     /// Record the effect of the clock reaching `now`, given since when (if at all) the cache identity's key access
     /// has been in effect (grants propagate, so this can lie between two requests; it can also lie before the
     /// cache was created). Call at every request, before and after any mutation.
     pub fn observe(&mut self, now: Timestamp, access_since: Option<Timestamp>, t: &Delays) {
-        if !self.cmk || self.access_at.is_some() || self.failed_at.is_some() {
+        if !self.awaits_key_access() {
             return;
         }
         let deadline = self.created_at + sdur(t.authorization_window);
@@ -1264,7 +1269,10 @@ impl World {
         let timing = self.delays;
         let keys: Vec<String> = self.caches.keys().cloned().collect();
         for k in &keys {
-            let since = self.caches.get(k).and_then(|c| self.cache_access_since(c));
+            // Only caches still waiting are looked up: the lookup scans the vault's access policies, and doing it
+            // for every cache at every request made the simulator quadratic (most of two cores at 10,000 caches).
+            let waiting = self.caches.get(k).filter(|c| c.timeline.awaits_key_access());
+            let since = waiting.and_then(|c| self.cache_access_since(c));
             if let Some(c) = self.caches.get_mut(k) {
                 c.timeline.observe(now, since, &timing);
             }

@@ -266,6 +266,35 @@ async fn system_assigned_cmk_cache_waits_for_key_then_access_policy_makes_it_hea
 }
 
 #[tokio::test]
+async fn a_vault_keeps_at_most_1024_access_policies_whichever_call_adds_them() {
+    let t = start().await;
+    let oid = |i: usize| format!("dddddddd-0000-4000-8000-{i:012}");
+    let policies = |ids: std::ops::Range<usize>| -> Vec<Value> {
+        ids.map(|i| json!({"tenantId": TENANT, "objectId": oid(i), "permissions": {"keys": ["get"]}})).collect()
+    };
+    let add_path = format!("{}/accessPolicies/add?api-version=2023-07-01", vault_id(SUB, "rg", "kv-ap"));
+    let add = |ids: std::ops::Range<usize>| {
+        let body = json!({"properties": {"accessPolicies": policies(ids)}});
+        t.call(Method::PUT, &add_path, Some(body))
+    };
+    // kv-ap is seeded with one policy (the operator's): fill it to 1024 in adds of 16.
+    let seeded = t.call(Method::GET, &format!("{}?api-version=2023-07-01", vault_id(SUB, "rg", "kv-ap")), None).await;
+    let mut n = seeded.body["properties"]["accessPolicies"].as_array().unwrap().len();
+    while n < 1024 {
+        let next = (1024 - n).min(16);
+        assert_eq!(add(n..n + next).await.status, StatusCode::OK, "{n}");
+        n += next;
+    }
+    // The 1025th identity is refused, and nothing of that call is kept.
+    let r = add(5000..5002).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    let after = t.call(Method::GET, &format!("{}?api-version=2023-07-01", vault_id(SUB, "rg", "kv-ap")), None).await;
+    assert_eq!(after.body["properties"]["accessPolicies"].as_array().unwrap().len(), 1024);
+    // More permissions for an identity already there take no new entry.
+    assert_eq!(t.add_access_policy("kv-ap", "2023-07-01", &oid(100), &["wrapKey"]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn rbac_vault_role_assignment_makes_cache_healthy_and_role_assignments_behave() {
     let t = start().await;
     let r = t.put_system_cache("r1", "kv-rbac").await;

@@ -21,8 +21,9 @@
 //! window of one simulated hour. ARM's token buckets refill per simulated second in both modes (the simulator's,
 //! and the operator's limiter, whose rates the bench multiplies by SPEED): ARM's budget per simulated second.
 //!
-//! Every cache uses vault `kv-cmk` from `examples/seed.yaml`: one CMK vault per team is the common layout, and it
-//! is the contended case (N grants on one vault). Everything listens on 127.0.0.1; every wait is bounded.
+//! Caches use vault `kv-cmk` from `examples/seed.yaml`: one CMK vault per team is the common layout, and it is the
+//! contended case (N grants on one vault). Past a thousand caches, each thousand has a vault of its own, as Key
+//! Vault keeps at most 1024 access policies per vault ([`CACHES_PER_VAULT`]). Everything listens on 127.0.0.1; every wait is bounded.
 
 mod analysis;
 mod naive;
@@ -47,7 +48,11 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const OPERATOR: &str = env!("CARGO_BIN_EXE_hpc-cache-operator");
 const SUB: &str = "11111111-2222-3333-4444-555555555555";
 const RG: &str = "hpc-rg";
-const VAULT: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/kv-cmk";
+/// Caches per vault. Key Vault keeps at most 1024 access policies per vault (Azure/azure-rest-api-specs issue
+/// 5303), one per cache identity here, so each thousand caches has a vault of its own: `kv-cmk` (from
+/// `examples/seed.yaml`) for the first thousand, then `kv-cmk-1`, `kv-cmk-2`, ... (seeded by
+/// [`Profile::sim_config`]).
+const CACHES_PER_VAULT: usize = 1000;
 /// ARM's write bucket (design §3): 200 at once, then 10 per second.
 const WRITE_BURST: f64 = 200.0;
 const WRITES_PER_SECOND: f64 = 10.0;
@@ -59,7 +64,20 @@ fn cache_name(n: usize, i: usize) -> String {
     format!("bench{n}-{i:03}")
 }
 
-/// N system-assigned, Automatic caches on kv-cmk as one multi-document manifest.
+/// The vault of cache `i` (see [`CACHES_PER_VAULT`]).
+fn vault_name(i: usize) -> String {
+    match i / CACHES_PER_VAULT {
+        0 => "kv-cmk".to_string(),
+        k => format!("kv-cmk-{k}"),
+    }
+}
+
+/// The ARM id of vault `name` (all in `security-rg`).
+fn vault_id(name: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/security-rg/providers/Microsoft.KeyVault/vaults/{name}")
+}
+
+/// N system-assigned, Automatic caches (a thousand per vault) as one multi-document manifest.
 fn manifests(n: usize) -> String {
     (0..n)
         .map(|i| {
@@ -71,7 +89,7 @@ fn manifests(n: usize) -> String {
                     "sku": "Standard_2G", "cacheSizeGB": 3072,
                     "subnetId": format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/virtualNetworks/hpc-vnet/subnets/cache"),
                     "identity": {"type": "SystemAssigned"},
-                    "encryption": {"keyVaultId": VAULT, "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"},
+                    "encryption": {"keyVaultId": vault_id(&vault_name(i)), "keyName": "cache-key", "keyVersion": "0123456789abcdef0123456789abcdef"},
                     "keyAccess": "Automatic",
                 },
             });
@@ -143,7 +161,7 @@ async fn run_operator(cluster: &TestCluster, p: &Profile, n: usize) -> RunResult
     let label = format!("operator/{}/N={n}", p.mode.name());
     eprintln!("bench: {label}: starting simulator and operator");
     let ns = cluster.namespace(&format!("bench-{}-{n}", p.mode.name())).await;
-    let sim = Simulator::start(p.sim_config()).await.expect("simulator starts");
+    let sim = Simulator::start(p.sim_config(n)).await.expect("simulator starts");
     let op = process::Operator::start(cluster, &sim, &ns, p);
     op.wait_ready().await;
     let api: Api<HpcCache> = Api::namespaced(cluster.client().await, &ns);
@@ -187,7 +205,7 @@ async fn run_operator(cluster: &TestCluster, p: &Profile, n: usize) -> RunResult
 async fn run_naive(p: &Profile, n: usize) -> RunResult {
     let label = format!("naive/{}/N={n}", p.mode.name());
     eprintln!("bench: {label}: starting simulator and the naive baseline");
-    let sim = Simulator::start(p.sim_config()).await.expect("simulator starts");
+    let sim = Simulator::start(p.sim_config(n)).await.expect("simulator starts");
     let (t0, sim_t0) = (Instant::now(), sim.now());
     let poll = Duration::from_secs_f64(p.poll_real);
     let mut naive = naive::Naive::start(&sim, p.speed, n, poll, Duration::from_secs(p.resync_real)).await;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{RwLock, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::{RG, SUB, VAULT, cache_name};
+use crate::{CACHES_PER_VAULT, RG, SUB, cache_name, vault_id, vault_name};
 
 const CACHES_API: &str = "2024-03-01";
 const VAULTS_API: &str = "2025-05-01";
@@ -33,18 +33,19 @@ impl Naive {
     /// Starts the baseline for `n` caches: one loop per cache, all at once (as after one `kubectl apply`).
     pub async fn start(sim: &Simulator, speed: f64, n: usize, poll: Duration, resync: Duration) -> Naive {
         let arm = Arc::new(Arm::new(sim, speed).await);
-        // What a user of ASO declares on the vault resource; sent once here.
-        let vault = format!("{VAULT}?api-version={VAULTS_API}");
-        let (status, body) = arm.call(Method::GET, &vault, None).await;
-        assert!(status.is_success(), "naive: GET vault: {status} {body}");
-        if body["properties"]["enablePurgeProtection"] != json!(true) {
-            let patch = json!({"properties": {"enablePurgeProtection": true}});
-            let (status, body) = arm.call(Method::PATCH, &vault, Some(&patch)).await;
-            assert!(status.is_success(), "naive: PATCH vault: {status} {body}");
+        // What a user of ASO declares on the vault resource; sent once per vault here.
+        for k in 0..n.div_ceil(CACHES_PER_VAULT) {
+            let vault = format!("{}?api-version={VAULTS_API}", vault_id(&vault_name(k * CACHES_PER_VAULT)));
+            let (status, body) = arm.call(Method::GET, &vault, None).await;
+            assert!(status.is_success(), "naive: GET vault: {status} {body}");
+            if body["properties"]["enablePurgeProtection"] != json!(true) {
+                let patch = json!({"properties": {"enablePurgeProtection": true}});
+                let (status, body) = arm.call(Method::PATCH, &vault, Some(&patch)).await;
+                assert!(status.is_success(), "naive: PATCH vault: {status} {body}");
+            }
         }
         let (tx, settled) = mpsc::unbounded_channel();
-        let tasks =
-            (0..n).map(|i| tokio::spawn(cache_loop(arm.clone(), cache_name(n, i), poll, resync, tx.clone()))).collect();
+        let tasks = (0..n).map(|i| tokio::spawn(cache_loop(arm.clone(), n, i, poll, resync, tx.clone()))).collect();
         Naive { tasks, settled }
     }
 
@@ -74,16 +75,19 @@ impl Naive {
 
 async fn cache_loop(
     arm: Arc<Arm>,
-    name: String,
+    n: usize,
+    i: usize,
     poll: Duration,
     resync: Duration,
     settled: mpsc::UnboundedSender<Settled>,
 ) {
+    let name = cache_name(n, i);
     let path = format!(
         "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.StorageCache/caches/{name}?api-version={CACHES_API}"
     );
-    let grant = format!("{VAULT}/accessPolicies/add?api-version={VAULTS_API}");
-    let body = cache_body();
+    let vault = vault_name(i);
+    let grant = format!("{}/accessPolicies/add?api-version={VAULTS_API}", vault_id(&vault));
+    let body = cache_body(&vault);
     let mut last_put: Option<Instant> = None;
     let mut granted = false;
     let mut reported = false;
@@ -123,7 +127,7 @@ async fn cache_loop(
 }
 
 /// The same cache every bench manifest declares (see `manifests` in main.rs), as an ARM body.
-fn cache_body() -> Value {
+fn cache_body(vault: &str) -> Value {
     json!({
         "location": "eastus",
         "sku": {"name": "Standard_2G"},
@@ -132,8 +136,8 @@ fn cache_body() -> Value {
             "cacheSizeGB": 3072,
             "subnet": format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/virtualNetworks/hpc-vnet/subnets/cache"),
             "encryptionSettings": {"keyEncryptionKey": {
-                "keyUrl": "https://kv-cmk.vault.azure.net/keys/cache-key/0123456789abcdef0123456789abcdef",
-                "sourceVault": {"id": VAULT},
+                "keyUrl": format!("https://{vault}.vault.azure.net/keys/cache-key/0123456789abcdef0123456789abcdef"),
+                "sourceVault": {"id": vault_id(vault)},
             }},
         },
     })

@@ -75,7 +75,7 @@ pub fn print(s: &Settings, runs: &[RunResult]) {
     println!(
         "- Operator: `--concurrency 8` and client-side limiter at their defaults. Naive: in the bench process (no RSS \
          or CPU of its own), GET every poll, PUT when absent, grant on WaitingForKey, re-PUT every resync, waits \
-         out `Retry-After`, no limiter. All caches SystemAssigned, keyAccess Automatic, vault kv-cmk.\n"
+         out `Retry-After`, no limiter. All caches SystemAssigned, keyAccess Automatic, vault kv-cmk (a vault per thousand caches).\n"
     );
 
     println!("### All Ready, write floor, first reconcile\n");

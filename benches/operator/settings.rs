@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hpcc_sim::{Seed, SimConfig};
 
-use crate::REPO;
+use crate::{CACHES_PER_VAULT, REPO, vault_name};
 
 /// How time runs in a run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -76,8 +76,19 @@ impl Profile {
         self.resync_real as f64 * self.speed
     }
 
-    pub fn sim_config(&self) -> SimConfig {
-        let seed = Seed::from_yaml(&std::fs::read_to_string(format!("{REPO}/examples/seed.yaml")).unwrap()).unwrap();
+    /// The simulator for `n` caches: `examples/seed.yaml`, plus a copy of `kv-cmk` (trusting the operator as it
+    /// does) for each further thousand caches (see [`CACHES_PER_VAULT`]).
+    pub fn sim_config(&self, n: usize) -> SimConfig {
+        let mut seed =
+            Seed::from_yaml(&std::fs::read_to_string(format!("{REPO}/examples/seed.yaml")).unwrap()).unwrap();
+        let first = vault_name(0);
+        let vault = seed.vaults.iter().find(|v| v.name == first).expect("kv-cmk in the seed").clone();
+        let grants: Vec<_> = seed.grants.iter().filter(|g| g.vault == first).cloned().collect();
+        for k in 1..n.div_ceil(CACHES_PER_VAULT) {
+            let name = vault_name(k * CACHES_PER_VAULT);
+            seed.vaults.push(hpcc_sim::seed::SeedVault { name: name.clone(), ..vault.clone() });
+            seed.grants.extend(grants.iter().map(|g| hpcc_sim::seed::SeedGrant { vault: name.clone(), ..g.clone() }));
+        }
         SimConfig {
             seed: Some(seed),
             speed: self.speed,

@@ -80,15 +80,19 @@ async fn read_cache(
         None if reads.absent(id) => Ok(Dated { value: None, date: list.date, retry_after: list.retry_after }),
         // Lists may lag behind a create; only a GET says a cache does not exist.
         None => {
+            // The first look of an object whose cache was never acted on takes its place in the line of new caches
+            // (paced to the write budget, see [`hpcc_azure::Starts`]), then its GET waits behind the progress of
+            // caches on their way.
+            let first_look =
+                hpcc_azure::current_caller().filter(|c| c.urgency == Urgency::Normal && !reads.acted_on(id));
+            if first_look.is_some() {
+                azure.start_turn(id.subscription())?;
+            }
             let started = Instant::now();
             let get = azure.get_cache(id);
-            // The first look of an object whose cache was never acted on waits behind the progress of caches on
-            // their way (at 10,000 caches, 10,000 such GETs booked the read budget seven minutes ahead of them).
-            let got = match hpcc_azure::current_caller() {
-                Some(c) if c.urgency == Urgency::Normal && !reads.acted_on(id) => {
-                    with_caller(Caller { urgency: Urgency::Starting, ..c }, get).await?
-                }
-                _ => get.await?,
+            let got = match first_look {
+                Some(c) => with_caller(Caller { urgency: Urgency::Starting, ..c }, get).await?,
+                None => get.await?,
             };
             if got.value.is_none() {
                 reads.remember_absent(id, started);
@@ -287,5 +291,46 @@ mod tests {
         assert_eq!(with_caller(caller("A", Urgency::Routine), again).await.ok(), Some(2));
         assert_eq!(with_caller(caller("B", Urgency::Normal), async { reads.turn(&read) }).await, None);
         assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn new_caches_take_their_first_look_in_the_line_paced_to_the_write_budget() {
+        use hpcc_test_support::sim::{SUB, seed};
+        let config = hpcc_sim::SimConfig { seed: Some(seed()), ..Default::default() };
+        let sim = hpcc_sim::Simulator::start(config).await.unwrap();
+        let env: std::collections::HashMap<String, String> = sim.env().into_iter().collect();
+        let mut cfg = hpcc_azure::AzureConfig::from_vars(|k| env.get(k).cloned()).unwrap();
+        // Four writes per second, two at once: one new cache now, then one each half second.
+        (cfg.writes_per_second, cfg.write_burst) = (4.0, 2);
+        let azure = Azure::new(cfg, None).await.unwrap();
+        let reads = RecentReads::new(Freshness {
+            facts: Duration::from_secs(60),
+            cache_list: Duration::from_secs(60),
+            routine: Duration::from_secs(300),
+        });
+        let changes = AzureChanges::default();
+        let cache = |name: &str| ResourceId::cache(SUB, "rg", name);
+        let (azure, reads, changes) = (&azure, &reads, &changes);
+        let look = |holder: &'static str, id: ResourceId| {
+            with_caller(caller(holder, Urgency::Normal), async move { read_cache(azure, reads, changes, &id).await })
+        };
+        let gets = || sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/caches/")).count();
+
+        // The first new cache looks at once: one list, one GET that finds it absent.
+        assert!(look("a", cache("a")).await.unwrap().value.is_none());
+        assert_eq!(gets(), 1);
+        // The next waits for its place, paced to the writes, without a read booked or sent.
+        match look("b", cache("b")).await {
+            Err(AzureError::Deferred { after, access: Access::Write }) => {
+                assert!(after > Duration::ZERO && after <= Duration::from_millis(500), "{after:?}")
+            }
+            other => panic!("b starts later, not {other:?}"),
+        }
+        assert_eq!(gets(), 1);
+        // A cache acted on (its create sent) is no new cache: its look is not held back.
+        reads.forget_cache(&cache("c"));
+        assert!(look("c", cache("c")).await.unwrap().value.is_none());
+        assert_eq!(gets(), 2);
+        sim.shutdown().await;
     }
 }

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 pub struct TokenBucket {
     capacity: f64,
     rate: f64,
+    /// How long a ticket is honoured after it is due (see [`TokenBucket::take`]).
+    expiry: Duration,
     state: Mutex<BucketState>,
 }
 
@@ -94,9 +96,15 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
         let capacity = f64::from(burst.max(1));
+        let rate = rate_per_second.max(f64::MIN_POSITIVE);
+        // A ticket is honoured only while ARM's own bucket could have kept its token: a full bucket's worth of
+        // time after it was due. Tickets honoured later than that came back together after a stall and went past
+        // ARM's capacity (429 bursts at 10,000 caches).
+        let expiry = TICKET_EXPIRY.min(Duration::from_secs_f64(capacity / rate));
         Self {
             capacity,
-            rate: rate_per_second.max(f64::MIN_POSITIVE),
+            rate,
+            expiry,
             state: Mutex::new(BucketState { tokens: capacity, last: Instant::now(), tickets: HashMap::new() }),
         }
     }
@@ -122,10 +130,7 @@ impl TokenBucket {
     /// by one token). Routine callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
     pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let mut s = self.refilled(now);
-        // A ticket is honoured only while ARM's own bucket could have kept its token: a full bucket's worth of
-        // time after it was due. Tickets honoured later than that came back together after a stall and went past
-        // ARM's capacity (429 bursts at 10,000 caches).
-        let expiry = TICKET_EXPIRY.min(Duration::from_secs_f64(self.capacity / self.rate));
+        let expiry = self.expiry;
         s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < expiry);
         if let Some(&(due, urgency)) = s.tickets.get(&caller.holder) {
             if now >= due {
@@ -218,6 +223,48 @@ impl TokenBucket {
     }
 }
 
+/// The ARM writes a new cache takes before it is Ready: its PUT and the grant of its key (one each).
+pub const WRITES_PER_START: f64 = 2.0;
+
+/// How long a start stays admitted (see [`Starts::take`]): a start whose first read the read budget defers comes
+/// back within this, without queueing again.
+const ADMITTED_FOR: Duration = Duration::from_secs(60);
+
+/// The line of new caches to their first look at Azure (the GET that confirms a cache absent, then its create),
+/// paced to the write budget: one start per [`WRITES_PER_START`] write tokens. Starting faster than the writes can
+/// follow only books reads, and holds absences, minutes ahead of creates that cannot go sooner (at 10,000 new
+/// objects the absence GETs alone booked the read budget seven minutes ahead). One line per subscription and
+/// principal, as the write budget it follows.
+#[derive(Debug)]
+pub struct Starts {
+    bucket: TokenBucket,
+    /// Holders admitted lately, and when.
+    admitted: Mutex<HashMap<String, Instant>>,
+}
+
+impl Starts {
+    fn new(writes_per_second: f64, write_burst: u32) -> Self {
+        let burst = (f64::from(write_burst) / WRITES_PER_START).ceil() as u32;
+        let bucket = TokenBucket::new(writes_per_second / WRITES_PER_START, burst);
+        // Not an ARM budget: a start comes back late without harm, so its place is kept as long as any ticket's.
+        let bucket = TokenBucket { expiry: TICKET_EXPIRY, ..bucket };
+        Self { bucket, admitted: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether `caller` may start now, or `Err(wait)`: its place in line (FIFO, as [`TokenBucket::take`]). An
+    /// admitted caller stays admitted for [`ADMITTED_FOR`], so asking again costs no second place.
+    pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
+        let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        if admitted.get(&caller.holder).is_some_and(|at| now.saturating_duration_since(*at) < ADMITTED_FOR) {
+            return Ok(());
+        }
+        self.bucket.take(caller, now)?;
+        admitted.retain(|_, at| now.saturating_duration_since(*at) < ADMITTED_FOR);
+        admitted.insert(caller.holder.clone(), now);
+        Ok(())
+    }
+}
+
 /// Read or write bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
@@ -231,6 +278,7 @@ pub struct ArmLimiter {
     read: (f64, u32),
     write: (f64, u32),
     buckets: Mutex<HashMap<(String, String, Access), Arc<TokenBucket>>>,
+    starts: Mutex<HashMap<(String, String), Arc<Starts>>>,
 }
 
 impl ArmLimiter {
@@ -239,7 +287,17 @@ impl ArmLimiter {
             read: (reads_per_second, read_burst),
             write: (writes_per_second, write_burst),
             buckets: Mutex::new(HashMap::new()),
+            starts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The [`Starts`] line of `principal` and `subscription` (case-insensitive), paced to their write bucket.
+    pub fn starts(&self, principal: &str, subscription: &str) -> Arc<Starts> {
+        let mut m = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        let (rate, burst) = self.write;
+        m.entry((principal.to_ascii_lowercase(), subscription.to_ascii_lowercase()))
+            .or_insert_with(|| Arc::new(Starts::new(rate, burst)))
+            .clone()
     }
 
     /// The bucket for `principal` (a client's [`principal key`](crate::AzureConfig::principal_key)),
@@ -477,6 +535,32 @@ mod tests {
         assert_eq!(current_caller(), None);
         let c = caller("HpcCache/ns/a", Urgency::Urgent);
         assert_eq!(with_caller(c.clone(), async { current_caller() }).await, Some(c));
+    }
+
+    #[test]
+    fn new_caches_start_at_the_pace_of_their_writes_and_keep_their_place_once_admitted() {
+        // 8 writes per second, a burst of 4: two starts at once, then one each quarter second (two writes each).
+        let l = ArmLimiter::new(20.0, 3, 8.0, 4);
+        let starts = l.starts("t/p", "SUB");
+        assert!(Arc::ptr_eq(&starts, &l.starts("T/P", "sub")), "one line per principal and subscription");
+        let t0 = Instant::now();
+        assert_eq!(starts.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        assert_eq!(starts.take(&caller("b", Urgency::Normal), t0), Ok(()));
+        assert_eq!(starts.take(&caller("c", Urgency::Normal), t0), Err(Duration::from_millis(250)));
+        assert_eq!(starts.take(&caller("d", Urgency::Normal), t0), Err(Duration::from_millis(500)));
+        // "a" comes back (its GET was deferred): still admitted, nobody moves back.
+        assert_eq!(starts.take(&caller("a", Urgency::Normal), t0 + Duration::from_millis(100)), Ok(()));
+        assert_eq!(starts.take(&caller("d", Urgency::Normal), t0), Err(Duration::from_millis(500)));
+        // "c" comes back half a minute late: a start is no ARM call, so its place was kept.
+        let late = t0 + Duration::from_secs(30);
+        assert_eq!(starts.take(&caller("c", Urgency::Normal), late), Ok(()));
+        assert!(starts.bucket.available_at(late) <= 2.0);
+        // Long after, "a" starts again only with a place of its own.
+        let much_later = t0 + ADMITTED_FOR + Duration::from_secs(1);
+        assert_eq!(starts.take(&caller("a", Urgency::Normal), much_later), Ok(()));
+        assert!(starts.bucket.available_at(much_later) < 2.0, "a took a token");
+        // The write bucket itself is untouched.
+        assert_eq!(l.bucket("t/p", "sub", Access::Write).available_at(t0), 4.0);
     }
 
     #[test]

@@ -337,13 +337,13 @@ impl Inner {
         Self::with_parts(cfg, http, observer, Arc::new(limiter))
     }
 
-    /// A client acting as `principal`: this one's HTTP client, observer and limiter (partitioned by principal), its
-    /// own credential, tokens and Key Vault challenges.
     /// This client's line of new caches in `subscription` (see [`Starts`](crate::ratelimit::Starts)).
     pub fn starts(&self, subscription: &str) -> Arc<crate::ratelimit::Starts> {
         self.limiter.starts(&self.principal, subscription)
     }
 
+    /// A client acting as `principal`: this one's HTTP client, observer and limiter (partitioned by principal), its
+    /// own credential, tokens and Key Vault challenges.
     pub fn for_principal(&self, principal: &Principal) -> anyhow::Result<Self> {
         let cfg = self.cfg.for_principal(principal)?;
         Self::with_parts(cfg, self.http.clone(), self.observer.clone(), self.limiter.clone())

@@ -27,8 +27,7 @@ pub use error::{AuthError, AzureError, ErrorClass, TokenRejection};
 pub use id::ResourceId;
 pub use models::{AmlFilesystem, AmlFilesystemUpdate, Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
 pub use ratelimit::{
-    Access, ArmLimiter, Caller, Starts, TICKET_EXPIRY, TokenBucket, Urgency, WRITES_PER_START, current_caller,
-    with_caller,
+    Access, ArmLimiter, Caller, Starts, TICKET_EXPIRY, TokenBucket, Urgency, current_caller, with_caller,
 };
 
 pub use http::CallObserver;

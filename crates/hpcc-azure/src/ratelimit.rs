@@ -224,7 +224,7 @@ impl TokenBucket {
 }
 
 /// The ARM writes a new cache takes before it is Ready: its PUT and the grant of its key (one each).
-pub const WRITES_PER_START: f64 = 2.0;
+const WRITES_PER_START: f64 = 2.0;
 
 /// How long a start stays admitted (see [`Starts::take`]): a start whose first read the read budget defers comes
 /// back within this, without queueing again.

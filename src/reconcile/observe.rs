@@ -81,8 +81,8 @@ async fn read_cache(
         // Lists may lag behind a create; only a GET says a cache does not exist.
         None => {
             // The first look of an object whose cache was never acted on takes its place in the line of new caches
-            // (paced to the write budget, see [`hpcc_azure::Starts`]), then its GET waits behind the progress of
-            // caches on their way.
+            // (a write token prepaid for its create, behind the writes of caches on their way: see
+            // [`Azure::start_turn`]), then its GET waits behind the reads of those caches.
             let first_look =
                 hpcc_azure::current_caller().filter(|c| c.urgency == Urgency::Normal && !reads.acted_on(id));
             if first_look.is_some() {
@@ -300,8 +300,8 @@ mod tests {
         let sim = hpcc_sim::Simulator::start(config).await.unwrap();
         let env: std::collections::HashMap<String, String> = sim.env().into_iter().collect();
         let mut cfg = hpcc_azure::AzureConfig::from_vars(|k| env.get(k).cloned()).unwrap();
-        // Four writes per second, two at once: one new cache now, then one each half second.
-        (cfg.writes_per_second, cfg.write_burst) = (4.0, 2);
+        // Four writes per second, one at once: one new cache now, then one each quarter second.
+        (cfg.writes_per_second, cfg.write_burst) = (4.0, 1);
         let azure = Azure::new(cfg, None).await.unwrap();
         let reads = RecentReads::new(Freshness {
             facts: Duration::from_secs(60),
@@ -322,11 +322,18 @@ mod tests {
         // The next waits for its place, paced to the writes, without a read booked or sent.
         match look("b", cache("b")).await {
             Err(AzureError::Deferred { after, access: Access::Write }) => {
-                assert!(after > Duration::ZERO && after <= Duration::from_millis(500), "{after:?}")
+                assert!(after > Duration::ZERO && after <= Duration::from_millis(250), "{after:?}")
             }
             other => panic!("b starts later, not {other:?}"),
         }
         assert_eq!(gets(), 1);
+        // The write of "a" (its create; a DELETE here, as simple) spends the token its start prepaid, while
+        // another object's write waits for the bucket.
+        let write = |holder: &'static str, id: ResourceId| {
+            with_caller(caller(holder, Urgency::Normal), async move { azure.delete_cache(&id).await })
+        };
+        assert!(write("a", cache("a")).await.is_ok());
+        assert!(matches!(write("z", cache("z")).await, Err(AzureError::Deferred { access: Access::Write, .. })));
         // A cache acted on (its create sent) is no new cache: its look is not held back.
         reads.forget_cache(&cache("c"));
         assert!(look("c", cache("c")).await.unwrap().value.is_none());

@@ -21,7 +21,7 @@ use url::Url;
 use super::challenge::Challenge;
 use super::config::{AzureConfig, CredentialChoice, Principal};
 use super::error::{AuthError, AzureError, TokenRejection};
-use super::ratelimit::{Access, ArmLimiter, current_caller};
+use super::ratelimit::{Access, ArmLimiter, TokenBucket, current_caller};
 
 /// Receives one call per HTTP attempt (and per token request), e.g. for Prometheus metrics.
 pub trait CallObserver: Send + Sync {
@@ -337,9 +337,9 @@ impl Inner {
         Self::with_parts(cfg, http, observer, Arc::new(limiter))
     }
 
-    /// This client's line of new caches in `subscription` (see [`Starts`](crate::ratelimit::Starts)).
-    pub fn starts(&self, subscription: &str) -> Arc<crate::ratelimit::Starts> {
-        self.limiter.starts(&self.principal, subscription)
+    /// This client's bucket for `access` in `subscription` (shared with clients acting as the same principal).
+    pub fn bucket(&self, subscription: &str, access: Access) -> Arc<TokenBucket> {
+        self.limiter.bucket(&self.principal, subscription, access)
     }
 
     /// A client acting as `principal`: this one's HTTP client, observer and limiter (partitioned by principal), its
@@ -436,8 +436,7 @@ impl Inner {
     /// except a 429 that could not be waited out, which becomes [`AzureError::Throttled`].
     pub async fn send(&self, req: Call) -> Result<Resp, AzureError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
-        let bucket =
-            req.limit.as_ref().map(|(sub, access)| (self.limiter.bucket(&self.principal, sub, *access), *access));
+        let bucket = req.limit.as_ref().map(|(sub, access)| (self.bucket(sub, *access), *access));
         let body = req.body;
         let mut slept = Duration::ZERO;
         let mut attempt: u32 = 0;

@@ -26,9 +26,7 @@ pub use config::{AzureConfig, CloudConfig, CredentialChoice, Principal};
 pub use error::{AuthError, AzureError, ErrorClass, TokenRejection};
 pub use id::ResourceId;
 pub use models::{AmlFilesystem, AmlFilesystemUpdate, Cache, KeyBundle, KeyItem, UserAssignedIdentity, Vault};
-pub use ratelimit::{
-    Access, ArmLimiter, Caller, Starts, TICKET_EXPIRY, TokenBucket, Urgency, current_caller, with_caller,
-};
+pub use ratelimit::{Access, ArmLimiter, Caller, TICKET_EXPIRY, TokenBucket, Urgency, current_caller, with_caller};
 
 pub use http::CallObserver;
 use http::{Auth, Call, Resp};
@@ -196,15 +194,16 @@ impl Azure {
 
     // ------------------------------------------------------------------------------------------------ caches
 
-    /// A new cache's turn to start (its first look at Azure, then its create) in the line paced to this principal's
-    /// write budget in `subscription` ([`Starts`]): now, or [`AzureError::Deferred`] until its place comes. Outside
-    /// a reconcile (no [`Caller`]) there is no line.
+    /// A new cache's turn to start (its first look at Azure, then its create): a write token prepaid for its create
+    /// at [`Urgency::Starting`], behind every other write of this principal in `subscription`, so new caches start
+    /// as fast as the writes left over by caches on their way allow ([`TokenBucket::prepay`]). Now, or
+    /// [`AzureError::Deferred`] until its place comes. Outside a reconcile (no [`Caller`]) there is no line.
     pub fn start_turn(&self, subscription: &str) -> Result<(), AzureError> {
         let Some(caller) = current_caller() else { return Ok(()) };
         let now = tokio::time::Instant::now();
         self.inner
-            .starts(subscription)
-            .take(&caller, now)
+            .bucket(subscription, Access::Write)
+            .prepay(&Caller { urgency: Urgency::Starting, ..caller }, now)
             .map_err(|after| AzureError::Deferred { after, access: Access::Write })
     }
 

@@ -32,6 +32,8 @@ struct BucketState {
     last: Instant,
     /// Reserved tokens by holder: when each becomes usable, and for what urgency.
     tickets: HashMap<String, (Instant, Urgency)>,
+    /// Tokens taken ahead of the call they pay for (see [`TokenBucket::prepay`]), by holder: since when.
+    prepaid: HashMap<String, Instant>,
 }
 
 /// How much a call matters for Azure's deadlines; decides how much of a bucket it may use.
@@ -39,14 +41,19 @@ struct BucketState {
 pub enum Urgency {
     /// Steady-state work (resyncs of Ready objects): never uses the last [`ROUTINE_HEADROOM`] of a bucket.
     Routine,
-    /// The first look of an object whose cache was never acted on (the GET that confirms it absent): queued behind
-    /// the progress of caches already on their way, so thousands of new objects do not hold that progress back.
+    /// The start of an object whose cache was never acted on: the write token prepaid for its create (its place in
+    /// the line of new caches) and the GET that confirms it absent. Queued behind the progress of caches already on
+    /// their way, so thousands of new objects do not hold that progress back, and new caches start as fast as the
+    /// writes left over allow.
     Starting,
     /// Progress of a new or changing object (creates, polls while creating).
     Normal,
     /// Work a deadline depends on (a cache waiting for its key: the grant and the polls that lead to it).
     Urgent,
 }
+
+/// How long a prepaid token waits for its call (see [`TokenBucket::prepay`]) before it is given back.
+pub const PREPAID_FOR: Duration = Duration::from_secs(60);
 
 /// The share of a bucket routine work leaves for the rest.
 pub const ROUTINE_HEADROOM: f64 = 0.3;
@@ -105,7 +112,12 @@ impl TokenBucket {
             capacity,
             rate,
             expiry,
-            state: Mutex::new(BucketState { tokens: capacity, last: Instant::now(), tickets: HashMap::new() }),
+            state: Mutex::new(BucketState {
+                tokens: capacity,
+                last: Instant::now(),
+                tickets: HashMap::new(),
+                prepaid: HashMap::new(),
+            }),
         }
     }
 
@@ -114,6 +126,11 @@ impl TokenBucket {
         let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
         s.tokens = (s.tokens + elapsed * self.rate).min(self.capacity);
         s.last = now.max(s.last);
+        // A prepaid token whose call never came was never spent at ARM: it goes back.
+        let before = s.prepaid.len();
+        s.prepaid.retain(|_, at| now.saturating_duration_since(*at) < PREPAID_FOR);
+        let unused = (before - s.prepaid.len()) as f64;
+        s.tokens = (s.tokens + unused).min(self.capacity);
         s
     }
 
@@ -127,9 +144,30 @@ impl TokenBucket {
     /// A token for `caller` at `now`, without waiting: `Ok` to call now, or `Err(wait)` to come back after `wait`.
     /// Starting, normal and urgent callers get a ticket (a reserved token) that a later `take` honours once due:
     /// first come first served within a level, ahead of every less urgent ticket not yet due (which each move back
-    /// by one token). Routine callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket.
+    /// by one token). Routine callers leave [`ROUTINE_HEADROOM`] of the bucket and take no ticket. A token the
+    /// caller prepaid is spent first.
     pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let mut s = self.refilled(now);
+        if s.prepaid.remove(&caller.holder).is_some() {
+            return Ok(());
+        }
+        self.take_from(&mut s, caller, now)
+    }
+
+    /// Takes a token for `caller`'s next call, whenever it comes within [`PREPAID_FOR`] (its next [`Self::take`]
+    /// spends it): `Ok` once paid, or `Err(wait)` for its place in line, as [`Self::take`]. Asking again while
+    /// prepaid costs nothing.
+    pub fn prepay(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
+        let mut s = self.refilled(now);
+        if s.prepaid.contains_key(&caller.holder) {
+            return Ok(());
+        }
+        self.take_from(&mut s, caller, now)?;
+        s.prepaid.insert(caller.holder.clone(), now);
+        Ok(())
+    }
+
+    fn take_from(&self, s: &mut BucketState, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let expiry = self.expiry;
         s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < expiry);
         if let Some(&(due, urgency)) = s.tickets.get(&caller.holder) {
@@ -153,7 +191,7 @@ impl TokenBucket {
         if caller.urgency == Urgency::Routine {
             return Err(Duration::from_secs_f64((floor + 1.0 - s.tokens) / self.rate));
         }
-        let ahead = Self::go_ahead(&mut s, now, step, caller.urgency);
+        let ahead = Self::go_ahead(s, now, step, caller.urgency);
         if ahead >= 0.0 {
             return Ok(());
         }
@@ -208,8 +246,8 @@ impl TokenBucket {
     /// believe we have more than that.
     pub fn observe_remaining(&self, remaining: u64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        // Tokens already promised to tickets are not in Azure's count either.
-        let remaining = remaining as f64 - s.tickets.len() as f64;
+        // Tokens already promised to tickets, or prepaid, are not in Azure's count either.
+        let remaining = remaining as f64 - s.tickets.len() as f64 - s.prepaid.len() as f64;
         if remaining < s.tokens {
             s.tokens = remaining;
         }
@@ -220,48 +258,6 @@ impl TokenBucket {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
         (s.tokens + elapsed * self.rate).min(self.capacity)
-    }
-}
-
-/// The ARM writes a new cache takes before it is Ready: its PUT and the grant of its key (one each).
-const WRITES_PER_START: f64 = 2.0;
-
-/// How long a start stays admitted (see [`Starts::take`]): a start whose first read the read budget defers comes
-/// back within this, without queueing again.
-const ADMITTED_FOR: Duration = Duration::from_secs(60);
-
-/// The line of new caches to their first look at Azure (the GET that confirms a cache absent, then its create),
-/// paced to the write budget: one start per [`WRITES_PER_START`] write tokens. Starting faster than the writes can
-/// follow only books reads, and holds absences, minutes ahead of creates that cannot go sooner (at 10,000 new
-/// objects the absence GETs alone booked the read budget seven minutes ahead). One line per subscription and
-/// principal, as the write budget it follows.
-#[derive(Debug)]
-pub struct Starts {
-    bucket: TokenBucket,
-    /// Holders admitted lately, and when.
-    admitted: Mutex<HashMap<String, Instant>>,
-}
-
-impl Starts {
-    fn new(writes_per_second: f64, write_burst: u32) -> Self {
-        let burst = (f64::from(write_burst) / WRITES_PER_START).ceil() as u32;
-        let bucket = TokenBucket::new(writes_per_second / WRITES_PER_START, burst);
-        // Not an ARM budget: a start comes back late without harm, so its place is kept as long as any ticket's.
-        let bucket = TokenBucket { expiry: TICKET_EXPIRY, ..bucket };
-        Self { bucket, admitted: Mutex::new(HashMap::new()) }
-    }
-
-    /// Whether `caller` may start now, or `Err(wait)`: its place in line (FIFO, as [`TokenBucket::take`]). An
-    /// admitted caller stays admitted for [`ADMITTED_FOR`], so asking again costs no second place.
-    pub fn take(&self, caller: &Caller, now: Instant) -> Result<(), Duration> {
-        let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
-        if admitted.get(&caller.holder).is_some_and(|at| now.saturating_duration_since(*at) < ADMITTED_FOR) {
-            return Ok(());
-        }
-        self.bucket.take(caller, now)?;
-        admitted.retain(|_, at| now.saturating_duration_since(*at) < ADMITTED_FOR);
-        admitted.insert(caller.holder.clone(), now);
-        Ok(())
     }
 }
 
@@ -278,7 +274,6 @@ pub struct ArmLimiter {
     read: (f64, u32),
     write: (f64, u32),
     buckets: Mutex<HashMap<(String, String, Access), Arc<TokenBucket>>>,
-    starts: Mutex<HashMap<(String, String), Arc<Starts>>>,
 }
 
 impl ArmLimiter {
@@ -287,17 +282,7 @@ impl ArmLimiter {
             read: (reads_per_second, read_burst),
             write: (writes_per_second, write_burst),
             buckets: Mutex::new(HashMap::new()),
-            starts: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The [`Starts`] line of `principal` and `subscription` (case-insensitive), paced to their write bucket.
-    pub fn starts(&self, principal: &str, subscription: &str) -> Arc<Starts> {
-        let mut m = self.starts.lock().unwrap_or_else(|e| e.into_inner());
-        let (rate, burst) = self.write;
-        m.entry((principal.to_ascii_lowercase(), subscription.to_ascii_lowercase()))
-            .or_insert_with(|| Arc::new(Starts::new(rate, burst)))
-            .clone()
     }
 
     /// The bucket for `principal` (a client's [`principal key`](crate::AzureConfig::principal_key)),
@@ -538,29 +523,40 @@ mod tests {
     }
 
     #[test]
-    fn new_caches_start_at_the_pace_of_their_writes_and_keep_their_place_once_admitted() {
-        // 8 writes per second, a burst of 4: two starts at once, then one each quarter second (two writes each).
-        let l = ArmLimiter::new(20.0, 3, 8.0, 4);
-        let starts = l.starts("t/p", "SUB");
-        assert!(Arc::ptr_eq(&starts, &l.starts("T/P", "sub")), "one line per principal and subscription");
+    fn new_caches_start_with_the_writes_left_over_and_their_create_spends_the_prepaid_token() {
+        // 8 writes per second, a burst of 2: two starts at once, then the line.
+        let b = TokenBucket::new(8.0, 2);
         let t0 = Instant::now();
-        assert_eq!(starts.take(&caller("a", Urgency::Normal), t0), Ok(()));
-        assert_eq!(starts.take(&caller("b", Urgency::Normal), t0), Ok(()));
-        assert_eq!(starts.take(&caller("c", Urgency::Normal), t0), Err(Duration::from_millis(250)));
-        assert_eq!(starts.take(&caller("d", Urgency::Normal), t0), Err(Duration::from_millis(500)));
-        // "a" comes back (its GET was deferred): still admitted, nobody moves back.
-        assert_eq!(starts.take(&caller("a", Urgency::Normal), t0 + Duration::from_millis(100)), Ok(()));
-        assert_eq!(starts.take(&caller("d", Urgency::Normal), t0), Err(Duration::from_millis(500)));
-        // "c" comes back half a minute late: a start is no ARM call, so its place was kept.
-        let late = t0 + Duration::from_secs(30);
-        assert_eq!(starts.take(&caller("c", Urgency::Normal), late), Ok(()));
-        assert!((starts.bucket.available_at(late) - 2.0).abs() < 1e-9, "c spent its ticket, not a new token");
-        // Long after, "a" starts again only with a place of its own.
-        let much_later = t0 + ADMITTED_FOR + Duration::from_secs(1);
-        assert_eq!(starts.take(&caller("a", Urgency::Normal), much_later), Ok(()));
-        assert!((starts.bucket.available_at(much_later) - 1.0).abs() < 1e-9, "a took a token");
-        // The write bucket itself is untouched.
-        assert_eq!(l.bucket("t/p", "sub", Access::Write).available_at(t0), 4.0);
+        let start = |holder| caller(holder, Urgency::Starting);
+        assert_eq!(b.prepay(&start("a"), t0), Ok(()));
+        // "a" asks again (its GET was deferred): still paid, no second token.
+        assert_eq!(b.prepay(&start("a"), t0), Ok(()));
+        assert_eq!(b.prepay(&start("b"), t0), Ok(()));
+        assert_eq!(b.prepay(&start("c"), t0), Err(Duration::from_millis(125)));
+        assert_eq!(b.prepay(&start("d"), t0), Err(Duration::from_millis(250)));
+        // A grant goes ahead of the starts in line, which each move back one token.
+        assert_eq!(b.take(&caller("g", Urgency::Urgent), t0), Err(Duration::from_millis(125)));
+        assert_eq!(b.prepay(&start("c"), t0 + Duration::from_millis(125)), Err(Duration::from_millis(125)));
+        // The create of "a" spends its prepaid token: nothing more is taken, nobody moves.
+        let before = b.available_at(t0);
+        assert_eq!(b.take(&caller("a", Urgency::Normal), t0), Ok(()));
+        assert_eq!(b.available_at(t0), before);
+        assert_eq!(b.take(&caller("g", Urgency::Urgent), t0 + Duration::from_millis(125)), Ok(()));
+        assert_eq!(b.prepay(&start("c"), t0 + Duration::from_millis(250)), Ok(()));
+        // Once spent, the next call of "a" takes a token like any other.
+        assert!(b.take(&caller("a", Urgency::Normal), t0 + Duration::from_millis(250)).is_err());
+    }
+
+    #[test]
+    fn a_prepaid_token_never_spent_goes_back() {
+        // One token, refilled once in 1000 s.
+        let b = TokenBucket::new(0.001, 1);
+        let t0 = Instant::now();
+        assert_eq!(b.prepay(&caller("x", Urgency::Starting), t0), Ok(()));
+        let later = t0 + PREPAID_FOR + Duration::from_secs(1);
+        // "x" never sent its create: the token is there for someone else, and "x" has none left.
+        assert_eq!(b.take(&caller("y", Urgency::Normal), later), Ok(()));
+        assert!(b.take(&caller("x", Urgency::Normal), later).is_err());
     }
 
     #[test]

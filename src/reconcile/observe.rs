@@ -14,7 +14,7 @@ use url::Url;
 
 use super::changes::AzureChanges;
 use super::observation::{IdentityRead, KeyRead, Observation, Referenced, References, VaultRead};
-use super::reads::{RecentReads, SharedRead};
+use super::reads::{RecentReads, SharedRead, by_id};
 
 /// The ARM id of the cache an object manages.
 pub fn cache_id(obj: &HpcCache) -> ResourceId {
@@ -59,32 +59,36 @@ async fn read_cache(
     changes: &AzureChanges,
     id: &ResourceId,
 ) -> Result<Dated<Option<Cache>>, AzureError> {
+    // The first look of an object whose cache was never acted on takes its place in the line of new caches (a
+    // write token prepaid for its create, behind the writes of caches on their way: see [`Azure::start_turn`]), then
+    // its GET waits behind the reads of those caches.
+    let first_look = hpcc_azure::current_caller().filter(|c| c.urgency == Urgency::Normal && !reads.acted_on(id));
     let list = match reads.cache_list(id) {
         Some(list) => list,
         // A create waiting for its write turn was decided on a GET's "absent": that stands until its turn.
         None if reads.absent(id) => return Ok(Dated { value: None, date: None, retry_after: None }),
         None => {
+            // Back before its place comes (others went ahead): back to its place, without reading the list.
+            if first_look.is_some() {
+                azure.start_waiting(id.subscription())?;
+            }
+            if let Some(after) = reads.list_spacing(id) {
+                return Err(AzureError::Deferred { after, access: Access::Read });
+            }
             let read = async {
                 let started = Instant::now();
-                let list = Arc::new(azure.list_caches(id.subscription(), id.resource_group()).await?);
+                let list = Arc::new(by_id(azure.list_caches(id.subscription(), id.resource_group()).await?));
                 changes.changed(&reads.remember_cache_list(id, started, list.clone()));
                 Ok(list)
             };
             shared(reads, &RecentReads::list_read(id), || reads.cache_list(id), read).await?
         }
     };
-    let wanted = id.to_string();
-    let found = list.value.iter().find(|c| c.id.as_deref().is_some_and(|cid| cid.eq_ignore_ascii_case(&wanted)));
-    match found {
+    match list.value.get(&id.to_string().to_ascii_lowercase()) {
         Some(c) => Ok(Dated { value: Some(c.clone()), date: list.date, retry_after: list.retry_after }),
         None if reads.absent(id) => Ok(Dated { value: None, date: list.date, retry_after: list.retry_after }),
         // Lists may lag behind a create; only a GET says a cache does not exist.
         None => {
-            // The first look of an object whose cache was never acted on takes its place in the line of new caches
-            // (a write token prepaid for its create, behind the writes of caches on their way: see
-            // [`Azure::start_turn`]), then its GET waits behind the reads of those caches.
-            let first_look =
-                hpcc_azure::current_caller().filter(|c| c.urgency == Urgency::Normal && !reads.acted_on(id));
             if first_look.is_some() {
                 azure.start_turn(id.subscription())?;
             }
@@ -300,12 +304,12 @@ mod tests {
         let sim = hpcc_sim::Simulator::start(config).await.unwrap();
         let env: std::collections::HashMap<String, String> = sim.env().into_iter().collect();
         let mut cfg = hpcc_azure::AzureConfig::from_vars(|k| env.get(k).cloned()).unwrap();
-        // Four writes per second, one at once: one new cache now, then one each quarter second.
-        (cfg.writes_per_second, cfg.write_burst) = (4.0, 1);
+        // One write each two seconds, one at once: one new cache now, then one each two seconds.
+        (cfg.writes_per_second, cfg.write_burst) = (0.5, 1);
         let azure = Azure::new(cfg, None).await.unwrap();
         let reads = RecentReads::new(Freshness {
             facts: Duration::from_secs(60),
-            cache_list: Duration::from_secs(60),
+            cache_list: Duration::ZERO,
             routine: Duration::from_secs(300),
         });
         let changes = AzureChanges::default();
@@ -315,18 +319,26 @@ mod tests {
             with_caller(caller(holder, Urgency::Normal), async move { read_cache(azure, reads, changes, &id).await })
         };
         let gets = || sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/caches/")).count();
+        // Lists are never fresh here, and the next may begin only some time after the last (`list_spacing`).
+        let spaced = || tokio::time::sleep(reads.list_spacing(&cache("any")).unwrap_or_default());
 
         // The first new cache looks at once: one list, one GET that finds it absent.
         assert!(look("a", cache("a")).await.unwrap().value.is_none());
         assert_eq!(gets(), 1);
         // The next waits for its place, paced to the writes, without a read booked or sent.
+        spaced().await;
         match look("b", cache("b")).await {
             Err(AzureError::Deferred { after, access: Access::Write }) => {
-                assert!(after > Duration::ZERO && after <= Duration::from_millis(250), "{after:?}")
+                assert!(after > Duration::ZERO && after <= Duration::from_secs(2), "{after:?}")
             }
             other => panic!("b starts later, not {other:?}"),
         }
         assert_eq!(gets(), 1);
+        // Back before its place comes, it goes back to it without reading anything.
+        let lists = || sim.requests().iter().filter(|r| r.method == "GET" && r.path.ends_with("/caches")).count();
+        let listed = lists();
+        assert!(matches!(look("b", cache("b")).await, Err(AzureError::Deferred { access: Access::Write, .. })));
+        assert_eq!((lists(), gets()), (listed, 1));
         // The write of "a" (its create; a DELETE here, as simple) spends the token its start prepaid, while
         // another object's write waits for the bucket.
         let write = |holder: &'static str, id: ResourceId| {
@@ -336,6 +348,7 @@ mod tests {
         assert!(matches!(write("z", cache("z")).await, Err(AzureError::Deferred { access: Access::Write, .. })));
         // A cache acted on (its create sent) is no new cache: its look is not held back.
         reads.forget_cache(&cache("c"));
+        spaced().await;
         assert!(look("c", cache("c")).await.unwrap().value.is_none());
         assert_eq!(gets(), 2);
         sim.shutdown().await;

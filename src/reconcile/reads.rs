@@ -59,8 +59,8 @@ pub struct Freshness {
 
 pub struct RecentReads {
     referenced: TtlMap<Referenced>,
-    /// Lists by resource group, with the moment their read began.
-    cache_lists: TtlMap<(Instant, Arc<Dated<Vec<Cache>>>)>,
+    /// Lists by resource group, with the moment their read began and how long it took.
+    cache_lists: TtlMap<(Instant, Duration, Arc<CacheList>)>,
     /// When each cache (lower-case id) was last acted on.
     acted: Mutex<HashMap<String, Instant>>,
     /// Caches (lower-case id) a GET found absent: when that GET began, and until when its answer stands.
@@ -129,17 +129,24 @@ impl RecentReads {
     /// The recent list of a cache's resource group, if it speaks for the cache: young enough for the current
     /// reconcile (or begun after it was told to wait for that read, see [`Self::turn`]), and read after the last
     /// action on the cache.
-    pub fn cache_list(&self, cache: &ResourceId) -> Option<Arc<Dated<Vec<Cache>>>> {
+    pub fn cache_list(&self, cache: &ResourceId) -> Option<Arc<CacheList>> {
         let acted = locked(&self.acted).get(&cache_key(cache)).copied();
         let speaks = |started: Instant| acted.is_none_or(|at| at < started);
-        let key = list_key(cache);
-        if let Some((_, (started, list))) = self.cache_lists.get(&key, self.max_age(self.cache_list_ttl))
-            && speaks(started)
-        {
+        let (read_at, (started, _, list)) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
+        if read_at.elapsed() < self.max_age(self.cache_list_ttl) && speaks(started) {
             return Some(list);
         }
-        let (_, (started, list)) = self.cache_lists.get(&key, self.routine_ttl)?;
         (speaks(started) && self.waited_for(started)).then_some(list)
+    }
+
+    /// How long until a cache's resource group may be listed again, if not yet: [`LIST_SPACING`] times as long as
+    /// its last list took, after that list began. Small lists take milliseconds and are read as often as polls ask;
+    /// a list of many pages (ten 1000-cache pages at 10,000 caches) read back to back kept two cores busy parsing
+    /// caches that had not changed.
+    pub fn list_spacing(&self, cache: &ResourceId) -> Option<Duration> {
+        let (_, (started, took, _)) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
+        let next = started + took.mul_f64(LIST_SPACING);
+        next.checked_duration_since(Instant::now()).filter(|w| !w.is_zero())
     }
 
     /// The read of a cache's resource group list, as a [`SharedRead`].
@@ -203,17 +210,12 @@ impl RecentReads {
 
     /// Stores a list whose read began at `started`; returns the caches (lower-case ids) that differ from the
     /// previous list of the resource group (changed, appeared or gone).
-    pub fn remember_cache_list(
-        &self,
-        cache: &ResourceId,
-        started: Instant,
-        list: Arc<Dated<Vec<Cache>>>,
-    ) -> Vec<String> {
+    pub fn remember_cache_list(&self, cache: &ResourceId, started: Instant, list: Arc<CacheList>) -> Vec<String> {
         let key = list_key(cache);
-        let previous = self.cache_lists.get(&key, self.routine_ttl).map(|(_, l)| l);
-        self.cache_lists.put(key, (started, list.clone()));
-        let Some((_, previous)) = previous else { return vec![] };
-        let (before, after) = (by_id(&previous), by_id(&list));
+        let previous = self.cache_lists.get(&key, self.routine_ttl).map(|(_, (_, _, l))| l);
+        self.cache_lists.put(key, (started, started.elapsed(), list.clone()));
+        let Some(previous) = previous else { return vec![] };
+        let (before, after) = (&previous.value, &list.value);
         let mut changed: Vec<String> =
             after.iter().filter(|(id, c)| before.get(*id) != Some(c)).map(|(id, _)| id.clone()).collect();
         changed.extend(before.keys().filter(|id| !after.contains_key(*id)).cloned());
@@ -307,8 +309,17 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn by_id(list: &Dated<Vec<Cache>>) -> HashMap<String, &Cache> {
-    list.value.iter().filter_map(|c| Some((c.id.as_deref()?.to_ascii_lowercase(), c))).collect()
+/// A resource group's list is read again no sooner than this many times as long as it took, after it began (see
+/// [`RecentReads::list_spacing`]): listing takes at most a quarter of the time.
+const LIST_SPACING: f64 = 4.0;
+
+/// A resource group's caches as listed, by lower-case id (looked up by every reconcile of a cache in that group,
+/// ten thousand long in the 10,000-cache bench).
+pub type CacheList = Dated<HashMap<String, Cache>>;
+
+/// The caches of a list, by lower-case id.
+pub fn by_id(list: Dated<Vec<Cache>>) -> CacheList {
+    list.map(|caches| caches.into_iter().filter_map(|c| Some((c.id.as_deref()?.to_ascii_lowercase(), c))).collect())
 }
 
 fn cache_key(cache: &ResourceId) -> String {
@@ -405,13 +416,31 @@ mod tests {
 
         // A reads the list. The list TTL is zero here, yet B takes that list once: it began after B asked.
         reads.read_done(&RecentReads::list_read(&a));
-        reads.remember_cache_list(&a, Instant::now(), Arc::new(Dated { value: vec![], date: None, retry_after: None }));
+        let empty = Dated { value: HashMap::new(), date: None, retry_after: None };
+        reads.remember_cache_list(&a, Instant::now(), Arc::new(empty));
         with_caller(normal_b.clone(), async {
             assert!(reads.cache_list(&b).is_some(), "the list B waited for");
             assert!(reads.cache_list(&b).is_none(), "only once: later polls want a fresh list");
             assert_eq!(reads.turn(&RecentReads::list_read(&b)), None, "the turn ended with the read");
         })
         .await;
+    }
+
+    #[test]
+    fn a_list_that_took_long_is_read_again_only_after_four_times_as_long() {
+        let reads = RecentReads::new(Freshness {
+            facts: Duration::from_secs(60),
+            cache_list: Duration::ZERO,
+            routine: Duration::from_secs(300),
+        });
+        let (a, other_group) = (ResourceId::cache("s", "rg", "a"), ResourceId::cache("s", "rg2", "c"));
+        assert_eq!(reads.list_spacing(&a), None, "never listed");
+        // Begun 500 ms ago, read now: the next may begin 2 s after this one began.
+        let began = Instant::now() - Duration::from_millis(500);
+        reads.remember_cache_list(&a, began, Arc::new(Dated { value: HashMap::new(), date: None, retry_after: None }));
+        let wait = reads.list_spacing(&a).expect("too soon");
+        assert!(wait > Duration::from_millis(1400) && wait <= Duration::from_millis(1500), "{wait:?}");
+        assert_eq!(reads.list_spacing(&other_group), None, "another resource group's list is not held back");
     }
 
     #[tokio::test]

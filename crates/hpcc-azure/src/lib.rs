@@ -207,6 +207,17 @@ impl Azure {
             .map_err(|after| AzureError::Deferred { after, access: Access::Write })
     }
 
+    /// [`AzureError::Deferred`] while the current caller's start waits for its place ([`Azure::start_turn`]), so it
+    /// goes back to its place before reading anything.
+    pub fn start_waiting(&self, subscription: &str) -> Result<(), AzureError> {
+        let Some(caller) = current_caller() else { return Ok(()) };
+        let now = tokio::time::Instant::now();
+        match self.inner.bucket(subscription, Access::Write).ticket_wait(&caller.holder, now) {
+            Some(after) => Err(AzureError::Deferred { after, access: Access::Write }),
+            None => Ok(()),
+        }
+    }
+
     /// GET a cache; `None` when it does not exist.
     pub async fn get_cache(&self, id: &ResourceId) -> Result<Dated<Option<Cache>>, AzureError> {
         self.get_optional("caches.get", id, CACHES_API_VERSION).await

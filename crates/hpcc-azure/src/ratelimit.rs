@@ -167,6 +167,13 @@ impl TokenBucket {
         Ok(())
     }
 
+    /// How long `holder`'s ticket has still to wait, if it holds one not yet due: to send it back to its place
+    /// without the reads it would make first.
+    pub fn ticket_wait(&self, holder: &str, now: Instant) -> Option<Duration> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.tickets.get(holder).and_then(|(due, _)| due.checked_duration_since(now)).filter(|w| !w.is_zero())
+    }
+
     fn take_from(&self, s: &mut BucketState, caller: &Caller, now: Instant) -> Result<(), Duration> {
         let expiry = self.expiry;
         s.tickets.retain(|_, (due, _)| now.saturating_duration_since(*due) < expiry);

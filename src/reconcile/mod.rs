@@ -131,7 +131,7 @@ pub async fn run(
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
-                warn!(error = %e, "reconcile failed");
+                log_failure("HpcCache", &e);
             }
         });
     let filesystems: Api<AmlFilesystem> = match &ctx.settings.namespace {
@@ -150,7 +150,7 @@ pub async fn run(
                 .run(reconcile_amlfs, error_policy, ctx)
                 .for_each(|res| async move {
                     if let Err(e) = res {
-                        warn!(error = %e, "AmlFilesystem reconcile failed");
+                        log_failure("AmlFilesystem", &e);
                     }
                 })
         }),
@@ -196,6 +196,17 @@ fn not_echoes<K: kube::Resource<DynamicType = ()>, E>(
         let echo = event.as_ref().is_ok_and(|obj| ctx.own_writes.is_echo(obj));
         std::future::ready(!echo)
     })
+}
+
+/// A reconcile that did not finish, as the controller reports it. One deferred by the ARM budget is no failure (it
+/// comes back for its turn; at 10,000 caches there were hundreds a second): debug level, not a warning.
+fn log_failure<E: std::fmt::Display>(kind: &str, e: &kube::runtime::controller::Error<Error, E>) {
+    match e {
+        kube::runtime::controller::Error::ReconcilerFailed(Error::Azure(AzureError::Deferred { .. }), _) => {
+            debug!(kind, error = %e, "reconcile deferred")
+        }
+        _ => warn!(kind, error = %e, "reconcile failed"),
+    }
 }
 
 /// What the controller never reads is not kept in its cache: managed fields and kubectl's copy of the last applied

@@ -336,6 +336,7 @@ mod tests {
         assert_eq!(gets(), 1);
         // Back before its place comes, it goes back to it without reading anything.
         let lists = || sim.requests().iter().filter(|r| r.method == "GET" && r.path.ends_with("/caches")).count();
+        spaced().await;
         let listed = lists();
         assert!(matches!(look("b", cache("b")).await, Err(AzureError::Deferred { access: Access::Write, .. })));
         assert_eq!((lists(), gets()), (listed, 1));

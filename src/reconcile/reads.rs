@@ -132,8 +132,12 @@ impl RecentReads {
     pub fn cache_list(&self, cache: &ResourceId) -> Option<Arc<CacheList>> {
         let acted = locked(&self.acted).get(&cache_key(cache)).copied();
         let speaks = |started: Instant| acted.is_none_or(|at| at < started);
-        let (read_at, (started, _, list)) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
-        if read_at.elapsed() < self.max_age(self.cache_list_ttl) && speaks(started) {
+        let (read_at, (started, took, list)) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
+        // A list is fresh at least until the next may begin (see `list_spacing`): otherwise an object sent away
+        // until then would find it stale, and each list would serve only the objects that waited during its read.
+        let next_list = started + took.mul_f64(LIST_SPACING);
+        let fresh = read_at.elapsed() < self.max_age(self.cache_list_ttl) || Instant::now() < next_list;
+        if fresh && speaks(started) {
             return Some(list);
         }
         (speaks(started) && self.waited_for(started)).then_some(list)
@@ -427,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn a_list_that_took_long_is_read_again_only_after_four_times_as_long() {
+    fn a_list_that_took_long_is_read_again_only_after_four_times_as_long_and_serves_until_then() {
         let reads = RecentReads::new(Freshness {
             facts: Duration::from_secs(60),
             cache_list: Duration::ZERO,
@@ -440,6 +444,8 @@ mod tests {
         reads.remember_cache_list(&a, began, Arc::new(Dated { value: HashMap::new(), date: None, retry_after: None }));
         let wait = reads.list_spacing(&a).expect("too soon");
         assert!(wait > Duration::from_millis(1400) && wait <= Duration::from_millis(1500), "{wait:?}");
+        // Meanwhile that list is fresh (the list TTL is zero here), so those sent away until then find it.
+        assert!(reads.cache_list(&a).is_some(), "fresh until the next list may begin");
         assert_eq!(reads.list_spacing(&other_group), None, "another resource group's list is not held back");
     }
 

@@ -7,7 +7,9 @@
 //! will be there (FIFO behind earlier tickets), and returns [`AzureError::Deferred`](crate::AzureError::Deferred)
 //! so the reconcile gives its slot back and is requeued for that moment; the ticket is honoured when it returns.
 //! Routine work ([`Urgency::Routine`]: steady-state resyncs) leaves a share of the bucket untouched for work that
-//! Azure's deadlines depend on, and takes no ticket: it comes back later.
+//! Azure's deadlines depend on, and takes no ticket: it comes back later. A new cache's start takes the token of its
+//! create ahead of the call ([`TokenBucket::prepay`]), behind every other write, so new caches start on the writes
+//! left over.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

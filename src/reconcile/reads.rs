@@ -135,8 +135,8 @@ impl RecentReads {
         let (read_at, (started, took, list)) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
         // A list is fresh at least until the next may begin (see `list_spacing`): otherwise an object sent away
         // until then would find it stale, and each list would serve only the objects that waited during its read.
-        let next_list = started + took.mul_f64(LIST_SPACING);
-        let fresh = read_at.elapsed() < self.max_age(self.cache_list_ttl) || Instant::now() < next_list;
+        let fresh =
+            read_at.elapsed() < self.max_age(self.cache_list_ttl) || Instant::now() < self.next_list(started, took);
         if fresh && speaks(started) {
             return Some(list);
         }
@@ -149,8 +149,15 @@ impl RecentReads {
     /// caches that had not changed.
     pub fn list_spacing(&self, cache: &ResourceId) -> Option<Duration> {
         let (_, (started, took, _)) = self.cache_lists.get(&list_key(cache), self.routine_ttl)?;
-        let next = started + took.mul_f64(LIST_SPACING);
+        let next = self.next_list(started, took);
         next.checked_duration_since(Instant::now()).filter(|w| !w.is_zero())
+    }
+
+    /// When the list after one begun at `started` that took `took` may begin: spaced only when reading it took
+    /// longer than it stays fresh (the realistic 1000-cache bench, whose one-page list takes about a tenth of its
+    /// freshness, reacted 3.4 times slower with every list spaced).
+    fn next_list(&self, started: Instant, took: Duration) -> Instant {
+        if took > self.cache_list_ttl { started + took.mul_f64(LIST_SPACING) } else { started }
     }
 
     /// The read of a cache's resource group list, as a [`SharedRead`].
